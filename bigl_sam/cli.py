@@ -1,0 +1,49 @@
+"""The `bigl-sam` command. Each subcommand lives in its own module, imported only when used:
+the module gives `add_arguments(parser)` and `run(args)`.
+"""
+
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+from .errors import BiglSamError
+
+COMMANDS = {
+    "bench": ("bigl_sam.bench", "parameters, GMACs and latency of SAM and big.LITTLE encoders"),
+    "weights": ("bigl_sam.weights", "list, download or verify the known checkpoints"),
+}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] not in COMMANDS:
+        _usage(argv)
+        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    name, rest = argv[0], argv[1:]
+    module_name, description = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"bigl-sam {name}", description=description)
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    try:
+        return module.run(args) or 0
+    except BiglSamError as err:
+        print(f"bigl-sam {name}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"bigl-sam {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _usage(argv: List[str]) -> None:
+    stream = sys.stdout if not argv or argv[0] in ("-h", "--help") else sys.stderr
+    if argv and argv[0] not in ("-h", "--help"):
+        print(f"bigl-sam: unknown command {argv[0]!r}", file=stream)
+    print("usage: bigl-sam COMMAND [options]   (bigl-sam COMMAND --help for its options)\n", file=stream)
+    for name, (_, description) in COMMANDS.items():
+        print(f"  {name:<10} {description}", file=stream)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

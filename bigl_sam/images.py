@@ -1,0 +1,46 @@
+"""Reading images the way users hand them over: any mode, any bit depth, EXIF-rotated."""
+
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import BiglSamError
+
+
+def load_image(source: Union[str, Path, Image.Image]) -> np.ndarray:
+    """An H x W x 3 uint8 RGB array, upright as the camera's EXIF orientation says.
+
+    Grayscale is replicated to three channels, alpha is composited over white, 16-bit and float images
+    are scaled to 8 bits, palette and CMYK images are converted.
+    """
+    if isinstance(source, Image.Image):
+        return to_rgb(source)
+    path = Path(source)
+    if not path.is_file():
+        raise BiglSamError(f"{path}: image file not found")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return to_rgb(image)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise BiglSamError(f"{path}: not a readable image ({err})") from None
+
+
+def to_rgb(image: Image.Image) -> np.ndarray:
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        image = _to_8bit(np.asarray(image, dtype=np.float64), image.mode)
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+    return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
+
+
+def _to_8bit(values: np.ndarray, mode: str) -> Image.Image:
+    """16-bit (and 32-bit integer) images span 0..65535; float images 0..1."""
+    scale = 255.0 if mode == "F" else 255.0 / 65535.0
+    return Image.fromarray(np.clip(values * scale + 0.5, 0, 255).astype(np.uint8), mode="L")

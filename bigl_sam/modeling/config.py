@@ -1,0 +1,130 @@
+"""Architecture configs as plain dataclasses, and the registry that names them.
+
+`SamVitConfig` describes one of SAM's ViT image encoders (the teachers, and where a student's P-path
+starts from). `BigLittleConfig` describes a big.LITTLE student: its P-path has exactly the shape of the
+SAM ViT named by `init_from`, its E-path is a narrow ViT of width `little_dim`.
+"""
+
+from dataclasses import asdict, dataclass, field
+from typing import Dict, Tuple, Union
+
+from ..errors import CheckpointError
+
+IMG_SIZE = 1024
+PATCH_SIZE = 16
+WINDOW_SIZE = 14
+PROMPT_EMBED_DIM = 256
+
+
+@dataclass(frozen=True)
+class SamVitConfig:
+    name: str
+    embed_dim: int
+    depth: int
+    num_heads: int
+    global_attn_indexes: Tuple[int, ...]
+    mlp_ratio: float = 4.0
+    window_size: int = WINDOW_SIZE
+    img_size: int = IMG_SIZE
+    patch_size: int = PATCH_SIZE
+    out_chans: int = PROMPT_EMBED_DIM
+
+    @property
+    def kind(self) -> str:
+        return "sam_vit"
+
+
+@dataclass(frozen=True)
+class BigLittleConfig:
+    name: str
+    init_from: str  # the SAM ViT whose shape the P-path copies, e.g. "vit_b"
+    little_dim: int
+    little_heads: int
+    keep_ratio: float = 0.25
+    little_mlp_ratio: float = 4.0
+    teacher: str = "vit_h"  # where the prompt encoder and mask decoder come from by default
+    p_path: SamVitConfig = field(default=None)  # type: ignore[assignment]  # filled from init_from
+
+    def __post_init__(self) -> None:
+        if self.p_path is None:
+            object.__setattr__(self, "p_path", SAM_VIT_CONFIGS[self.init_from])
+        elif isinstance(self.p_path, dict):
+            p_path = dict(self.p_path)
+            p_path["global_attn_indexes"] = tuple(p_path["global_attn_indexes"])
+            object.__setattr__(self, "p_path", SamVitConfig(**p_path))
+        if not 0.0 < self.keep_ratio <= 1.0:
+            raise ValueError(f"keep_ratio must be in (0, 1], got {self.keep_ratio}")
+
+    @property
+    def kind(self) -> str:
+        return "bigl"
+
+
+ModelConfig = Union[SamVitConfig, BigLittleConfig]
+
+SAM_VIT_CONFIGS: Dict[str, SamVitConfig] = {
+    "vit_b": SamVitConfig("vit_b", embed_dim=768, depth=12, num_heads=12, global_attn_indexes=(2, 5, 8, 11)),
+    "vit_l": SamVitConfig("vit_l", embed_dim=1024, depth=24, num_heads=16, global_attn_indexes=(5, 11, 17, 23)),
+    "vit_h": SamVitConfig("vit_h", embed_dim=1280, depth=32, num_heads=16, global_attn_indexes=(7, 15, 23, 31)),
+    # Random tiny architectures for tests and smoke runs; same input/output shapes as the real ones.
+    "vit_test": SamVitConfig("vit_test", embed_dim=64, depth=2, num_heads=2, global_attn_indexes=(1,)),
+}
+SAM_VIT_CONFIGS["default"] = SAM_VIT_CONFIGS["vit_h"]
+
+BIGL_CONFIGS: Dict[str, BigLittleConfig] = {
+    "bigl_b_t": BigLittleConfig("bigl_b_t", init_from="vit_b", little_dim=192, little_heads=3),
+    "bigl_l_s": BigLittleConfig("bigl_l_s", init_from="vit_l", little_dim=384, little_heads=6),
+    "bigl_h_b": BigLittleConfig("bigl_h_b", init_from="vit_h", little_dim=768, little_heads=12),
+    "bigl_test": BigLittleConfig(
+        "bigl_test", init_from="vit_test", little_dim=32, little_heads=1, teacher="vit_test"
+    ),
+}
+
+MODEL_CONFIGS: Dict[str, ModelConfig] = {**SAM_VIT_CONFIGS, **BIGL_CONFIGS}
+TEST_MODELS = ("vit_test", "bigl_test")
+
+
+def get_config(name: str) -> ModelConfig:
+    if name not in MODEL_CONFIGS:
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(sorted(MODEL_CONFIGS))}")
+    return MODEL_CONFIGS[name]
+
+
+def config_to_dict(config: ModelConfig) -> dict:
+    """Plain types only (str, int, float, list, dict), so it loads with `weights_only=True`."""
+    data = asdict(config)
+    data["kind"] = config.kind
+    return _lists_for_tuples(data)
+
+
+def config_from_dict(data: dict) -> ModelConfig:
+    data = dict(data)
+    kind = data.pop("kind")
+    if kind == "sam_vit":
+        data["global_attn_indexes"] = tuple(data["global_attn_indexes"])
+        return SamVitConfig(**data)
+    if kind == "bigl":
+        return BigLittleConfig(**data)
+    raise ValueError(f"unknown config kind {kind!r}")
+
+
+def _lists_for_tuples(value):
+    if isinstance(value, dict):
+        return {k: _lists_for_tuples(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_lists_for_tuples(v) for v in value]
+    return value
+
+
+def infer_sam_vit_name(state: dict, source) -> str:
+    """Which official SAM ViT a flat state dict holds, read off its embedding width and depth."""
+    pos_embed = state.get("image_encoder.pos_embed")
+    if pos_embed is None:
+        raise CheckpointError(f"{source}: has no image_encoder.pos_embed; not a SAM checkpoint")
+    width = pos_embed.shape[-1]
+    depth = len({k.split(".")[2] for k in state if k.startswith("image_encoder.blocks.")})
+    for name in ("vit_b", "vit_l", "vit_h", "vit_test"):
+        config = SAM_VIT_CONFIGS[name]
+        if (config.embed_dim, config.depth) == (width, depth):
+            return name
+    raise CheckpointError(f"{source}: a ViT of width {width} and depth {depth} matches no known SAM model")

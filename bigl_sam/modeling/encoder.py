@@ -1,0 +1,93 @@
+"""The big.LITTLE image encoder: a drop-in for SAM's `ImageEncoderViT`."""
+
+from typing import List, Optional
+
+import torch
+from torch import nn
+
+from segment_anything.modeling.common import LayerNorm2d
+from segment_anything.modeling.image_encoder import PatchEmbed
+
+from .blocks import BigLittleBlock
+from .config import BigLittleConfig
+
+
+class BigLittleImageEncoder(nn.Module):
+    """B x 3 x 1024 x 1024 (SAM-preprocessed) -> B x 256 x 64 x 64 image embeddings.
+
+    Patch embedding, position embedding, the P-path of every block and the neck have SAM's names and
+    shapes, so a SAM ViT checkpoint of the matching size loads into them unchanged. `keep_ratio` is a
+    runtime knob: set it on the encoder, or pass it per call.
+    """
+
+    def __init__(self, config: BigLittleConfig) -> None:
+        super().__init__()
+        vit = config.p_path
+        grid = vit.img_size // vit.patch_size
+        self.config = config
+        self.img_size = vit.img_size
+        self.keep_ratio = config.keep_ratio
+        self.patch_embed = PatchEmbed(
+            kernel_size=(vit.patch_size, vit.patch_size),
+            stride=(vit.patch_size, vit.patch_size),
+            embed_dim=vit.embed_dim,
+        )
+        self.pos_embed = nn.Parameter(torch.zeros(1, grid, grid, vit.embed_dim))
+        self.blocks = nn.ModuleList(
+            BigLittleBlock(
+                dim=vit.embed_dim,
+                num_heads=vit.num_heads,
+                mlp_ratio=vit.mlp_ratio,
+                window_size=0 if i in vit.global_attn_indexes else vit.window_size,
+                grid_size=grid,
+                little_dim=config.little_dim,
+                little_heads=config.little_heads,
+                little_mlp_ratio=config.little_mlp_ratio,
+            )
+            for i in range(vit.depth)
+        )
+        self.neck = nn.Sequential(
+            nn.Conv2d(vit.embed_dim, vit.out_chans, kernel_size=1, bias=False),
+            LayerNorm2d(vit.out_chans),
+            nn.Conv2d(vit.out_chans, vit.out_chans, kernel_size=3, padding=1, bias=False),
+            LayerNorm2d(vit.out_chans),
+        )
+        self.last_routing: List[Optional[torch.Tensor]] = []
+
+    def forward(self, x: torch.Tensor, keep_ratio: Optional[float] = None) -> torch.Tensor:
+        """x: B x 3 x 1024 x 1024 -> B x 256 x 64 x 64. `keep_ratio` overrides `self.keep_ratio`."""
+        embeddings, self.last_routing = self.forward_with_routing(x, keep_ratio)
+        return embeddings
+
+    def forward_with_routing(self, x: torch.Tensor, keep_ratio: Optional[float] = None):
+        """Like `forward`, also returning, per layer, the B x K indexes the P-path updated (None: all).
+
+        Safe to call from several threads at once (it stores nothing on the module).
+        """
+        ratio = self.keep_ratio if keep_ratio is None else keep_ratio
+        if not 0.0 < ratio <= 1.0:
+            raise ValueError(f"keep_ratio must be in (0, 1], got {ratio}")
+        x = self.patch_embed(x) + self.pos_embed
+        routing = []
+        for block in self.blocks:
+            x, index = block(x, ratio)
+            routing.append(index)
+        return self.neck(x.permute(0, 3, 1, 2)), routing
+
+
+def routing_map(routing: List[Optional[torch.Tensor]], grid_hw: tuple) -> torch.Tensor:
+    """Share of layers that sent each token to the P-path: B x H x W in [0, 1].
+
+    Args:
+        routing: per layer, B x K raster indexes or None (all tokens), as `forward_with_routing` returns.
+        grid_hw: (H, W) of the token grid.
+    """
+    H, W = grid_hw
+    counts = None
+    for index in routing:
+        if index is None:
+            layer = torch.ones(1, H * W)
+        else:
+            layer = torch.zeros(index.shape[0], H * W).scatter_(1, index.cpu(), 1.0)
+        counts = layer if counts is None else counts + layer
+    return (counts / len(routing)).view(-1, H, W)

@@ -1,0 +1,49 @@
+"""Shared fixtures: random models of the real architectures, saved the way the real files are."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from bigl_sam import build_model, save_checkpoint
+from bigl_sam.modeling import get_config
+
+
+def randomize_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Perturbs every parameter (SAM zero-initialises the position terms, which would hide bugs)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.02 * torch.randn(param.shape, generator=generator))
+    return model
+
+
+@pytest.fixture(scope="session")
+def official_checkpoint(tmp_path_factory):
+    """official_checkpoint(name) -> path of a random SAM `name` saved as a flat state dict, like
+    sam_vit_b_01ec64.pth. Cached for the session."""
+    made = {}
+
+    def make(name: str, seed: int = 0) -> Path:
+        if (name, seed) not in made:
+            path = tmp_path_factory.mktemp("official") / f"sam_{name}_seed{seed}.pth"
+            torch.save(randomize_(build_model(get_config(name)), seed).state_dict(), path)
+            made[name, seed] = path
+        return made[name, seed]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def student_checkpoint(tmp_path_factory):
+    """student_checkpoint(name) -> path of a random bigl-sam student checkpoint (with its config)."""
+    made = {}
+
+    def make(name: str = "bigl_test", seed: int = 0) -> Path:
+        if (name, seed) not in made:
+            path = tmp_path_factory.mktemp("student") / f"{name}_seed{seed}.pth"
+            save_checkpoint(randomize_(build_model(get_config(name)), seed), path)
+            made[name, seed] = path
+        return made[name, seed]
+
+    return make
