@@ -1,0 +1,222 @@
+"""`bigl-sam bench`: parameters, GMACs and latency of image encoders, measured in one run.
+
+Every big.LITTLE row is compared with two baselines measured in the same run: the SAM ViT its P-path
+comes from, as SAM ships it (`vs SAM`), and its own dense path at keep ratio 1.0 (`vs dense`). The first
+tells a user what switching buys; the second separates what routing saves from what the SDPA kernel saves.
+`lat/MAC` is the latency ratio divided by the GMACs ratio (vs SAM): 1.0 means every MAC saved became time
+saved.
+"""
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+from .build import build_model
+from .errors import BiglSamError
+from .modeling import BigLittleConfig, get_config
+
+DEFAULT_MODELS = "vit_b,vit_l,vit_h,bigl_b_t,bigl_l_s,bigl_h_b"
+# torch's FLOP counter knows SDPA's CUDA kernels but not the CPU one.
+CPU_SDPA_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: (
+        lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v)
+    )
+}
+
+
+@dataclass
+class Row:
+    model: str
+    keep_ratio: Optional[float]
+    params_m: float
+    gmacs: float
+    latency_ms: float
+    latencies_ms: List[float]
+    vs_sam_gmacs: Optional[float] = None
+    vs_sam_latency: Optional[float] = None
+    vs_dense_latency: Optional[float] = None
+
+    @property
+    def label(self) -> str:
+        return self.model if self.keep_ratio is None else f"{self.model} @{self.keep_ratio:g}"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", default=DEFAULT_MODELS, help="comma-separated model names")
+    parser.add_argument(
+        "--keep-ratio",
+        default="default,1.0",
+        help="comma-separated keep ratios for big.LITTLE rows; 'default' is the config's own (0.25)",
+    )
+    parser.add_argument("--runs", type=int, default=5, help="timed runs per row (median reported)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs per row (the first counts MACs)")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--clicks", type=int, default=20, help="decoder runs for the per-click row (0: skip)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows and settings here")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = _device(args.device)
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    rows = [row for name in names for row in bench_model(name, args, device)]
+    add_ratios(rows)
+    click_ms = bench_decoder(device, args.clicks) if args.clicks > 0 else None
+    print(format_table(rows, click_ms, args, device))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(_report(rows, click_ms, args, device), indent=2) + "\n")
+    return 0
+
+
+def _device(name: str) -> torch.device:
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BiglSamError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> List[Row]:
+    try:
+        config = get_config(name)
+    except KeyError as err:
+        raise BiglSamError(err.args[0]) from None
+    encoder = build_model(config).image_encoder.to(device)
+    params = sum(p.numel() for p in encoder.parameters()) / 1e6
+    image = torch.randn(args.batch, 3, encoder.img_size, encoder.img_size, device=device)
+    if not isinstance(config, BigLittleConfig):
+        return [_measure(name, None, params, lambda: encoder(image), args, device)]
+    ratios = _keep_ratios(args.keep_ratio, config.keep_ratio)
+    return [_measure(name, r, params, lambda r=r: encoder(image, keep_ratio=r), args, device) for r in ratios]
+
+
+def _keep_ratios(spec: str, default: float) -> List[float]:
+    ratios = []
+    for part in spec.split(","):
+        value = default if part.strip() == "default" else float(part)
+        if not 0.0 < value <= 1.0:
+            raise BiglSamError(f"--keep-ratio {part}: must be in (0, 1]")
+        if value not in ratios:
+            ratios.append(value)
+    return ratios
+
+
+@torch.inference_mode()
+def _measure(name, keep_ratio, params, forward, args, device) -> Row:
+    with FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOPS) as counter:
+        forward()
+    for _ in range(args.warmup - 1):
+        forward()
+    times = []
+    for _ in range(args.runs):
+        _sync(device)
+        start = time.perf_counter()
+        forward()
+        _sync(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    macs = counter.get_total_flops() / 2 / args.batch
+    row = Row(name, keep_ratio, round(params, 2), round(macs / 1e9, 1), statistics.median(times), times)
+    print(f"  measured {row.label}: {row.gmacs} GMACs, median {row.latency_ms:.0f} ms", flush=True)
+    return row
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def add_ratios(rows: List[Row]) -> None:
+    """Fills each big.LITTLE row's ratios to its SAM ViT and to its own dense path, where measured."""
+    sam_rows: Dict[str, Row] = {r.model: r for r in rows if r.keep_ratio is None}
+    dense_rows: Dict[str, Row] = {r.model: r for r in rows if r.keep_ratio == 1.0}
+    for row in rows:
+        if row.keep_ratio is None:
+            continue
+        sam = sam_rows.get(get_config(row.model).init_from)
+        if sam is not None:
+            row.vs_sam_gmacs = row.gmacs / sam.gmacs
+            row.vs_sam_latency = row.latency_ms / sam.latency_ms
+        dense = dense_rows.get(row.model)
+        if dense is not None:
+            row.vs_dense_latency = row.latency_ms / dense.latency_ms
+
+
+@torch.inference_mode()
+def bench_decoder(device: torch.device, runs: int) -> float:
+    """Median ms of one click: prompt encoder + mask decoder (multimask), on a fixed embedding."""
+    model = build_model(get_config("vit_test")).to(device)
+    embedding = torch.randn(1, 256, 64, 64, device=device)
+    point = (torch.tensor([[[512.0, 384.0]]], device=device), torch.ones(1, 1, device=device))
+
+    def click():
+        sparse, dense = model.prompt_encoder(points=point, boxes=None, masks=None)
+        return model.mask_decoder(
+            image_embeddings=embedding,
+            image_pe=model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=True,
+        )
+
+    click()
+    times = []
+    for _ in range(runs):
+        _sync(device)
+        start = time.perf_counter()
+        click()
+        _sync(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def format_table(rows: List[Row], click_ms: Optional[float], args, device: torch.device) -> str:
+    header = "| model | params (M) | GMACs | GMACs vs SAM | latency (ms) | latency vs SAM | lat/MAC | vs dense |"
+    lines = [header, "|" + "---|" * 8]
+    for r in rows:
+        lat_per_mac = r.vs_sam_latency / r.vs_sam_gmacs if r.vs_sam_gmacs else None
+        cells = [
+            r.label, f"{r.params_m:.1f}", f"{r.gmacs:.1f}", _ratio(r.vs_sam_gmacs), f"{r.latency_ms:.0f}",
+            _ratio(r.vs_sam_latency), _ratio(lat_per_mac), _ratio(r.vs_dense_latency),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(_settings_line(args, device))
+    if click_ms is not None:
+        lines.append(f"prompt encoder + mask decoder, one click (multimask): median {click_ms:.1f} ms")
+    return "\n".join(lines)
+
+
+def _ratio(value: Optional[float]) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
+def _settings_line(args, device: torch.device) -> str:
+    return (
+        f"device {device} ({_device_name(device)}), {torch.get_num_threads()} threads, batch {args.batch}, "
+        f"median of {args.runs} runs after {args.warmup} warm-up, torch {torch.__version__}"
+    )
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+def _report(rows: List[Row], click_ms: Optional[float], args, device: torch.device) -> dict:
+    return {
+        "settings": _settings_line(args, device),
+        "rows": [asdict(r) for r in rows],
+        "decoder_click_ms": click_ms,
+    }

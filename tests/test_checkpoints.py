@@ -1,0 +1,132 @@
+"""Loading official SAM files and student files; every bad file gets one clear error."""
+
+import re
+
+import pytest
+import torch
+
+import bigl_sam
+from bigl_sam import CheckpointError, build_model, build_sam, build_student_from_sam, load_sam, save_checkpoint
+from bigl_sam.modeling import BIGL_CONFIGS, SAM_VIT_CONFIGS, get_config
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def one_line(err: pytest.ExceptionInfo) -> str:
+    message = str(err.value)
+    assert "\n" not in message
+    return message
+
+
+def test_registry_keeps_sam_keys_and_adds_students():
+    assert {"default", "vit_h", "vit_l", "vit_b", "bigl_b_t", "bigl_l_s", "bigl_h_b"} <= set(bigl_sam.sam_model_registry)
+    assert bigl_sam.SamPredictor is __import__("segment_anything").SamPredictor
+
+
+@pytest.mark.parametrize("student", ["bigl_b_t", "bigl_l_s", "bigl_h_b"])
+def test_student_p_path_has_the_exact_layout_of_its_sam(student):
+    """Every image_encoder tensor of SAM ViT-B/L/H has a twin of the same name and shape in the student."""
+    config = BIGL_CONFIGS[student]
+    with torch.device("meta"):
+        sam = build_model(SAM_VIT_CONFIGS[config.init_from]).state_dict()
+        ours = build_model(config).state_dict()
+    for key, tensor in sam.items():
+        assert key in ours and ours[key].shape == tensor.shape, key
+    extra = {re.sub(r"blocks\.\d+\.", "blocks.N.", k).split(".")[3] for k in ours.keys() - sam.keys()}
+    assert extra == {"router", "little"}
+
+
+def test_official_checkpoint_loads_through_registry_and_is_recognised(official_checkpoint):
+    path = official_checkpoint("vit_test")
+    reference = torch.load(path, map_location="cpu", weights_only=True)
+    for model in (build_sam("vit_test", path), load_sam(path)):
+        assert model.config.name == "vit_test"
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in reference.items())
+
+
+def test_student_round_trip_rebuilds_the_architecture(tmp_path, student_checkpoint):
+    original = build_sam("bigl_test", student_checkpoint("bigl_test"))
+    original.image_encoder.keep_ratio = 0.5
+    path = save_checkpoint(original, tmp_path / "student.pth")
+    loaded = load_sam(path)
+    assert loaded.config == original.config
+    assert same_weights(loaded, original)
+    assert same_weights(bigl_sam.sam_model_registry["bigl_test"](checkpoint=path), original)
+    assert not list(tmp_path.glob(".*tmp*")), "atomic save left a temp file"
+
+
+def test_student_from_official_files(official_checkpoint):
+    encoder_file, decoder_file = official_checkpoint("vit_test", seed=0), official_checkpoint("vit_test", seed=1)
+    student = build_student_from_sam("bigl_test", encoder_checkpoint=encoder_file, decoder_checkpoint=decoder_file)
+    encoder_state = torch.load(encoder_file, weights_only=True)
+    decoder_state = torch.load(decoder_file, weights_only=True)
+    ours = student.state_dict()
+    for key, value in encoder_state.items():
+        source = encoder_state if key.startswith("image_encoder.") else decoder_state
+        assert torch.equal(ours[key], source[key]), key
+    assert all(torch.equal(block.little.scale, torch.zeros_like(block.little.scale))
+               for block in student.image_encoder.blocks)
+
+
+def test_truncated_file(tmp_path, official_checkpoint):
+    data = official_checkpoint("vit_test").read_bytes()
+    path = tmp_path / "cut.pth"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError) as err:
+        build_sam("vit_test", path)
+    assert str(path) in one_line(err) and "truncated or corrupt" in str(err.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_sam(tmp_path / "nope.pth")
+
+
+def test_checkpoint_of_another_size(official_checkpoint):
+    """A ViT-test file offered as ViT-B: the error says which tensors have which shapes."""
+    path = official_checkpoint("vit_test")
+    with pytest.raises(CheckpointError) as err:
+        build_sam("vit_b", path)
+    message = one_line(err)
+    assert str(path) in message and "image_encoder.pos_embed (1, 64, 64, 64) vs (1, 64, 64, 768)" in message
+    assert "missing keys" in message
+
+
+def test_missing_and_unexpected_keys(tmp_path, official_checkpoint):
+    state = torch.load(official_checkpoint("vit_test"), weights_only=True)
+    del state["mask_decoder.iou_token.weight"]
+    state["mask_decoder.extra_head.weight"] = torch.zeros(1)
+    path = tmp_path / "edited.pth"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError) as err:
+        build_sam("vit_test", path)
+    message = one_line(err)
+    assert "1 missing keys: mask_decoder.iou_token.weight" in message
+    assert "1 unexpected keys: mask_decoder.extra_head.weight" in message
+
+
+def test_student_file_under_another_name(student_checkpoint):
+    with pytest.raises(CheckpointError, match="holds a bigl_test model, not bigl_b_t"):
+        build_sam("bigl_b_t", student_checkpoint("bigl_test"))
+
+
+def test_official_file_under_a_student_name(official_checkpoint):
+    with pytest.raises(CheckpointError, match="build_student_from_sam"):
+        build_sam("bigl_test", official_checkpoint("vit_test"))
+
+
+def test_pickled_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"model": get_config}, path)  # a function: loading it would mean running a pickle
+    with pytest.raises(CheckpointError, match="refused"):
+        load_sam(path)
+
+
+def test_not_a_checkpoint_at_all(tmp_path):
+    path = tmp_path / "notes.pth"
+    path.write_text("these are not weights")
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_sam(path)
