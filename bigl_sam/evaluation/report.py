@@ -1,0 +1,86 @@
+"""From per-image records to the result: mIoU x100 overall and per COCO size bucket, throughput, and the
+markdown table with the first model as reference."""
+
+import json
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from .protocol import SIZE_BUCKETS, size_bucket
+
+BUCKETS = ("all",) + SIZE_BUCKETS
+RESULTS_FILE = "results.json"
+
+
+def summarize(records: Sequence[dict]) -> dict:
+    """One model's numbers from its image records (skipped images are listed, not scored)."""
+    evaluated = [r for r in records if "instances" in r]
+    instances = [i for r in evaluated for i in r["instances"]]
+    by_bucket = {bucket: [i["iou"] for i in instances if _in_bucket(i["area"], bucket)] for bucket in BUCKETS}
+    seconds = sum(r["load_s"] + r["encode_s"] + r["decode_s"] for r in evaluated)
+    encode_seconds = sum(r["encode_s"] for r in evaluated)
+    return {
+        "miou": {bucket: _mean_x100(ious) for bucket, ious in by_bucket.items()},
+        "instances": {bucket: len(ious) for bucket, ious in by_bucket.items()},
+        "images": len(evaluated),
+        "skipped_images": [{"file": r["file"], "reason": r["skipped"]} for r in records if "skipped" in r],
+        "empty_masks": sum(len(r.get("empty_masks", [])) for r in evaluated),
+        "seconds": seconds,
+        "images_per_s": _rate(len(evaluated), seconds),
+        "instances_per_s": _rate(len(instances), seconds),
+        "encoder_share": encode_seconds / seconds if seconds > 0 else None,
+    }
+
+
+def differences(summary: dict, reference: dict) -> Dict[str, Optional[float]]:
+    """mIoU minus the reference's, per bucket (None where either has no instances)."""
+    return {
+        bucket: None if value is None or reference["miou"][bucket] is None else value - reference["miou"][bucket]
+        for bucket, value in summary["miou"].items()
+    }
+
+
+def markdown_table(models: Sequence[dict]) -> str:
+    """models: dicts with `label` and the keys of `summarize`; the first row is the reference."""
+    header = "| model | mIoU all | small | medium | large | instances | images/s | instances/s | encoder share |"
+    lines = [header, "|" + "---|" * header.count(" | ") + "---|"]
+    reference = models[0]
+    for row, model in enumerate(models):
+        delta = differences(model, reference) if row > 0 else {}
+        cells = [_miou_cell(model["miou"][b], delta.get(b)) for b in BUCKETS]
+        cells += [str(model["instances"]["all"]), _number(model["images_per_s"], 2)]
+        cells.append(_number(model["instances_per_s"], 1))
+        cells.append("–" if model["encoder_share"] is None else f"{100 * model['encoder_share']:.0f}%")
+        lines.append(f"| {model['label']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_json(report: dict, out_dir: Path) -> Path:
+    """`out_dir/results.json`, written atomically."""
+    path = Path(out_dir) / RESULTS_FILE
+    tmp = path.with_name(f".{RESULTS_FILE}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _in_bucket(area: float, bucket: str) -> bool:
+    return bucket == "all" or size_bucket(area) == bucket
+
+
+def _mean_x100(values: List[float]) -> Optional[float]:
+    return 100.0 * sum(values) / len(values) if values else None
+
+
+def _rate(count: int, seconds: float) -> Optional[float]:
+    return count / seconds if seconds > 0 else None
+
+
+def _miou_cell(value: Optional[float], delta: Optional[float]) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.1f}" if delta is None else f"{value:.1f} ({delta:+.1f})"
+
+
+def _number(value: Optional[float], digits: int) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"

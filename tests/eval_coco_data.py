@@ -1,0 +1,109 @@
+"""A small COCO-format dataset made on the spot: synthetic images in the awkward formats users have
+(grayscale, RGBA, 16-bit, EXIF-rotated), with polygon, compressed RLE, uncompressed RLE, crowd and
+zero-area annotations, plus an image entry whose file is missing."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+EXIF_ORIENTATION = 0x0112
+ROTATE_90_CW = 6  # the stored pixels are shown rotated 90 degrees clockwise
+
+
+def rectangle(height: int, width: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+    mask = np.zeros((height, width), dtype=bool)
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
+def polygon_annotation(x0: int, y0: int, x1: int, y1: int) -> dict:
+    """A rectangle as a COCO polygon covering pixels x0..x1-1, y0..y1-1."""
+    return {"segmentation": [[x0, y0, x1, y0, x1, y1, x0, y1]], "area": float((x1 - x0) * (y1 - y0)),
+            "bbox": [x0, y0, x1 - x0, y1 - y0], "iscrowd": 0}
+
+
+def rle_annotation(mask: np.ndarray, iscrowd: int = 0, compressed: bool = True) -> dict:
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    if compressed:
+        segmentation = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+    else:
+        flat = mask.astype(np.uint8).flatten(order="F")
+        changes = np.flatnonzero(np.diff(np.concatenate([[0], flat, [1 - flat[-1]]]))).tolist()
+        segmentation = {"size": list(mask.shape), "counts": np.diff([0] + changes).tolist()}
+    return {"segmentation": segmentation, "area": float(mask.sum()),
+            "bbox": [float(v) for v in mask_utils.toBbox(rle)], "iscrowd": iscrowd}
+
+
+def _picture(height: int, width: int, masks) -> np.ndarray:
+    """A gray background with each object a little brighter, so the images are not blank."""
+    image = np.full((height, width), 60, dtype=np.uint8)
+    for k, mask in enumerate(masks):
+        image[mask] = 120 + 40 * k
+    return image
+
+
+def make_coco_dataset(root: Path) -> dict:
+    """Writes images/ and instances.json under `root`; returns what the test needs to know:
+    paths, expected scored annotation ids per image, skip counts, the missing file's name."""
+    images_dir = root / "images"
+    images_dir.mkdir(parents=True)
+    entries, annotations, scored = [], [], {}
+
+    def add_image(image_id, file_name, height, width, anns):
+        entries.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
+        for ann in anns:
+            ann.update(id=len(annotations) + 1, image_id=image_id, category_id=1)
+            annotations.append(ann)
+        scored[image_id] = [a["id"] for a in anns if not a["iscrowd"] and a["area"] >= 1]
+
+    # 1: grayscale PNG, polygon + compressed RLE + a crowd region
+    h, w = 48, 64
+    blob = rectangle(h, w, 30, 8, 50, 40)
+    blob[20:28, 38:42] = False  # a hole, so the RLE is not a plain box
+    crowd = rectangle(h, w, 0, 40, 64, 48)
+    Image.fromarray(_picture(h, w, [rectangle(h, w, 4, 4, 20, 30), blob, crowd]), "L").save(images_dir / "gray.png")
+    add_image(1, "gray.png", h, w, [polygon_annotation(4, 4, 20, 30), rle_annotation(blob), rle_annotation(crowd, 1)])
+
+    # 2: RGBA PNG, uncompressed RLE + a zero-area annotation
+    h, w = 40, 56
+    ring = rectangle(h, w, 10, 5, 40, 35) & ~rectangle(h, w, 18, 13, 32, 27)
+    rgba = np.dstack([np.repeat(_picture(h, w, [ring])[..., None], 3, axis=2), np.full((h, w), 200, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(images_dir / "rgba.png")
+    zero = {**polygon_annotation(1, 1, 2, 2), "area": 0.0}
+    add_image(2, "rgba.png", h, w, [rle_annotation(ring, compressed=False), zero])
+
+    # 3: 16-bit grayscale PNG, two polygons (one small, one medium by COCO's bounds)
+    h, w = 60, 72
+    small, medium = rectangle(h, w, 2, 2, 12, 12), rectangle(h, w, 20, 10, 70, 50)
+    sixteen = _picture(h, w, [small, medium]).astype(np.uint16) * 257
+    Image.fromarray(sixteen).save(images_dir / "deep.png")
+    add_image(3, "deep.png", h, w, [polygon_annotation(2, 2, 12, 12), polygon_annotation(20, 10, 70, 50)])
+
+    # 4: JPEG stored sideways with an EXIF orientation tag; upright it is 36 x 50 as annotated
+    h, w = 36, 50
+    upright = np.repeat(_picture(h, w, [rectangle(h, w, 5, 5, 25, 30)])[..., None], 3, axis=2)
+    stored = Image.fromarray(np.ascontiguousarray(np.rot90(upright, k=1)))  # undone by a 90 degrees CW turn
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = ROTATE_90_CW
+    stored.save(images_dir / "rotated.jpg", exif=exif.tobytes(), quality=95)
+    add_image(4, "rotated.jpg", h, w, [polygon_annotation(5, 5, 25, 30)])
+
+    # 5: listed in the JSON, missing on disk
+    add_image(5, "missing.png", 32, 32, [polygon_annotation(4, 4, 20, 20)])
+
+    # 6: only a crowd annotation, so no instance to score: not selected
+    add_image(6, "gray.png", 48, 64, [rle_annotation(rectangle(48, 64, 0, 0, 10, 10), 1)])
+
+    dataset = {"images": entries, "annotations": annotations, "categories": [{"id": 1, "name": "thing"}]}
+    annotations_path = root / "instances.json"
+    annotations_path.write_text(json.dumps(dataset))
+    return {
+        "images": images_dir,
+        "annotations": annotations_path,
+        "scored": scored,
+        "missing_file": "missing.png",
+        "skipped": {"iscrowd": 1, "area_below_1": 1},  # over the selected images 1..5
+    }

@@ -1,0 +1,190 @@
+"""`bigl-sam eval coco` end to end on a generated COCO set with tiny random models: the report, resume,
+torchrun sharding and bad input."""
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import pytest
+
+from bigl_sam.cli import main
+from bigl_sam.evaluation import runner
+from eval_coco_data import make_coco_dataset
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_coco_dataset(tmp_path_factory.mktemp("coco"))
+
+
+def counting_encodes(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Counts image encodings (SamPredictor.set_image calls) made by the runner."""
+    calls = []
+    set_image = runner.SamPredictor.set_image
+
+    def counting(self, image, *args, **kwargs):
+        calls.append(image.shape)
+        return set_image(self, image, *args, **kwargs)
+
+    monkeypatch.setattr(runner.SamPredictor, "set_image", counting)
+    return calls
+
+
+@pytest.fixture
+def encodes(monkeypatch):
+    return counting_encodes(monkeypatch)
+
+
+def eval_args(data, models, out=None, *extra):
+    args = ["eval", "coco", "--images", str(data["images"]), "--annotations", str(data["annotations"])]
+    for name, checkpoint in models:
+        args += ["--model", name] + (["--checkpoint", str(checkpoint)] if checkpoint else [])
+    return args + (["--out", str(out)] if out else []) + list(extra)
+
+
+def run_eval(capsys, *args):
+    code = main(eval_args(*args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def models(official_checkpoint, student_checkpoint):
+    return [("vit_test", official_checkpoint("vit_test")), ("bigl_test", student_checkpoint("bigl_test"))]
+
+
+@pytest.fixture(scope="module")
+def first_run(data, models, tmp_path_factory):
+    """One full run of both models into a fresh --out, shared by the tests that read its results."""
+    out = tmp_path_factory.mktemp("eval-out")
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as monkeypatch, redirect_stdout(stdout), redirect_stderr(stderr):
+        encodes = counting_encodes(monkeypatch)
+        assert main(eval_args(data, models, out)) == 0
+    report = json.loads((out / "results.json").read_text())
+    return out, report, {"stdout": stdout.getvalue(), "stderr": stderr.getvalue(), "encodes": len(encodes)}
+
+
+def scored_ids(data):
+    return sorted(a for image_id, ids in data["scored"].items() for a in ids if image_id != 5)  # 5 is missing
+
+
+def test_report_scores_every_instance_and_lists_the_missing_image(first_run, data, models):
+    out, report, _ = first_run
+    assert [m["name"] for m in report["models"]] == ["vit_test", "bigl_test"]
+    for model in report["models"]:
+        assert model["instances"]["all"] == len(scored_ids(data))
+        assert model["images"] == 4
+        assert [s["file"] for s in model["skipped_images"]] == [data["missing_file"]]
+        assert 0.0 <= model["miou"]["all"] <= 100.0 and 0.0 < model["encoder_share"] < 1.0
+        assert not model["random_weights"]
+    assert report["models"][1]["keep_ratio"] == 0.25 and report["models"][0]["keep_ratio"] is None
+    assert report["dataset"]["skipped_annotations"] == data["skipped"]
+    assert report["dataset"]["selected_images"] == 5
+    assert report["protocol"]["prompt"] == "box" and report["protocol"]["select"] == "argmax"
+    assert str(models[1][1]) in report["command"] and "--prompt box" in report["command"]
+
+
+def test_records_hold_each_instance_once(first_run, data):
+    out = first_run[0]
+    for part in sorted((out / "runs").glob("*/part-0.jsonl")):
+        records = [json.loads(line) for line in part.read_text().splitlines()]
+        ann_ids = [i["id"] for r in records for i in r.get("instances", [])]
+        assert sorted(ann_ids) == scored_ids(data)
+
+
+def test_table_on_stdout_and_each_image_encoded_once_per_model(first_run):
+    console = first_run[2]
+    assert console["encodes"] == 2 * 4  # 4 images on disk (the 5th is missing), 2 models
+    lines = console["stdout"].strip().splitlines()
+    assert len(lines) == 4 and lines[2].startswith("| vit_test |") and lines[3].startswith("| bigl_test |")
+    assert "(+" in lines[3] or "(-" in lines[3]
+    assert "RANDOM" not in console["stdout"] + console["stderr"]
+    assert "skipped missing.png" in console["stderr"]
+
+
+def test_rerun_skips_done_images_and_redoes_a_torn_one(first_run, data, models, tmp_path, capsys, encodes):
+    out = tmp_path / "out"
+    shutil.copytree(first_run[0], out)
+    code, _, _ = run_eval(capsys, data, models, out)
+    assert code == 0 and encodes == []
+    assert json.loads((out / "results.json").read_text())["models"] == first_run[1]["models"]
+
+    part = next((out / "runs").glob("bigl_test-*/part-0.jsonl"))
+    lines = part.read_text().splitlines()
+    last_done = next(line for line in reversed(lines) if '"instances"' in line)
+    lines.remove(last_done)
+    part.write_text("\n".join(lines) + "\n" + last_done[: len(last_done) // 2])  # a crash in mid-write
+    code, _, _ = run_eval(capsys, data, models, out)
+    assert code == 0 and len(encodes) == 1
+    rerun = json.loads((out / "results.json").read_text())["models"]
+    for before, after in zip(first_run[1]["models"], rerun):
+        assert after["miou"] == pytest.approx(before["miou"]) and after["instances"] == before["instances"]
+    assert run_eval(capsys, data, models, out)[0] == 0 and len(encodes) == 1  # the redone record is readable
+
+
+def test_other_settings_do_not_mix_with_done_work(first_run, data, models, tmp_path, capsys, encodes):
+    out = tmp_path / "out"
+    shutil.copytree(first_run[0], out)
+    code, _, _ = run_eval(capsys, data, models[:1], out, "--select", "single", "--max-images", "1")
+    assert code == 0 and len(encodes) == 1
+    assert len(list((out / "runs").iterdir())) == 3
+
+
+def test_random_weights_are_said_loudly(data, tmp_path, capsys):
+    code, out, err = run_eval(capsys, data, [("bigl_test", None)], None, "--max-images", "1", "--prompt", "point")
+    assert code == 0
+    assert "bigl_test (RANDOM WEIGHTS)" in out and "RANDOM WEIGHTS" in err
+
+
+@pytest.mark.parametrize(
+    "models_of, extra, message",
+    [
+        (lambda m: [("vit_x", None)], [], "unknown model 'vit_x'"),
+        (lambda m: [("bigl_test", m[0][1])], [], "official SAM checkpoint"),  # teacher weights, student name
+        (lambda m: [("vit_test", m[1][1])], [], "holds a bigl_test model"),
+        (lambda m: m[:1], ["--max-images", "0"], "--max-images must be at least 1"),
+        (lambda m: m[:1], ["--keep-ratio", "1.5"], "--keep-ratio must be in (0, 1]"),
+        (lambda m: m[:1], ["--clicks", "3"], "needs --prompt clicks"),
+        (lambda m: m[:1], ["--device", "gpu7"], "'gpu7' is not a device"),
+    ],
+)
+def test_bad_input_is_one_error_line(data, models, tmp_path, capsys, encodes, models_of, extra, message):
+    code, out, err = run_eval(capsys, data, models_of(models), tmp_path, *extra)
+    assert code == 2 and encodes == [] and out == ""
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and message in errors[0]
+
+
+def test_malformed_annotations_are_one_error_line(data, models, tmp_path, capsys):
+    bad = dict(data, annotations=tmp_path / "bad.json")
+    bad["annotations"].write_text('{"images": [}')
+    code, _, err = run_eval(capsys, bad, models[:1])
+    assert code == 2 and err.startswith("bigl-sam eval: error:") and "malformed JSON" in err
+
+
+def test_torchrun_shards_and_gathers_like_one_process(first_run, data, models, tmp_path):
+    out = tmp_path / "sharded"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "bigl_sam.cli"] + eval_args(data, models[:1], out)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("| vit_test |") == 1  # only rank 0 reports
+
+    parts = [[json.loads(line)["image_id"] for line in p.read_text().splitlines()]
+             for p in sorted(Path(out, "runs").glob("vit_test-*/part-*.jsonl"))]
+    assert len(parts) == 2 and all(parts) and not set(parts[0]) & set(parts[1])
+    assert sorted(parts[0] + parts[1]) == [1, 2, 3, 4, 5]
+
+    sharded = json.loads((out / "results.json").read_text())
+    assert sharded["world_size"] == 2
+    alone, together = first_run[1]["models"][0], sharded["models"][0]
+    assert together["instances"] == alone["instances"]
+    assert together["miou"] == pytest.approx(alone["miou"], abs=0.5)
+    assert together["skipped_images"] == alone["skipped_images"]
