@@ -1,0 +1,107 @@
+"""The scripted endpoint, for `gradio_client` users (a client cannot send click events): an image and
+numeric prompts in, the mask out."""
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+from ..errors import BiglSamError
+from ..images import load_image
+from .inference import Encoding, decode_click, encode_image
+from .models import DemoModel
+from .render import save_mask_png, working_image
+
+
+@dataclass(frozen=True)
+class ApiCache:
+    """One client's memory: the last image's embedding, so repeated calls on one image only decode."""
+
+    key: str
+    encoding: Encoding
+    scale: float  # working size / original size
+
+
+def segment(
+    model: DemoModel,
+    workdir: Path,
+    source,
+    points: Optional[Sequence] = None,
+    box: Optional[Sequence] = None,
+    keep_ratio: Optional[float] = None,
+    cache: Optional[ApiCache] = None,
+) -> Tuple[str, dict, ApiCache]:
+    """Image + prompts in original pixels -> (mask PNG path, info, cache for the client's next call).
+
+    points: [[x, y], ...] or [[x, y, label], ...] (label 1 object, 0 background; default 1);
+    box: [x0, y0, x1, y1]. The mask is the candidate with the best predicted IoU, at the image's size.
+    """
+    original = load_image(source)
+    coords, labels = _parse_points(points)
+    box = _parse_box(box)
+    if not coords and box is None:
+        raise BiglSamError("segment: give at least one point or a box")
+    ratio = keep_ratio if model.is_student else None
+    key = hashlib.sha1(original.tobytes() + repr((original.shape, ratio)).encode()).hexdigest()
+    reused = cache is not None and cache.key == key
+    if not reused:
+        image, scale = working_image(original)
+        cache = ApiCache(key, encode_image(model.model, image, ratio), scale)
+    s = cache.scale
+    prediction = decode_click(
+        model.model,
+        cache.encoding,
+        [(x * s, y * s) for x, y in coords],
+        labels,
+        None if box is None else tuple(v * s for v in box),
+    )
+    mask = _resize_mask(prediction.masks[prediction.best], original.shape[:2])
+    info = {
+        "model": model.name,
+        "trained": model.trained,
+        "size": list(original.shape[:2]),
+        "scores": [round(float(v), 4) for v in prediction.scores],
+        "chosen": prediction.best,
+        "keep_ratio": cache.encoding.keep_ratio,
+        "encoded": not reused,
+        "encoder_ms": round(cache.encoding.seconds * 1000, 1),
+        "decoder_ms": round(prediction.seconds * 1000, 1),
+    }
+    return str(save_mask_png(mask, workdir)), info, cache
+
+
+def _resize_mask(mask: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    if mask.shape == tuple(size):
+        return mask
+    return cv2.resize(mask.astype(np.uint8), (size[1], size[0]), interpolation=cv2.INTER_NEAREST).astype(bool)
+
+
+def _parse_points(points: Optional[Sequence]) -> Tuple[List[Tuple[float, float]], List[int]]:
+    coords, labels = [], []
+    for i, point in enumerate(points or []):
+        if not isinstance(point, (list, tuple)) or len(point) not in (2, 3):
+            raise BiglSamError(f"segment: point #{i + 1} is {point!r}, expected [x, y] or [x, y, label]")
+        x, y, label = (*point, 1) if len(point) == 2 else point
+        if label not in (0, 1):
+            raise BiglSamError(f"segment: point #{i + 1} has label {label!r}, expected 1 (object) or 0 (background)")
+        coords.append((_number(x, f"point #{i + 1} x"), _number(y, f"point #{i + 1} y")))
+        labels.append(int(label))
+    return coords, labels
+
+
+def _parse_box(box: Optional[Sequence]) -> Optional[Tuple[float, float, float, float]]:
+    if box is None or (isinstance(box, (list, tuple)) and not box):
+        return None
+    if not isinstance(box, (list, tuple)) or len(box) != 4:
+        raise BiglSamError(f"segment: box is {box!r}, expected [x0, y0, x1, y1]")
+    x0, y0, x1, y1 = (_number(v, "box coordinate") for v in box)
+    return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
+
+
+def _number(value, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        raise BiglSamError(f"segment: {what} is {value!r}, expected a number")
+    return float(value)

@@ -1,0 +1,50 @@
+"""`bigl-sam demo`: the click-to-segment web page. Weights are checked before the server starts."""
+
+import argparse
+import tempfile
+from pathlib import Path
+from typing import List
+
+from ..errors import BiglSamError
+from ..modeling.config import MODEL_CONFIGS
+from .models import WEIGHTS_DIR, load_demo_models
+
+# The repository's own drawn examples (absent from a wheel install: then the page has none).
+EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "demo" / "examples"
+EXAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    names = sorted(MODEL_CONFIGS)
+    add = parser.add_argument
+    add("--model", default="bigl_b_t", choices=names, help="model to run (default: bigl_b_t)")
+    add("--checkpoint", type=Path, metavar="PATH", help=f"its weights (default: {WEIGHTS_DIR}/MODEL*.pth if any)")
+    add("--compare", choices=names, help="also run this model (e.g. vit_h) on the same clicks")
+    add("--compare-checkpoint", type=Path, metavar="PATH", help="weights of the --compare model")
+    add("--keep-ratio", type=float, metavar="R", help="starting share of tokens for the P-path (students)")
+    add("--weights-dir", type=Path, default=WEIGHTS_DIR, metavar="DIR", help="where to look for weights")
+    add("--examples", type=Path, default=EXAMPLES_DIR, metavar="DIR", help="folder of example images")
+    add("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: the whole network)")
+    add("--port", type=int, default=7860, help="port to serve on")
+
+def example_images(folder: Path) -> List[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in EXAMPLE_SUFFIXES)
+
+
+def run(args: argparse.Namespace) -> int:
+    models = load_demo_models(
+        args.model, args.checkpoint, args.compare, args.compare_checkpoint, args.keep_ratio, args.weights_dir
+    )
+    from .app import build_app, launch  # gradio takes seconds to import: only once the weights are good
+    from .handlers import DemoHandlers
+
+    with tempfile.TemporaryDirectory(prefix="bigl-sam-demo-") as workdir:
+        handlers = DemoHandlers(models, Path(workdir))
+        app = build_app(handlers, example_images(args.examples), args.weights_dir)
+        try:
+            launch(app, args.host, args.port, Path(workdir))
+        except OSError as err:  # the port is taken, or the address is not this machine's
+            raise BiglSamError(f"cannot serve on {args.host}:{args.port} ({err}); try another --port") from None
+    return 0

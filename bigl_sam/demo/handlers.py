@@ -1,0 +1,154 @@
+"""What each event on the page does, as plain functions of (session, input) -> session, and `view`, which
+turns a session into what the page shows. Gradio is not imported here: tests call these directly.
+"""
+
+from dataclasses import replace
+from pathlib import Path
+from typing import List, NamedTuple, Optional, Tuple
+
+import numpy as np
+
+from ..errors import BiglSamError
+from ..images import load_image
+from .inference import Encoding, Prediction, decode_click, encode_image
+from .models import DemoModel, DemoModels
+from .render import draw_prompts, overlay_mask, routing_heat_map, save_mask_png, thumbnail, working_image
+from .session import MODES, Session
+
+MAIN, TEACHER = "main", "teacher"
+
+
+class View(NamedTuple):
+    """What the page shows for a session, in the order of the app's output components."""
+
+    image: Optional[np.ndarray]  # the main model's mask over the image, with the clicks
+    teacher_image: Optional[np.ndarray]  # the same clicks on the teacher (--compare)
+    candidates: List[Tuple[np.ndarray, str]]  # every candidate mask with its predicted IoU
+    mask_png: Optional[str]  # the chosen mask, for download
+    status: str  # markdown: latencies, keep ratio, prompts, what to do next
+    routing: Optional[np.ndarray]  # the routing heat map (students only)
+
+
+class DemoHandlers:
+    def __init__(self, models: DemoModels, workdir: Path) -> None:
+        self.models = models
+        self.workdir = Path(workdir)
+
+    def _roles(self):
+        yield MAIN, self.models.main
+        if self.models.teacher is not None:
+            yield TEACHER, self.models.teacher
+
+    # ---- events -------------------------------------------------------------------------------------
+
+    def upload(self, source, session: Session, keep_ratio: Optional[float] = None) -> Session:
+        """A new image (a path or PIL image; None when the user removed it): encode it once per model."""
+        if source is None:
+            return Session(mode=session.mode)
+        loaded = load_image(source)
+        image, scale = working_image(loaded)
+        note = f"Image {_size(image)}" + (f", scaled down from {_size(loaded)}." if scale < 1 else ".")
+        encodings = {role: self._encode(m, image, keep_ratio) for role, m in self._roles()}
+        return Session(image=image, note=note, mode=session.mode, encodings=encodings)
+
+    def click(self, session: Session, x: float, y: float) -> Session:
+        image = _require_image(session)
+        h, w = image.shape[:2]
+        if not (0 <= x <= w and 0 <= y <= h):
+            raise BiglSamError(f"click at ({x:g}, {y:g}) is outside the {_size(image)} image")
+        return self._decode(session.push(session.prompts.with_click(float(x), float(y), session.mode)))
+
+    def set_mode(self, session: Session, mode: str) -> Session:
+        if mode not in MODES:
+            raise BiglSamError(f"unknown click mode {mode!r}; choose one of: {', '.join(MODES)}")
+        return replace(session, mode=mode)
+
+    def undo(self, session: Session) -> Session:
+        return self._decode(session.undo())
+
+    def clear(self, session: Session) -> Session:
+        return session.cleared()
+
+    def reencode(self, session: Session, keep_ratio: float) -> Session:
+        """The keep-ratio dial: re-encode with the student only, then replay the clicks."""
+        _require_image(session)
+        if not self.models.main.is_student:
+            return session
+        encodings = dict(session.encodings, **{MAIN: self._encode(self.models.main, session.image, keep_ratio)})
+        return self._decode(replace(session, encodings=encodings))
+
+    def choose(self, session: Session, index: int) -> Session:
+        prediction = session.predictions.get(MAIN)
+        if prediction is None or not 0 <= index < len(prediction.scores):
+            raise BiglSamError(f"no candidate mask #{index + 1} to choose; click on the image first")
+        return replace(session, chosen=index)
+
+    def _encode(self, model: DemoModel, image: np.ndarray, keep_ratio: Optional[float]) -> Encoding:
+        return encode_image(model.model, image, keep_ratio if model.is_student else None)
+
+    def _decode(self, session: Session) -> Session:
+        prompts = session.prompts
+        if prompts.empty:
+            return replace(session, predictions={})
+        predictions = {
+            role: decode_click(m.model, session.encodings[role], prompts.points, prompts.labels, prompts.box)
+            for role, m in self._roles()
+        }
+        return replace(session, predictions=predictions)
+
+    # ---- what the page shows ------------------------------------------------------------------------
+
+    def view(self, session: Session) -> View:
+        if session.image is None:
+            return View(None, None, [], None, "Upload an image or pick an example to start.", None)
+        main = session.predictions.get(MAIN)
+        chosen = session.chosen_index(MAIN)
+        candidates = []
+        if main is not None:
+            small = thumbnail(session.image)
+            for i, (mask, score) in enumerate(zip(main.masks, main.scores)):
+                caption = f"#{i + 1} IoU {score:.2f}" + (" (shown)" if i == chosen else "")
+                candidates.append((overlay_mask(small, thumbnail(mask)), caption))
+        routing = session.encodings[MAIN].routing
+        return View(
+            image=self._picture(session, MAIN, chosen),
+            teacher_image=self._picture(session, TEACHER, session.chosen_index(TEACHER)),
+            candidates=candidates,
+            mask_png=None if main is None else str(save_mask_png(main.masks[chosen], self.workdir)),
+            status=self._status(session),
+            routing=None if routing is None else routing_heat_map(session.image, routing),
+        )
+
+    def _picture(self, session: Session, role: str, chosen: Optional[int]) -> Optional[np.ndarray]:
+        if role not in session.encodings:
+            return None
+        prediction: Optional[Prediction] = session.predictions.get(role)
+        picture = session.image if prediction is None else overlay_mask(session.image, prediction.masks[chosen])
+        return draw_prompts(picture, session.prompts)
+
+    def _status(self, session: Session) -> str:
+        rows = ["| model | weights | image encoder | keep ratio | decoder, last click |", "|---|---|---|---|---|"]
+        for role, m in self._roles():
+            encoding, prediction = session.encodings[role], session.predictions.get(role)
+            ratio = "all tokens (SAM ViT)" if encoding.keep_ratio is None else f"{encoding.keep_ratio:.2f}"
+            decoder = "—" if prediction is None else f"{prediction.seconds * 1000:.0f} ms"
+            weights = m.source.name if m.trained else "untrained"
+            rows.append(f"| {m.name} | {weights} | {encoding.seconds * 1000:.0f} ms | {ratio} | {decoder} |")
+        routing = session.encodings[MAIN].routing
+        if routing is not None:
+            rows.append(f"\nRouting map: per layer, {routing.mean():.0%} of the image's tokens took the P-path.")
+        prompts = session.prompts
+        hint = "Click on the image to add a point." if prompts.empty else f"Prompts: {prompts.describe()}."
+        if prompts.corner is not None:
+            hint = "Click the opposite corner of the box."
+        return "\n".join(rows) + f"\n\n**Click mode: {session.mode}.** {hint} {session.note}"
+
+
+def _require_image(session: Session) -> np.ndarray:
+    if session.image is None:
+        raise BiglSamError("no image yet: upload an image or pick an example first")
+    return session.image
+
+
+def _size(image: np.ndarray) -> str:
+    return f"{image.shape[1]}x{image.shape[0]}"

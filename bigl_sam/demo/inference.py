@@ -1,0 +1,111 @@
+"""Encode an image once, then decode any number of prompts against its embedding.
+
+Nothing here stores state on the model, so one model serves concurrent sessions: each session keeps its
+own `Encoding` (the role `SamPredictor.set_image` plays) and passes it to `decode_click`.
+"""
+
+import time
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from segment_anything.modeling import Sam
+from segment_anything.utils.transforms import ResizeLongestSide
+
+from ..errors import BiglSamError
+from ..modeling.encoder import BigLittleImageEncoder, routing_map
+
+Size = Tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """One image's embedding, as `SamPredictor` keeps it after `set_image`."""
+
+    features: torch.Tensor  # 1 x 256 x 64 x 64
+    original_size: Size  # (H, W) of the image
+    input_size: Size  # (H, W) after resizing the long side to 1024
+    routing: Optional[np.ndarray]  # h x w share of layers that sent each token to the P-path; None: SAM ViT
+    keep_ratio: Optional[float]  # None for SAM's own encoders
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """SAM's multimask output for one prompt set."""
+
+    masks: np.ndarray  # C x H x W bool, at the image's size
+    scores: np.ndarray  # C predicted IoU
+    seconds: float
+
+    @property
+    def best(self) -> int:
+        return int(np.argmax(self.scores))
+
+
+def is_student(model: Sam) -> bool:
+    return isinstance(model.image_encoder, BigLittleImageEncoder)
+
+
+@torch.inference_mode()
+def encode_image(model: Sam, image: np.ndarray, keep_ratio: Optional[float] = None) -> Encoding:
+    """image: H x W x 3 uint8 RGB. `keep_ratio` is used by big.LITTLE students only (None: the model's)."""
+    start = time.perf_counter()
+    encoder = model.image_encoder
+    resized = ResizeLongestSide(encoder.img_size).apply_image(image)
+    x = torch.as_tensor(resized).permute(2, 0, 1).contiguous()[None].float()
+    x = model.preprocess(x)
+    routing, ratio = None, None
+    if is_student(model):
+        ratio = encoder.keep_ratio if keep_ratio is None else keep_ratio
+        if not 0.0 < ratio <= 1.0:
+            raise BiglSamError(f"keep ratio must be in (0, 1], got {ratio}")
+        features, layers = encoder.forward_with_routing(x, ratio)
+        routing = _routing_over_image(layers, encoder, resized.shape[:2])
+    else:
+        features = encoder(x)
+    seconds = time.perf_counter() - start
+    return Encoding(features, image.shape[:2], resized.shape[:2], routing, ratio, seconds)
+
+
+def _routing_over_image(layers, encoder: BigLittleImageEncoder, input_size: Size) -> np.ndarray:
+    """The routing map cropped to the tokens that cover the image (the rest is padding)."""
+    patch = encoder.config.p_path.patch_size
+    grid = encoder.img_size // patch
+    shares = routing_map(layers, (grid, grid))[0].numpy()
+    rows, cols = (-(-side // patch) for side in input_size)
+    return shares[:rows, :cols]
+
+
+@torch.inference_mode()
+def decode_click(
+    model: Sam,
+    encoding: Encoding,
+    points: Sequence[Tuple[float, float]] = (),
+    labels: Sequence[int] = (),
+    box: Optional[Tuple[float, float, float, float]] = None,
+) -> Prediction:
+    """One click's work: prompt encoder + mask decoder + upsampling, never the image encoder.
+
+    points: N x (x, y) in image pixels, labels: N (1 foreground, 0 background), box: x0, y0, x1, y1.
+    """
+    start = time.perf_counter()
+    transform = ResizeLongestSide(model.image_encoder.img_size)
+    point_input = None
+    if len(points):
+        coords = transform.apply_coords(np.asarray(points, dtype=np.float32), encoding.original_size)
+        point_input = (torch.as_tensor(coords)[None], torch.as_tensor(labels, dtype=torch.int)[None])
+    box_input = None
+    if box is not None:
+        box_input = torch.as_tensor(transform.apply_boxes(np.asarray([box], dtype=np.float32), encoding.original_size))
+    sparse, dense = model.prompt_encoder(points=point_input, boxes=box_input, masks=None)
+    low_res, scores = model.mask_decoder(
+        image_embeddings=encoding.features,
+        image_pe=model.prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=True,
+    )
+    masks = model.postprocess_masks(low_res, encoding.input_size, encoding.original_size) > model.mask_threshold
+    return Prediction(masks[0].numpy(), scores[0].numpy(), time.perf_counter() - start)
