@@ -4,6 +4,7 @@ The screenshot is kept as a test artifact: test-artifacts/demo_browser.png.
 """
 
 import io
+import os
 import urllib.request
 from pathlib import Path
 
@@ -33,9 +34,12 @@ CHROMIUM_FLAGS = (
 )
 WAIT_S = 90
 
+MISSING_BROWSER = "needs Debian's chromium and chromium-driver (/usr/bin/chromedriver)"
+if os.environ.get("BIGL_SAM_REQUIRE_BROWSER") and not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+    raise RuntimeError(MISSING_BROWSER + "; BIGL_SAM_REQUIRE_BROWSER is set, so this may not skip")
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
 if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
-    pytest.skip("needs Debian's chromium and chromium-driver (/usr/bin/chromedriver)", allow_module_level=True)
+    pytest.skip(MISSING_BROWSER, allow_module_level=True)
 
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402

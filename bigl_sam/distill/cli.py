@@ -1,0 +1,96 @@
+"""`bigl-sam distill cache|train`: the two commands of a distillation run (both work under `torchrun`)."""
+
+import argparse
+from pathlib import Path
+
+from ..build import build_sam, load_sam
+from ..errors import BiglSamError
+from .cache import build_cache, verify_cache
+from .train import TrainConfig, train
+
+TRAIN_DEFAULTS = TrainConfig(student="", cache="", out="")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    commands = parser.add_subparsers(dest="distill_command", required=True)
+    _add_cache_arguments(commands.add_parser("cache", help="run the teacher once per image and augmentation"))
+    _add_train_arguments(commands.add_parser("train", help="train a student on a teacher cache"))
+
+
+def _add_cache_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, type=Path, help="cache folder (created; a rerun resumes)")
+    parser.add_argument("--teacher", help="teacher model name (vit_h, ...); default: read off the checkpoint")
+    parser.add_argument("--teacher-checkpoint", type=Path, help="e.g. sam_vit_h_4b8939.pth")
+    parser.add_argument("--images", type=Path, help="folder of images (searched recursively)")
+    parser.add_argument("--augment", type=int, default=0, help="augmented copies per image besides the original")
+    parser.add_argument("--shard-size", type=int, default=64, help="embeddings per shard file")
+    parser.add_argument("--batch", type=int, default=4, help="images per teacher forward pass")
+    parser.add_argument("--device", help="default: this process's GPU if there is one, else cpu")
+    parser.add_argument("--verify", action="store_true", help="only check the shards of --out against the index")
+
+
+def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    d = TRAIN_DEFAULTS
+    add = parser.add_argument
+    add("--student", required=True, help="bigl_b_t, bigl_l_s, bigl_h_b, ... or a student checkpoint to continue")
+    add("--init-from", help="SAM checkpoint of the P-path's size (e.g. sam_vit_b_01ec64.pth); default: random")
+    add("--decoder-from", help="SAM checkpoint for the prompt encoder and mask decoder (the teacher's)")
+    add("--cache", required=True, help="teacher cache folder from `bigl-sam distill cache`")
+    add("--out", required=True, help="run folder: checkpoints, CSV and TensorBoard logs")
+    add("--steps", type=int, default=d.steps)
+    add("--batch", type=int, default=d.batch, help="images per process and step")
+    add("--lr", type=float, default=d.lr, help="peak learning rate")
+    add("--min-lr", type=float, default=d.min_lr, help="learning rate at the end of the cosine decay")
+    add("--warmup", type=int, default=d.warmup, help="linear warm-up steps")
+    add("--weight-decay", type=float, default=d.weight_decay)
+    add("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm")
+    add("--keep-ratio-range", type=_ratio_range, default=d.keep_ratio_range, help="LOW,HIGH sampled per step")
+    add("--cosine-weight", type=float, default=d.cosine_weight, help="weight of (1 - cosine) next to the MSE")
+    add("--mask-weight", type=float, default=d.mask_weight, help="> 0 adds the mask-level loss (decoder, prompts)")
+    add("--holdout", type=int, default=d.holdout, help="images held out for the held-out loss curves")
+    add("--eval-every", type=int, default=d.eval_every)
+    add("--ckpt-every", type=int, default=d.ckpt_every)
+    add("--seed", type=int, default=d.seed)
+    add("--amp", choices=("auto", "bf16", "none"), default=d.amp, help="auto: bf16 autocast on GPU only")
+    add("--workers", type=int, default=d.workers, help="data loader processes")
+    add("--device", help="default: this process's GPU if there is one, else cpu")
+    add("--resume", action="store_true", help="continue from RUN/ckpt.pt (start fresh if there is none yet)")
+
+
+def _ratio_range(text: str):
+    try:
+        lo, hi = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected LOW,HIGH such as 0.15,0.5") from None
+    return lo, hi
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.distill_command == "cache":
+        return _run_cache(args)
+    options = {k: v for k, v in vars(args).items() if k != "distill_command"}
+    print(f"final checkpoint: {train(TrainConfig(**options))}")
+    return 0
+
+
+def _run_cache(args: argparse.Namespace) -> int:
+    if args.verify:
+        problems = verify_cache(args.out)
+        for problem in problems:
+            print(problem)
+        if problems:
+            raise BiglSamError(f"{args.out}: {len(problems)} bad shards; delete them and rerun the cache command")
+        print(f"{args.out}: every shard matches the index")
+        return 0
+    for option in ("teacher_checkpoint", "images"):
+        if getattr(args, option) is None:
+            raise BiglSamError(f"--{option.replace('_', '-')} is required to build a cache")
+    if args.augment < 0 or args.shard_size < 1 or args.batch < 1:
+        raise BiglSamError("--augment must be >= 0, --shard-size and --batch >= 1")
+    if args.teacher:
+        teacher = build_sam(args.teacher, args.teacher_checkpoint)
+    else:
+        teacher = load_sam(args.teacher_checkpoint)
+    index = build_cache(teacher, args.images, args.out, args.augment, args.shard_size, args.batch, args.device)
+    print(f"teacher cache: {index}")
+    return 0

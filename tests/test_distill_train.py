@@ -1,0 +1,135 @@
+"""Student training: the loss goes down, SIGKILL + --resume lands on the same weights, torchrun agrees.
+
+A 256 px variant of the tiny test architectures (16 x 16 embedding grid) keeps each step well under a
+second on a 2-core CPU; the 1024 px path is covered in test_distill_cache.py.
+"""
+
+import csv
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bigl_sam import build_model, load_sam, save_checkpoint
+from bigl_sam.checkpoint import read_checkpoint
+from bigl_sam.cli import main
+from bigl_sam.distill.train import TrainConfig, train
+from bigl_sam.modeling import get_config
+
+from conftest import randomize_
+
+IMG_SIZE = 256
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # frugal on a shared CPU, and bit-reproducible
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Teacher and student checkpoints at 256 px, 5 square images, and their teacher cache."""
+    root = tmp_path_factory.mktemp("distill")
+    teacher_config = dataclasses.replace(get_config("vit_test"), name="vit_test_256", img_size=IMG_SIZE)
+    student_config = dataclasses.replace(get_config("bigl_test"), name="bigl_test_256", p_path=teacher_config)
+    save_checkpoint(randomize_(build_model(teacher_config), seed=1), root / "teacher.pth")
+    save_checkpoint(randomize_(build_model(student_config), seed=2), root / "student.pth")
+    images = root / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(images / f"img{i}.png")
+    cache = root / "cache"
+    assert main(["distill", "cache", "--teacher-checkpoint", str(root / "teacher.pth"), "--images", str(images),
+                 "--out", str(cache), "--augment", "1", "--shard-size", "3"]) == 0
+    return root
+
+
+def run_args(setup, out, steps, batch=2, extra=()):
+    return ["--student", str(setup / "student.pth"), "--cache", str(setup / "cache"), "--out", str(out),
+            "--steps", str(steps), "--batch", str(batch), "--lr", "3e-3", "--warmup", "2", "--holdout", "1",
+            "--workers", "0", *extra]
+
+
+def config(setup, out, steps, batch=2, **knobs):
+    return TrainConfig(student=str(setup / "student.pth"), cache=str(setup / "cache"), out=str(out), steps=steps,
+                       batch=batch, lr=3e-3, warmup=2, holdout=1, workers=0, **knobs)
+
+
+def rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def encoder_weights(path):
+    return {k: v for k, v in load_sam(path).state_dict().items() if k.startswith("image_encoder.")}
+
+
+def test_training_lowers_the_distillation_loss(setup, tmp_path):
+    final = train(config(setup, tmp_path, steps=30, eval_every=15, ckpt_every=15, mask_weight=0.5))
+    losses = [float(row["loss"]) for row in rows(tmp_path / "train.csv")]
+    assert len(losses) == 30
+    first, last = np.mean(losses[:5]), np.mean(losses[-5:])
+    assert last < 0.6 * first, (first, last)
+    heldout = rows(tmp_path / "eval.csv")
+    assert {row["keep_ratio"] for row in heldout} == {"0.15", "0.325", "0.5"}
+    assert float(heldout[-1]["loss"]) < float(heldout[0]["loss"])
+    assert load_sam(final).config.name == "bigl_test_256"
+
+
+def test_sigkill_then_resume_ends_where_an_uninterrupted_run_does(setup, tmp_path):
+    steps = 12
+    reference = train(config(setup, tmp_path / "reference", steps=steps, ckpt_every=3, eval_every=100))
+    run = tmp_path / "killed"
+    command = [sys.executable, "-m", "bigl_sam.cli", "distill", "train",
+               *run_args(setup, run, steps, extra=["--ckpt-every", "3", "--eval-every", "100"])]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ONE_THREAD)
+    deadline = time.time() + 120
+    while not (run / "ckpt.pt").exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    saved = read_checkpoint(run / "ckpt.pt")["step"]  # whole, never half-written
+    assert 3 <= saved < steps and saved % 3 == 0
+    assert not (run / "final.pth").exists()
+
+    assert main(["distill", "train", *run_args(setup, run, steps, extra=["--ckpt-every", "3", "--eval-every", "100",
+                                                                          "--resume"])]) == 0
+    assert read_checkpoint(run / "ckpt.pt")["step"] == steps
+    assert [int(row["step"]) for row in rows(run / "train.csv")] == list(range(1, steps + 1))
+    resumed, uninterrupted = encoder_weights(run / "final.pth"), encoder_weights(reference)
+    for name, value in uninterrupted.items():
+        assert torch.allclose(resumed[name], value, atol=1e-6), name
+
+
+def test_resume_with_other_settings_and_overwriting_a_run_are_refused(setup, tmp_path, capsys):
+    train(config(setup, tmp_path, steps=1))
+    assert main(["distill", "train", *run_args(setup, tmp_path, 1)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["distill", "train", *run_args(setup, tmp_path, 2, extra=["--resume"])]) == 2
+    assert "steps: 1 -> 2" in capsys.readouterr().err
+
+
+def test_two_torchrun_processes_train_as_one_with_the_global_batch(setup, tmp_path):
+    steps = 3
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "bigl_sam.cli", "distill", "train", *run_args(setup, tmp_path / "ddp", steps, batch=1)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr[-2000:]
+    single = train(config(setup, tmp_path / "single", steps=steps, batch=2))
+    together, alone = encoder_weights(tmp_path / "ddp" / "final.pth"), encoder_weights(single)
+    start = encoder_weights(setup / "student.pth")
+    assert any(not torch.equal(alone[name], start[name]) for name in alone)
+    for name, value in alone.items():  # Adam steps here are ~3e-3; float summation order differs
+        assert torch.allclose(together[name], value, atol=1e-4), name
