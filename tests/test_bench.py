@@ -23,7 +23,7 @@ def test_bench_rows_and_json(tmp_path, capsys):
                  "--clicks", "1", "--json", str(out)])
     assert code == 0
     table = capsys.readouterr().out
-    assert "| bigl_test @0.25 |" in table and "| bigl_test @1 |" in table and "one click" in table
+    assert "| bigl_test @0.25 |" in table and "| bigl_test @1 |" in table and "one demo click" in table
     rows = {(r["model"], r["keep_ratio"]): r for r in json.loads(out.read_text())["rows"]}
     sam, routed, dense = rows["vit_test", None], rows["bigl_test", 0.25], rows["bigl_test", 1.0]
     assert routed["gmacs"] < dense["gmacs"]

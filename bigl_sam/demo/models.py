@@ -11,10 +11,11 @@ from segment_anything.modeling import Sam
 
 from ..build import build_sam
 from ..errors import BiglSamError
+from ..weights import weights_dir
 from .inference import is_student
 
 PathLike = Union[str, Path]
-WEIGHTS_DIR = Path("weights")
+WEIGHTS_DIR = weights_dir()  # $BIGL_SAM_WEIGHTS, else the repository's weights/
 
 
 @dataclass(frozen=True)
