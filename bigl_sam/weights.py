@@ -113,12 +113,13 @@ def _progress(total: int, label: str, initial: int = 0) -> tqdm:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dir", type=Path, default=None, help="weights folder (default: $BIGL_SAM_WEIGHTS or weights/)")
-    parser.add_argument("--manifest", type=Path, default=None, help="manifest JSON (default: weights/manifest.json)")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--dir", type=Path, default=None, help="weights folder (default: $BIGL_SAM_WEIGHTS or weights/)")
+    common.add_argument("--manifest", type=Path, default=None, help="manifest JSON (default: weights/manifest.json)")
     actions = parser.add_subparsers(dest="action", required=True)
-    actions.add_parser("list", help="known checkpoints and whether each is here")
+    actions.add_parser("list", parents=[common], help="known checkpoints and whether each is here")
     for action in ("download", "verify"):
-        actions.add_parser(action, help=f"{action} one checkpoint").add_argument("name")
+        actions.add_parser(action, parents=[common], help=f"{action} one checkpoint").add_argument("name")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -30,19 +30,19 @@ def test_shipped_manifest_is_complete():
 def test_verify_good_and_bad_files(tmp_path, capsys):
     manifest = fake_manifest(tmp_path, b"weights!")
     (tmp_path / "tiny.pth").write_bytes(b"weights!")
-    assert main(["weights", "--dir", str(tmp_path), "--manifest", str(manifest), "verify", "tiny.pth"]) == 0
+    assert main(["weights", "verify", "tiny.pth", "--dir", str(tmp_path), "--manifest", str(manifest)]) == 0
     assert "OK" in capsys.readouterr().out
     (tmp_path / "tiny.pth").write_bytes(b"weights?")
-    assert main(["weights", "--dir", str(tmp_path), "--manifest", str(manifest), "verify", "tiny.pth"]) == 2
+    assert main(["weights", "verify", "tiny.pth", "--dir", str(tmp_path), "--manifest", str(manifest)]) == 2
     assert "does not match" in capsys.readouterr().err
     (tmp_path / "tiny.pth").write_bytes(b"weig")
-    assert main(["weights", "--dir", str(tmp_path), "--manifest", str(manifest), "verify", "tiny.pth"]) == 2
+    assert main(["weights", "verify", "tiny.pth", "--dir", str(tmp_path), "--manifest", str(manifest)]) == 2
     assert "4 bytes, expected 8" in capsys.readouterr().err
 
 
 def test_download_without_network_fails_clearly(tmp_path, capsys):
     manifest = fake_manifest(tmp_path, b"weights!")  # port 9 on loopback: nothing listens
-    code = main(["weights", "--dir", str(tmp_path / "w"), "--manifest", str(manifest), "download", "tiny.pth"])
+    code = main(["weights", "download", "tiny.pth", "--dir", str(tmp_path / "w"), "--manifest", str(manifest)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert "could not download tiny.pth" in err and "weights verify tiny.pth" in err
