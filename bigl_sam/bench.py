@@ -23,6 +23,7 @@ from .build import build_model
 from .demo.inference import Encoding, decode_click
 from .errors import BiglSamError
 from .modeling import BigLittleConfig, get_config
+from .modeling.config import check_keep_ratio
 
 DEFAULT_MODELS = "vit_b,vit_l,vit_h,bigl_b_t,bigl_l_s,bigl_h_b"
 # torch's FLOP counter knows SDPA's CUDA kernels but not the CPU one.
@@ -89,10 +90,7 @@ def _device(name: str) -> torch.device:
 
 
 def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> List[Row]:
-    try:
-        config = get_config(name)
-    except KeyError as err:
-        raise BiglSamError(err.args[0]) from None
+    config = get_config(name)
     encoder = build_model(config).image_encoder.to(device)
     params = sum(p.numel() for p in encoder.parameters()) / 1e6
     image = torch.randn(args.batch, 3, encoder.img_size, encoder.img_size, device=device)
@@ -105,9 +103,7 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> Li
 def _keep_ratios(spec: str, default: float) -> List[float]:
     ratios = []
     for part in spec.split(","):
-        value = default if part.strip() == "default" else float(part)
-        if not 0.0 < value <= 1.0:
-            raise BiglSamError(f"--keep-ratio {part}: must be in (0, 1]")
+        value = default if part.strip() == "default" else check_keep_ratio(float(part), "--keep-ratio")
         if value not in ratios:
             ratios.append(value)
     return ratios

@@ -7,3 +7,14 @@ class BiglSamError(Exception):
 
 class CheckpointError(BiglSamError):
     """A checkpoint file is missing, unreadable, or does not fit the model asked for."""
+
+
+class UnknownModelError(BiglSamError, KeyError):
+    """A model name that no config registers."""
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class KeepRatioError(BiglSamError, ValueError):
+    """A keep ratio outside (0, 1]."""

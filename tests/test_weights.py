@@ -4,7 +4,6 @@ import hashlib
 import json
 import re
 
-import pytest
 
 from bigl_sam.cli import main
 from bigl_sam.weights import read_manifest

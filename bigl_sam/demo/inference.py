@@ -13,7 +13,7 @@ import torch
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from ..errors import BiglSamError
+from ..modeling.config import check_keep_ratio
 from ..modeling.encoder import BigLittleImageEncoder, routing_map
 
 Size = Tuple[int, int]
@@ -58,9 +58,7 @@ def encode_image(model: Sam, image: np.ndarray, keep_ratio: Optional[float] = No
     x = model.preprocess(x)
     routing, ratio = None, None
     if is_student(model):
-        ratio = encoder.keep_ratio if keep_ratio is None else keep_ratio
-        if not 0.0 < ratio <= 1.0:
-            raise BiglSamError(f"keep ratio must be in (0, 1], got {ratio}")
+        ratio = check_keep_ratio(encoder.keep_ratio if keep_ratio is None else keep_ratio)
         features, layers = encoder.forward_with_routing(x, ratio)
         routing = _routing_over_image(layers, encoder, resized.shape[:2])
     else:

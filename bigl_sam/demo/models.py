@@ -11,6 +11,7 @@ from segment_anything.modeling import Sam
 
 from ..build import build_sam
 from ..errors import BiglSamError
+from ..modeling.config import check_keep_ratio
 from ..weights import weights_dir
 from .inference import is_student
 
@@ -75,9 +76,7 @@ def load_demo_models(
     if keep_ratio is not None:
         if not main.is_student:
             raise BiglSamError(f"--keep-ratio: {name} is SAM's own encoder, only big.LITTLE students route tokens")
-        if not 0.0 < keep_ratio <= 1.0:
-            raise BiglSamError(f"--keep-ratio must be in (0, 1], got {keep_ratio}")
-        main.model.image_encoder.keep_ratio = keep_ratio
+        main.model.image_encoder.keep_ratio = check_keep_ratio(keep_ratio, "--keep-ratio")
     teacher = load_demo_model(compare, compare_checkpoint, weights_dir) if compare is not None else None
     return DemoModels(main, teacher)
 

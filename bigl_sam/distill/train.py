@@ -168,10 +168,7 @@ def build_student(cfg: TrainConfig) -> Sam:
         if not isinstance(model.config, BigLittleConfig):
             raise BiglSamError(f"--student {cfg.student}: holds {model.config.name}, not a big.LITTLE student")
         return model
-    try:
-        return build_student_from_sam(cfg.student, cfg.init_from, cfg.decoder_from)
-    except KeyError as err:
-        raise BiglSamError(f"--student {cfg.student}: {err.args[0]}") from None
+    return build_student_from_sam(cfg.student, cfg.init_from, cfg.decoder_from)
 
 
 def _check_fits_cache(model: Sam, cache: TeacherCache, where: str) -> None:

@@ -15,7 +15,7 @@ from ..build import build_sam
 from ..errors import BiglSamError
 from ..images import load_image
 from ..modeling import BigLittleConfig
-from ..modeling.config import MODEL_CONFIGS
+from ..modeling.config import check_keep_ratio, get_config
 from .coco import CocoInstances
 from .decoding import score_instances
 from .protocol import Protocol
@@ -34,10 +34,9 @@ class ModelSpec:
     keep_ratio: Optional[float] = None
 
     def __post_init__(self) -> None:
-        if self.name not in MODEL_CONFIGS:
-            raise BiglSamError(f"unknown model {self.name!r}; known: {', '.join(sorted(MODEL_CONFIGS))}")
-        if self.keep_ratio is not None and not 0.0 < self.keep_ratio <= 1.0:
-            raise BiglSamError(f"--keep-ratio must be in (0, 1], got {self.keep_ratio}")
+        get_config(self.name)
+        if self.keep_ratio is not None:
+            check_keep_ratio(self.keep_ratio, "--keep-ratio")
 
     @property
     def random_weights(self) -> bool:
@@ -46,7 +45,7 @@ class ModelSpec:
     @property
     def effective_keep_ratio(self) -> Optional[float]:
         """The share of tokens a student's P-path sees; None for SAM's own encoders."""
-        config = MODEL_CONFIGS[self.name]
+        config = get_config(self.name)
         if not isinstance(config, BigLittleConfig):
             return None
         return config.keep_ratio if self.keep_ratio is None else self.keep_ratio

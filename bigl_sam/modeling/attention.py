@@ -7,7 +7,7 @@ the P-path's semi-cross attention). The relative position terms only need each q
 so both cases share one code path.
 """
 
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F

@@ -8,12 +8,19 @@ SAM ViT named by `init_from`, its E-path is a narrow ViT of width `little_dim`.
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Tuple, Union
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, KeepRatioError, UnknownModelError
 
 IMG_SIZE = 1024
 PATCH_SIZE = 16
 WINDOW_SIZE = 14
 PROMPT_EMBED_DIM = 256
+
+
+def check_keep_ratio(ratio: float, what: str = "keep ratio") -> float:
+    """`ratio` itself if it is a share of tokens the P-path can take, in (0, 1]."""
+    if not 0.0 < ratio <= 1.0:
+        raise KeepRatioError(f"{what} must be in (0, 1], got {ratio}")
+    return ratio
 
 
 @dataclass(frozen=True)
@@ -52,8 +59,7 @@ class BigLittleConfig:
             p_path = dict(self.p_path)
             p_path["global_attn_indexes"] = tuple(p_path["global_attn_indexes"])
             object.__setattr__(self, "p_path", SamVitConfig(**p_path))
-        if not 0.0 < self.keep_ratio <= 1.0:
-            raise ValueError(f"keep_ratio must be in (0, 1], got {self.keep_ratio}")
+        check_keep_ratio(self.keep_ratio)
 
     @property
     def kind(self) -> str:
@@ -86,7 +92,7 @@ TEST_MODELS = ("vit_test", "bigl_test")
 
 def get_config(name: str) -> ModelConfig:
     if name not in MODEL_CONFIGS:
-        raise KeyError(f"unknown model {name!r}; known: {', '.join(sorted(MODEL_CONFIGS))}")
+        raise UnknownModelError(f"unknown model {name!r}; known: {', '.join(sorted(MODEL_CONFIGS))}")
     return MODEL_CONFIGS[name]
 
 

@@ -9,7 +9,7 @@ from segment_anything.modeling.common import LayerNorm2d
 from segment_anything.modeling.image_encoder import PatchEmbed
 
 from .blocks import BigLittleBlock
-from .config import BigLittleConfig
+from .config import BigLittleConfig, check_keep_ratio
 
 
 class BigLittleImageEncoder(nn.Module):
@@ -64,9 +64,7 @@ class BigLittleImageEncoder(nn.Module):
 
         Safe to call from several threads at once (it stores nothing on the module).
         """
-        ratio = self.keep_ratio if keep_ratio is None else keep_ratio
-        if not 0.0 < ratio <= 1.0:
-            raise ValueError(f"keep_ratio must be in (0, 1], got {ratio}")
+        ratio = check_keep_ratio(self.keep_ratio if keep_ratio is None else keep_ratio)
         x = self.patch_embed(x) + self.pos_embed
         routing = []
         for block in self.blocks:
