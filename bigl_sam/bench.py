@@ -20,7 +20,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from .build import build_model
-from .demo.inference import Encoding, decode_click
+from .demo.inference import Encoding, compile_decoder, decode_click
 from .errors import BiglSamError
 from .modeling import BigLittleConfig, get_config
 from .modeling.config import check_keep_ratio
@@ -64,6 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--clicks", type=int, default=20, help="decoder runs for the per-click row (0: skip)")
+    parser.add_argument(
+        "--compile-decoder", action="store_true", help="also time clicks with the demo's compiled mask decoder"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the rows and settings here")
 
 
@@ -74,11 +77,11 @@ def run(args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     rows = [row for name in names for row in bench_model(name, args, device)]
     add_ratios(rows)
-    click_ms = bench_decoder(args.clicks) if args.clicks > 0 else None
-    print(format_table(rows, click_ms, args, device))
+    clicks = bench_clicks(args.clicks, args.compile_decoder) if args.clicks > 0 else {}
+    print(format_table(rows, clicks, args, device))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(_report(rows, click_ms, args, device), indent=2) + "\n")
+        args.json.write_text(json.dumps(_report(rows, clicks, args, device), indent=2) + "\n")
     return 0
 
 
@@ -149,18 +152,26 @@ def add_ratios(rows: List[Row]) -> None:
             row.vs_dense_latency = row.latency_ms / dense.latency_ms
 
 
-def bench_decoder(runs: int) -> float:
-    """Median ms of one demo click on a 640 x 480 image, on the CPU: prompt encoder, mask decoder
-    (multimask) and upsampling of the masks to the image, on a fixed embedding (every model shares
-    this decoder)."""
+def bench_clicks(runs: int, compiled: bool) -> Dict[str, float]:
+    """One demo click on a 640 x 480 image, on the CPU: prompt encoder, mask decoder (multimask) and
+    upsampling of the masks to the image, on a fixed embedding (every model shares this decoder).
+    Median ms eager, and with `compiled` also with the demo's compiled decoder and the compile's seconds."""
     model = build_model(get_config("vit_test"))
     features = torch.randn(1, 256, 64, 64)
     encoding = Encoding(features, (480, 640), (768, 1024), routing=None, keep_ratio=None, seconds=0.0)
-    times = [decode_click(model, encoding, [(320.0, 240.0)], [1]).seconds for _ in range(runs + 1)]
-    return statistics.median(times[1:]) * 1e3
+
+    def median_ms() -> float:
+        times = [decode_click(model, encoding, [(320.0, 240.0)], [1]).seconds for _ in range(runs + 1)]
+        return statistics.median(times[1:]) * 1e3
+
+    result = {"eager_ms": median_ms()}
+    if compiled:
+        result["compile_s"] = compile_decoder(model)
+        result["compiled_ms"] = median_ms()
+    return result
 
 
-def format_table(rows: List[Row], click_ms: Optional[float], args, device: torch.device) -> str:
+def format_table(rows: List[Row], clicks: Dict[str, float], args, device: torch.device) -> str:
     header = "| model | params (M) | GMACs | GMACs vs SAM | latency (ms) | latency vs SAM | lat/MAC | vs dense |"
     lines = [header, "|" + "---|" * 8]
     for r in rows:
@@ -172,8 +183,11 @@ def format_table(rows: List[Row], click_ms: Optional[float], args, device: torch
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(_settings_line(args, device))
-    if click_ms is not None:
-        lines.append(f"one demo click on CPU (prompt encoder, mask decoder, upsampling; 640x480): {click_ms:.1f} ms median")
+    if clicks:
+        line = f"one demo click on CPU (prompt encoder, mask decoder, upsampling; 640x480): {clicks['eager_ms']:.1f} ms"
+        if "compiled_ms" in clicks:
+            line += f"; compiled decoder {clicks['compiled_ms']:.1f} ms (compiled in {clicks['compile_s']:.0f} s)"
+        lines.append(line + ", median")
     return "\n".join(lines)
 
 
@@ -194,9 +208,9 @@ def _device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
-def _report(rows: List[Row], click_ms: Optional[float], args, device: torch.device) -> dict:
+def _report(rows: List[Row], clicks: Dict[str, float], args, device: torch.device) -> dict:
     return {
         "settings": _settings_line(args, device),
         "rows": [asdict(r) for r in rows],
-        "decoder_click_ms": click_ms,
+        "demo_click": clicks,
     }

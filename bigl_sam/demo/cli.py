@@ -1,13 +1,15 @@
 """`bigl-sam demo`: the click-to-segment web page. Weights are checked before the server starts."""
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 from typing import List
 
 from ..errors import BiglSamError
 from ..modeling.config import MODEL_CONFIGS
-from .models import WEIGHTS_DIR, load_demo_models
+from .inference import compile_decoder
+from .models import WEIGHTS_DIR, DemoModels, load_demo_models
 
 # The repository's own drawn examples (absent from a wheel install: then the page has none).
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "demo" / "examples"
@@ -26,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--examples", type=Path, default=EXAMPLES_DIR, metavar="DIR", help="folder of example images")
     add("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: the whole network)")
     add("--port", type=int, default=7860, help="port to serve on")
+    add("--no-compile", action="store_true", help="skip compiling the mask decoder (faster start, slower clicks)")
 
 def example_images(folder: Path) -> List[Path]:
     if not folder.is_dir():
@@ -33,10 +36,22 @@ def example_images(folder: Path) -> List[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in EXAMPLE_SUFFIXES)
 
 
+def _compile_decoders(models: DemoModels) -> None:
+    for demo_model in filter(None, (models.main, models.teacher)):
+        print(f"compiling {demo_model.name}'s mask decoder for fast clicks (--no-compile skips it)...", flush=True)
+        try:
+            print(f"  done in {compile_decoder(demo_model.model):.0f} s", flush=True)
+        except Exception as err:  # the demo still works, only its clicks are slower
+            first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            print(f"  torch.compile unavailable ({first_line}); clicks run eagerly", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     models = load_demo_models(
         args.model, args.checkpoint, args.compare, args.compare_checkpoint, args.keep_ratio, args.weights_dir
     )
+    if not args.no_compile:
+        _compile_decoders(models)
     from .app import build_app, launch  # gradio takes seconds to import: only once the weights are good
     from .handlers import DemoHandlers
 

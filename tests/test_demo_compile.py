@@ -1,0 +1,54 @@
+"""The demo's compiled mask decoder: same masks as SAM's eager decoder, and a clean fallback without it."""
+
+import numpy as np
+import pytest
+import torch
+
+from bigl_sam import build_model
+from bigl_sam.demo import cli
+from bigl_sam.demo.inference import compile_decoder, decode_click, encode_image
+from bigl_sam.demo.models import DemoModel, DemoModels
+from bigl_sam.modeling import get_config
+
+PROMPTS = [
+    dict(points=[(30.0, 40.0)], labels=[1]),
+    dict(points=[(30.0, 40.0), (90.0, 20.0), (60.0, 70.0)], labels=[1, 0, 1]),
+    dict(box=(10.0, 10.0, 100.0, 80.0)),
+]
+
+
+def test_compiled_clicks_equal_eager_ones():
+    model = build_model(get_config("vit_test"))
+    encoding = encode_image(model, np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8))
+    eager = [decode_click(model, encoding, **prompt) for prompt in PROMPTS]
+    compile_decoder(model)
+    assert "forward" in vars(model.mask_decoder)
+    for prompt, reference in zip(PROMPTS, eager):
+        compiled = decode_click(model, encoding, **prompt)
+        np.testing.assert_allclose(compiled.scores, reference.scores, atol=1e-4)
+        assert (compiled.masks != reference.masks).mean() < 1e-3
+
+
+def test_failed_compile_leaves_the_decoder_eager(monkeypatch):
+    model = build_model(get_config("vit_test"))
+
+    def broken_compile(fn, **kwargs):
+        def fails(*args, **kw):
+            raise RuntimeError("no C++ compiler")
+        return fails
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
+        compile_decoder(model)
+    assert "forward" not in vars(model.mask_decoder)
+
+
+def test_demo_start_warns_and_goes_on_without_compile(monkeypatch, capsys):
+    def unavailable(model):
+        raise RuntimeError("inductor backend failed\nlong traceback text")
+
+    monkeypatch.setattr(cli, "compile_decoder", unavailable)
+    models = DemoModels(DemoModel("vit_test", build_model(get_config("vit_test")), None))
+    cli._compile_decoders(models)
+    err = capsys.readouterr().err
+    assert "torch.compile unavailable (inductor backend failed); clicks run eagerly" in err
