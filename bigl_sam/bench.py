@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from .build import build_model
 from .demo.inference import Encoding, compile_decoder, decode_click
-from .errors import BiglSamError
+from .distributed import pick_device
 from .modeling import BigLittleConfig, get_config
 from .modeling.config import check_keep_ratio
 
@@ -73,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = _device(args.device)
+    device = pick_device(args.device)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     rows = [row for name in names for row in bench_model(name, args, device)]
     add_ratios(rows)
@@ -83,13 +83,6 @@ def run(args: argparse.Namespace) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(_report(rows, clicks, args, device), indent=2) + "\n")
     return 0
-
-
-def _device(name: str) -> torch.device:
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise BiglSamError(f"--device {name}: CUDA is not available on this machine")
-    return device
 
 
 def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> List[Row]:

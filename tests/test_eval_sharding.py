@@ -3,7 +3,8 @@
 import pytest
 
 from bigl_sam.evaluation.runner import in_selection_order
-from bigl_sam.evaluation.sharding import Shard, current_shard
+from bigl_sam import distributed
+from bigl_sam.evaluation.sharding import Shard
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3, 7])
@@ -16,7 +17,8 @@ def test_shards_cover_every_image_once(world_size):
 
 def test_without_torchrun_there_is_one_process(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert current_shard() == Shard(0, 1)
+    process = distributed.start()
+    assert Shard(process.rank, process.world_size) == Shard(0, 1)
 
 
 def test_gathered_records_come_back_in_selection_order():

@@ -21,9 +21,9 @@ import torch
 from tqdm import tqdm
 
 from ..checkpoint import atomic_save, read_checkpoint
+from .. import distributed
 from ..errors import BiglSamError
 from ..images import load_image
-from . import distributed
 from .augment import augment, augmentation_seed
 from .data import sam_input
 

@@ -30,9 +30,9 @@ from tqdm import tqdm
 
 from ..build import build_model, build_student_from_sam, load_sam
 from ..checkpoint import atomic_save, read_checkpoint, save_checkpoint
+from .. import distributed
 from ..errors import BiglSamError
 from ..modeling.config import BigLittleConfig, config_from_dict, config_to_dict
-from . import distributed
 from .cache import TeacherCache, remove_stale_temporaries
 from .data import DistillDataset, valid_mask
 from .losses import embedding_loss, mask_loss

@@ -5,16 +5,16 @@ import shlex
 import sys
 import tempfile
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
-import torch
 
+from .. import distributed
 from ..errors import BiglSamError
 from .coco import MIN_AREA, CocoInstances
 from .protocol import MEDIUM_MAX_AREA, PROMPTS, SELECTIONS, SMALL_MAX_AREA, Protocol
 from .report import differences, markdown_table, summarize, write_json
 from .runner import Evaluation, ModelSpec, evaluate_models
-from .sharding import current_shard, default_device
+from .sharding import Shard
 
 DEFAULT_CLICKS = 5
 
@@ -58,15 +58,15 @@ def run(args: argparse.Namespace) -> int:
     specs = [ModelSpec(name, checkpoint, args.keep_ratio) for name, checkpoint in args.models]
     if args.batch_size < 1:
         raise BiglSamError(f"--batch-size must be at least 1, got {args.batch_size}")
-    device = _device(args.device)
+    process = distributed.start(args.device, backend="gloo")  # records are Python objects: gloo anywhere
     dataset = CocoInstances(args.annotations, args.images)
     image_ids = dataset.image_ids(args.max_images)
-    shard = current_shard()
+    shard = Shard(process.rank, process.world_size)
     if shard.is_main:
         _warn_about_random_weights(specs)
     with tempfile.TemporaryDirectory(prefix="bigl-sam-eval-") as scratch:
         out_dir = args.out if args.out is not None else Path(scratch)
-        evaluation = Evaluation(dataset, image_ids, protocol, out_dir, shard, device, args.batch_size)
+        evaluation = Evaluation(dataset, image_ids, protocol, out_dir, shard, process.device, args.batch_size)
         results = evaluate_models(evaluation, specs)
     if results is None:
         return 0
@@ -78,18 +78,6 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         print(f"wrote {write_json(report, args.out)}", file=sys.stderr)
     return 0
-
-
-def _device(name: Optional[str]) -> torch.device:
-    if name is None:
-        return default_device()
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise BiglSamError(f"--device {name!r} is not a device (cpu, cuda, cuda:1, ...)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise BiglSamError(f"--device {name}: no CUDA GPU is available here")
-    return device
 
 
 def _warn_about_random_weights(specs) -> None:
