@@ -1,10 +1,14 @@
-"""Reading images the way users hand them over: any mode, any bit depth, EXIF-rotated."""
+"""Reading images the way users hand them over (any mode, any bit depth, EXIF-rotated), and turning them
+into encoder input exactly as `SamPredictor.set_image` does."""
 
 from pathlib import Path
-from typing import Union
+from typing import Tuple, Union
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
+from segment_anything.utils.transforms import ResizeLongestSide
 
 from .errors import BiglSamError
 
@@ -44,3 +48,14 @@ def _to_8bit(values: np.ndarray, mode: str) -> Image.Image:
     """16-bit (and 32-bit integer) images span 0..65535; float images 0..1."""
     scale = 255.0 if mode == "F" else 255.0 / 65535.0
     return Image.fromarray(np.clip(values * scale + 0.5, 0, 255).astype(np.uint8), mode="L")
+
+
+def sam_input(
+    image: np.ndarray, pixel_mean: torch.Tensor, pixel_std: torch.Tensor, img_size: int
+) -> Tuple[torch.Tensor, Tuple[int, int]]:
+    """H x W x 3 uint8 RGB -> the 3 x S x S encoder input (S = img_size) and the (h, w) it fills."""
+    resized = ResizeLongestSide(img_size).apply_image(image)
+    x = torch.as_tensor(resized).permute(2, 0, 1).float()
+    x = (x - pixel_mean.view(-1, 1, 1)) / pixel_std.view(-1, 1, 1)
+    h, w = x.shape[-2:]
+    return F.pad(x, (0, img_size - w, 0, img_size - h)), (h, w)

@@ -10,7 +10,8 @@ from bigl_sam.checkpoint import read_checkpoint
 from bigl_sam.cli import main
 from bigl_sam.distill.augment import augment, augmentation_seed
 from bigl_sam.distill.cache import TeacherCache
-from bigl_sam.distill.data import sam_input, valid_cells, valid_mask
+from bigl_sam.distill.data import valid_cells, valid_mask
+from bigl_sam.images import sam_input
 from bigl_sam.modeling import get_config
 
 SIZES = [(48, 80), (90, 60)]  # H, W: one landscape, one portrait image

@@ -14,6 +14,7 @@ import torch
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
+from ..images import sam_input
 from ..modeling.config import check_keep_ratio
 from ..modeling.encoder import BigLittleImageEncoder, routing_map
 
@@ -54,18 +55,17 @@ def encode_image(model: Sam, image: np.ndarray, keep_ratio: Optional[float] = No
     """image: H x W x 3 uint8 RGB. `keep_ratio` is used by big.LITTLE students only (None: the model's)."""
     start = time.perf_counter()
     encoder = model.image_encoder
-    resized = ResizeLongestSide(encoder.img_size).apply_image(image)
-    x = torch.as_tensor(resized).permute(2, 0, 1).contiguous()[None].float()
-    x = model.preprocess(x)
+    x, input_size = sam_input(image, model.pixel_mean, model.pixel_std, encoder.img_size)
+    x = x[None]
     routing, ratio = None, None
     if is_student(model):
         ratio = check_keep_ratio(encoder.keep_ratio if keep_ratio is None else keep_ratio)
         features, layers = encoder.forward_with_routing(x, ratio)
-        routing = _routing_over_image(layers, encoder, resized.shape[:2])
+        routing = _routing_over_image(layers, encoder, input_size)
     else:
         features = encoder(x)
     seconds = time.perf_counter() - start
-    return Encoding(features, image.shape[:2], resized.shape[:2], routing, ratio, seconds)
+    return Encoding(features, image.shape[:2], input_size, routing, ratio, seconds)
 
 
 def _routing_over_image(layers, encoder: BigLittleImageEncoder, input_size: Size) -> np.ndarray:

@@ -20,12 +20,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from tqdm import tqdm
 
-from ..checkpoint import atomic_save, read_checkpoint
 from .. import distributed
+from ..checkpoint import atomic_save, read_checkpoint
 from ..errors import BiglSamError
-from ..images import load_image
+from ..images import load_image, sam_input
 from .augment import augment, augmentation_seed
-from .data import sam_input
 
 SETTINGS = "settings.pt"
 INDEX = "index.pt"

@@ -2,33 +2,19 @@
 
 `SamPredictor.set_image` resizes the longest side to the encoder's input size with PIL
 (`ResizeLongestSide`), then `Sam.preprocess` normalises with the model's pixel mean and std and pads
-the bottom and right with zeros. The embedding cells that see only padding are masked out of the loss.
+the bottom and right with zeros (`bigl_sam.images.sam_input`). The embedding cells that see only padding are masked out of the loss.
 """
 
 import math
 from pathlib import Path
 from typing import Sequence, Tuple
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from segment_anything.utils.transforms import ResizeLongestSide
 from torch.utils.data import Dataset
 
 from ..errors import BiglSamError
-from ..images import load_image
+from ..images import load_image, sam_input
 from .augment import augment
-
-
-def sam_input(
-    image: np.ndarray, pixel_mean: torch.Tensor, pixel_std: torch.Tensor, img_size: int
-) -> Tuple[torch.Tensor, Tuple[int, int]]:
-    """H x W x 3 uint8 RGB -> the 3 x S x S encoder input (S = img_size) and the (h, w) it fills."""
-    resized = ResizeLongestSide(img_size).apply_image(image)
-    x = torch.as_tensor(resized).permute(2, 0, 1).float()
-    x = (x - pixel_mean.view(-1, 1, 1)) / pixel_std.view(-1, 1, 1)
-    h, w = x.shape[-2:]
-    return F.pad(x, (0, img_size - w, 0, img_size - h)), (h, w)
 
 
 def valid_mask(valid_hw: torch.Tensor, grid: int, img_size: int) -> torch.Tensor:

@@ -28,9 +28,9 @@ from torch.utils.data import DataLoader, Sampler
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from .. import distributed
 from ..build import build_model, build_student_from_sam, load_sam
 from ..checkpoint import atomic_save, read_checkpoint, save_checkpoint
-from .. import distributed
 from ..errors import BiglSamError
 from ..modeling.config import BigLittleConfig, config_from_dict, config_to_dict
 from .cache import TeacherCache, remove_stale_temporaries
