@@ -57,9 +57,9 @@ def lookup(manifest: Dict[str, KnownCheckpoint], name: str) -> KnownCheckpoint:
     return manifest[name]
 
 
-def sha256_of(path: Path) -> str:
+def sha256_of(path: Path, progress: bool = True) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f, _progress(path.stat().st_size, f"sha256 {path.name}") as bar:
+    with open(path, "rb") as f, _progress(path.stat().st_size, f"sha256 {path.name}", disable=not progress) as bar:
         for block in iter(lambda: f.read(CHUNK), b""):
             digest.update(block)
             bar.update(len(block))
@@ -108,8 +108,8 @@ def _copy(response, partial: Path, entry: KnownCheckpoint, offset: int) -> None:
             bar.update(len(block))
 
 
-def _progress(total: int, label: str, initial: int = 0) -> tqdm:
-    return tqdm(total=total, initial=initial, unit="B", unit_scale=True, desc=label, leave=False)
+def _progress(total: int, label: str, initial: int = 0, disable: bool = False) -> tqdm:
+    return tqdm(total=total, initial=initial, unit="B", unit_scale=True, desc=label, leave=False, disable=disable)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,7 +12,6 @@ Work is cut into shards by position in the sorted (image, augmentation) list, so
 shard already complete, and under `torchrun` process r computes shards r, r + W, r + 2W, ...
 """
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -24,6 +23,7 @@ from .. import distributed
 from ..checkpoint import atomic_save, read_checkpoint
 from ..errors import BiglSamError
 from ..images import load_image, sam_input
+from ..weights import sha256_of
 from .augment import augment, augmentation_seed
 
 SETTINGS = "settings.pt"
@@ -145,7 +145,7 @@ def _write_shard(
         "embeddings": torch.cat(embeddings),
     }
     atomic_save(shard, path)
-    atomic_save({"file": path.name, "bytes": path.stat().st_size, "sha256": _sha256(path)}, check_path(path))
+    atomic_save({"file": path.name, "bytes": path.stat().st_size, "sha256": sha256_of(path, progress=False)}, check_path(path))
 
 
 def _is_complete(out: Path, number: int) -> bool:
@@ -180,7 +180,7 @@ def verify_cache(out: Path) -> List[str]:
             problems.append(f"{path}: missing")
         elif path.stat().st_size != record["bytes"]:
             problems.append(f"{path}: truncated or grown, {path.stat().st_size} bytes instead of {record['bytes']}")
-        elif _sha256(path) != record["sha256"]:
+        elif sha256_of(path, progress=False) != record["sha256"]:
             problems.append(f"{path}: corrupt, sha256 differs from the index")
     return problems
 
@@ -232,11 +232,3 @@ class TeacherCache:
             except (OSError, RuntimeError) as err:
                 raise BiglSamError(f"{path}: unreadable cache shard ({err}); run --verify") from None
         return self._open[name]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
