@@ -114,7 +114,7 @@ def _progress(total: int, label: str, initial: int = 0, disable: bool = False) -
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--dir", type=Path, default=None, help="weights folder (default: $BIGL_SAM_WEIGHTS or weights/)")
+    common.add_argument("--dir", type=Path, default=None, help="default: $BIGL_SAM_WEIGHTS or weights/")
     common.add_argument("--manifest", type=Path, default=None, help="manifest JSON (default: weights/manifest.json)")
     actions = parser.add_subparsers(dest="action", required=True)
     actions.add_parser("list", parents=[common], help="known checkpoints and whether each is here")

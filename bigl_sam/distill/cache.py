@@ -145,7 +145,8 @@ def _write_shard(
         "embeddings": torch.cat(embeddings),
     }
     atomic_save(shard, path)
-    atomic_save({"file": path.name, "bytes": path.stat().st_size, "sha256": sha256_of(path, progress=False)}, check_path(path))
+    check = {"file": path.name, "bytes": path.stat().st_size, "sha256": sha256_of(path, progress=False)}
+    atomic_save(check, check_path(path))
 
 
 def _is_complete(out: Path, number: int) -> bool:

@@ -2,7 +2,8 @@
 
 `SamPredictor.set_image` resizes the longest side to the encoder's input size with PIL
 (`ResizeLongestSide`), then `Sam.preprocess` normalises with the model's pixel mean and std and pads
-the bottom and right with zeros (`bigl_sam.images.sam_input`). The embedding cells that see only padding are masked out of the loss.
+the bottom and right with zeros (`bigl_sam.images.sam_input`). The embedding cells that see only
+padding are masked out of the loss.
 """
 
 import math
