@@ -6,7 +6,6 @@ Two layouts are understood:
 Everything is read with `weights_only=True`: a checkpoint is data, never code.
 """
 
-import os
 import pickle
 from pathlib import Path
 from typing import Dict, Iterable, Tuple, Union
@@ -15,6 +14,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError
+from .fileio import atomic_write
 from .modeling.config import ModelConfig, config_from_dict, config_to_dict
 
 FORMAT = "bigl-sam/1"
@@ -114,12 +114,4 @@ def save_checkpoint(model: nn.Module, path: PathLike) -> Path:
 
 def atomic_save(payload, path: PathLike) -> Path:
     """`torch.save` that never leaves a half-written file at `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda f: torch.save(payload, f))

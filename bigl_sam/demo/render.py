@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ..fileio import atomic_write
 from .session import Prompts
 
 MASK_COLOR = (30, 144, 255)  # SAM's own demo blue
@@ -91,7 +92,5 @@ def save_mask_png(mask: np.ndarray, folder: Path) -> Path:
     data = np.where(mask, 255, 0).astype(np.uint8)
     path = Path(folder) / f"mask-{hashlib.sha1(data.tobytes()).hexdigest()[:16]}.png"
     if not path.exists():
-        tmp = path.with_suffix(".tmp.png")
-        Image.fromarray(data).save(tmp, compress_level=1)
-        tmp.replace(path)
+        atomic_write(path, lambda f: Image.fromarray(data).save(f, format="PNG", compress_level=1))
     return path

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Dict
 
 from ..errors import BiglSamError
+from ..fileio import atomic_write_text
 
 SETTINGS_FILE = "settings.json"
 
@@ -23,9 +24,7 @@ def run_directory(out_dir: Path, model_name: str, settings: dict) -> Path:
         raise BiglSamError(f"{out_dir}: cannot write results there ({err.strerror})") from None
     settings_path = run_dir / SETTINGS_FILE
     if not settings_path.exists():
-        tmp = settings_path.with_name(f".{SETTINGS_FILE}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, settings_path)
+        atomic_write_text(settings_path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
     return run_dir
 
 

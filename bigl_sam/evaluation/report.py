@@ -2,10 +2,10 @@
 markdown table with the first model as reference."""
 
 import json
-import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from ..fileio import atomic_write_text
 from .protocol import SIZE_BUCKETS, size_bucket
 
 BUCKETS = ("all",) + SIZE_BUCKETS
@@ -58,10 +58,7 @@ def markdown_table(models: Sequence[dict]) -> str:
 def write_json(report: dict, out_dir: Path) -> Path:
     """`out_dir/results.json`, written atomically."""
     path = Path(out_dir) / RESULTS_FILE
-    tmp = path.with_name(f".{RESULTS_FILE}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(report, indent=2) + "\n")
 
 
 def _in_bucket(area: float, bucket: str) -> bool:

@@ -1,0 +1,56 @@
+"""The one way files are written here: atomically (temp file, fsync, rename), so a reader never sees half a
+file, a crash leaves the previous version in place, and a full disk is one clear error."""
+
+import errno
+import os
+import threading
+from pathlib import Path
+from typing import BinaryIO, Callable, Union
+
+from .errors import BiglSamError
+
+PathLike = Union[str, Path]
+
+
+def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """Calls `write(f)` on a temp file beside `path`, fsyncs it and renames it to `path`.
+
+    The temp name is unique per process and thread. On any failure the temp file is removed and `path`
+    keeps what it held before; a full disk or a refused write becomes a `BiglSamError` naming the folder.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BiglSamError(f"{path.parent}: cannot create the folder ({err.strerror})") from None
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}-{threading.get_ident()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if _no_space(err):
+            raise BiglSamError(f"no space left on {path.parent} (writing {path.name})") from None
+        if isinstance(err, PermissionError):
+            raise BiglSamError(f"{path.parent}: permission denied (writing {path.name})") from None
+        raise
+    return path
+
+
+def atomic_write_text(path: PathLike, text: str) -> Path:
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def _no_space(err: BaseException) -> bool:
+    """ENOSPC as an OSError, or as torch's `RuntimeError: [enforce fail at inline_container.cc] ...`."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and ("No space left" in text or "file write failed" in text)

@@ -1,0 +1,63 @@
+"""The one atomic writer: the old file survives a failed write, no temp file stays, threads never collide."""
+
+import errno
+import threading
+
+import pytest
+
+from bigl_sam.errors import BiglSamError
+from bigl_sam.fileio import atomic_write, atomic_write_text
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
+    path = atomic_write_text(tmp_path / "a.json", "old")
+
+    def broken(f):
+        f.write(b"half")
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError):
+        atomic_write(path, broken)
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_full_disk_is_one_error_naming_the_folder(tmp_path):
+    def full(f):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(BiglSamError, match=f"no space left on {tmp_path}"):
+        atomic_write(tmp_path / "b.bin", full)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_torch_enforce_failure_on_a_full_disk_is_recognised(tmp_path):
+    def full(f):
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0 file write failed")
+
+    with pytest.raises(BiglSamError, match="no space left"):
+        atomic_write(tmp_path / "c.pt", full)
+
+
+def test_threads_writing_one_file_at_once_never_collide(tmp_path):
+    path, errors = tmp_path / "mask.png", []
+    barrier = threading.Barrier(8)
+
+    def writer(i):
+        def slow(f):
+            barrier.wait()
+            f.write(str(i).encode())
+
+        try:
+            atomic_write(path, slow)
+        except Exception as err:  # a shared temp name fails here with FileNotFoundError
+            errors.append(err)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert path.read_text() in {str(i) for i in range(8)}
+    assert [p.name for p in tmp_path.iterdir()] == ["mask.png"]
