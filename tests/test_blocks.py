@@ -7,6 +7,7 @@ import torch
 from segment_anything.modeling.image_encoder import Block as SamBlock
 
 from bigl_sam.modeling.blocks import BigLittleBlock, Block
+from bigl_sam.modeling.routing import plan_routing
 
 from conftest import randomize_
 
@@ -23,11 +24,18 @@ def sam_block(window_size: int) -> SamBlock:
 
 
 def student_of(sam: SamBlock, window_size: int) -> BigLittleBlock:
-    block = BigLittleBlock(DIM, HEADS, 4.0, window_size, GRID, little_dim=16, little_heads=1, little_mlp_ratio=4.0)
+    block = BigLittleBlock(
+        DIM, HEADS, 4.0, window_size, GRID, little_dim=16, little_heads=1, little_mlp_ratio=4.0, little_window_size=14
+    )
     result = block.load_state_dict(sam.state_dict(), strict=False)
     assert not result.unexpected_keys
     assert all(k.startswith(("router.", "little.")) for k in result.missing_keys)
     return block
+
+
+def square_plan(batch: int, keep_ratio: float):
+    """Every token an image token (no padding)."""
+    return plan_routing([(GRID, GRID)] * batch, keep_ratio, (GRID, GRID), "cpu")
 
 
 @pytest.fixture(params=[14, 0], ids=["windowed", "global"])
@@ -49,7 +57,7 @@ def test_sdpa_block_equals_sam_block(pair):
 def test_keep_all_equals_sam(pair):
     sam, student, _ = pair
     x = torch.randn(2, GRID, GRID, DIM)
-    out, index = student(x, keep_ratio=1.0)
+    out, index = student(x, None)
     assert index is None
     torch.testing.assert_close(out, sam(x), atol=2e-5, rtol=1e-4)
 
@@ -59,7 +67,7 @@ def test_routed_tokens_match_sam_and_others_stay(pair):
     """Semi-cross attention: a selected token sees every key of its field, so its update is SAM's."""
     sam, student, _ = pair
     x = torch.randn(2, GRID, GRID, DIM)
-    out, index = student(x, keep_ratio=0.3)
+    out, index = student(x, square_plan(2, 0.3))
     assert index.shape == (2, math.ceil(0.3 * GRID * GRID))
     selected = torch.zeros(2, GRID * GRID, dtype=torch.bool).scatter_(1, index, True)
     out, ref, x = (t.reshape(2, -1, DIM) for t in (out, sam(x), x))
@@ -93,7 +101,7 @@ def test_tokens_crowded_into_one_window():
 def test_router_gets_gradient_through_hard_top_k():
     student = student_of(sam_block(14), 14)
     x = torch.randn(1, GRID, GRID, DIM)
-    out, _ = student(x, keep_ratio=0.25)
+    out, _ = student(x, square_plan(1, 0.25))
     out.square().mean().backward()
     assert student.router.weight.grad is not None
     assert student.router.weight.grad.abs().sum() > 0
@@ -104,8 +112,8 @@ def test_forward_is_the_same_in_train_and_eval():
     student.little.scale.data.fill_(0.5)
     x = torch.randn(1, GRID, GRID, DIM)
     with torch.no_grad():
-        train_out, train_index = student.train()(x, 0.4)
-        eval_out, eval_index = student.eval()(x, 0.4)
+        train_out, train_index = student.train()(x, square_plan(1, 0.4))
+        eval_out, eval_index = student.eval()(x, square_plan(1, 0.4))
     assert torch.equal(train_index, eval_index)
     assert torch.equal(train_out, eval_out)
 
@@ -115,8 +123,8 @@ def test_little_path_updates_every_token_once_it_is_scaled_in():
     sam = sam_block(14)
     student = student_of(sam, 14)
     x = torch.randn(1, GRID, GRID, DIM)
-    before, index = student(x, 0.25)
+    before, index = student(x, square_plan(1, 0.25))
     student.little.scale.fill_(1.0)
-    after, _ = student(x, 0.25)
+    after, _ = student(x, square_plan(1, 0.25))
     changed = (after - before).abs().amax(dim=-1).flatten()
     assert (changed > 0).all()

@@ -2,12 +2,14 @@
 
 Tokens are attended inside *fields*: a field is one 14 x 14 window (windowed layers) or the whole
 64 x 64 token grid (global layers). Keys and values are always every token of the field. Queries are
-either every token of the field (dense) or a selected subset with their true grid positions (routed,
-the P-path's semi-cross attention). The relative position terms only need each query's row and column,
-so both cases share one code path.
+either every token of the field (dense) or a selected subset (routed, the P-path's semi-cross attention).
+Routed queries of a global layer attend at their true grid positions; routed queries of a windowed layer are
+put back at their cells of their windows, so the windowed SDPA call has static shapes. One code path serves
+CPU and GPU: SDPA with the position terms materialised as an additive bias (FlexAttention with a
+`score_mod` was measured about 2x slower on this project's CPU; issue 9).
 """
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -48,10 +50,12 @@ def _pick_offsets(
     return torch.gather(scores, -1, index.expand(scores.shape[0], scores.shape[1], -1, -1))
 
 
-def grid_positions(side: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Rows and columns (each 1 x side^2) of every cell of a side x side field, in raster order."""
-    pos = torch.arange(side * side, device=device)
-    return (pos // side)[None], (pos % side)[None]
+def grid_positions(size, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Rows and columns (each 1 x h*w) of every cell of an h x w field (`size` (h, w), or one side for a
+    square), in raster order."""
+    h, w = (size, size) if isinstance(size, int) else size
+    pos = torch.arange(h * w, device=device)
+    return (pos // w)[None], (pos % w)[None]
 
 
 class Attention(nn.Module):
@@ -83,24 +87,27 @@ class Attention(nn.Module):
             out = window_unpartition(out, window_size, _padded_hw(x, window_size), x.shape[1:3])
         return self.proj(out)
 
-    def routed(self, x: torch.Tensor, index: torch.Tensor, window_size: int) -> torch.Tensor:
-        """Semi-cross attention: only the selected tokens are queries, all tokens are keys and values.
+    def routed(
+        self, x: torch.Tensor, index: torch.Tensor, window_size: int, extent: Optional[Tuple[int, int]] = None
+    ) -> torch.Tensor:
+        """Semi-cross attention: only the selected tokens are queries, all tokens of their field are keys.
 
         Args:
             x: B x H x W x C, normalised tokens.
             index: B x K, raster indexes (row * W + col) of the selected tokens.
+            window_size: side of the windows; 0 for global attention over the grid.
+            extent: (h, w) in tokens that every selected token lies in (default: the whole grid).
+                Windowed layers project keys and values only for the windows that overlap it.
         Returns:
             B x K x C, the projected attention output of the selected tokens.
         """
         B, H, W, C = x.shape
-        kv = self._fields(x, self.qkv.weight[C:], self.qkv.bias[C:], window_size)
-        k, v = self._split_heads(kv, 2)
         queries = F.linear(gather_tokens(x.reshape(B, H * W, C), index), self.qkv.weight[:C], self.qkv.bias[:C])
-        rows, cols = index // W, index % W
         if window_size == 0:
-            out = self._merge_heads(self.attend(self._heads(queries), k, v, rows, cols))
+            k, v = self._split_heads(self._fields(x, self.qkv.weight[C:], self.qkv.bias[C:], 0), 2)
+            out = self._merge_heads(self.attend(self._heads(queries), k, v, index // W, index % W))
         else:
-            out = self._attend_in_windows(queries, k, v, rows, cols, window_size, W)
+            out = self._attend_in_windows(x, queries, index, window_size, extent or (H, W))
         return self.proj(out)
 
     def attend(
@@ -118,44 +125,47 @@ class Attention(nn.Module):
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
 
     def _attend_in_windows(
-        self,
-        queries: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        rows: torch.Tensor,
-        cols: torch.Tensor,
-        window_size: int,
-        width: int,
+        self, x: torch.Tensor, queries: torch.Tensor, index: torch.Tensor, window_size: int, extent: Tuple[int, int]
     ) -> torch.Tensor:
-        """Packs the selected queries by window (padding each window to the fullest one), attends, unpacks.
+        """Windowed semi-cross attention with static shapes (no per-window counts, no host sync).
 
-        queries: B x K x C; k, v: (B * nW) x heads x ws^2 x d; rows, cols: B x K -> B x K x C.
+        Each selected query is put back at its own cell of its window (the other cells hold zero queries,
+        whose outputs are dropped), so dense windowed SDPA calls over the windows that overlap `extent`
+        serve every query with SAM's relative positions. Windows are attended in up to four bands (whole
+        windows, and the partial ones at the bottom and right edge), so no query is spent on window padding.
+        The cost over packing queries per window is the attention product of the empty cells (about 4% of
+        a ViT-B layer's MACs at keep 0.25); in exchange no shape depends on where the router sent tokens, one
+        code path serves CPU and GPU, and the layer compiles without graph breaks.
+
+        x: B x H x W x C (normalised); queries: B x K x C (projected); index: B x K -> B x K x C.
         """
-        B, K, C = queries.shape
-        windows_per_row = -(-width // window_size)
-        windows_per_image = k.shape[0] // B
-        window = (rows // window_size) * windows_per_row + cols // window_size
-        window = (window + torch.arange(B, device=window.device)[:, None] * windows_per_image).flatten()
-        order = torch.argsort(window, stable=True)
-        counts = torch.bincount(window, minlength=k.shape[0])
-        starts = torch.cumsum(counts, 0) - counts
-        slots_per_window = int(counts.max())
-        sorted_window = window[order]
-        slot = sorted_window * slots_per_window + torch.arange(B * K, device=order.device) - starts[sorted_window]
-
-        packed = queries.new_zeros(k.shape[0] * slots_per_window, C)
-        packed[slot] = queries.reshape(B * K, C)[order]
-        local_rows = rows.new_zeros(k.shape[0] * slots_per_window)
-        local_cols = cols.new_zeros(k.shape[0] * slots_per_window)
-        local_rows[slot] = (rows.flatten() % window_size)[order]
-        local_cols[slot] = (cols.flatten() % window_size)[order]
-
-        q = self._heads(packed.view(k.shape[0], slots_per_window, C))
-        out = self.attend(q, k, v, local_rows.view(k.shape[0], -1), local_cols.view(k.shape[0], -1))
-        out = self._merge_heads(out).reshape(-1, C)
-        unpacked = torch.empty_like(out[: B * K])
-        unpacked[order] = out[slot]
-        return unpacked.view(B, K, C)
+        B, H, W, C = x.shape
+        ws = window_size
+        crop_h, crop_w = min(H, -(-extent[0] // ws) * ws), min(W, -(-extent[1] // ws) * ws)
+        kv = self._fields(x[:, :crop_h, :crop_w], self.qkv.weight[C:], self.qkv.bias[C:], ws)
+        k, v = (t.unflatten(0, (B, -(-crop_h // ws), -(-crop_w // ws))) for t in self._split_heads(kv, 2))
+        # A cell of the cropped grid per query; queries outside the crop (inactive slots) share a spare cell.
+        rows, cols = index // W, index % W
+        spare = crop_h * crop_w
+        cell = torch.where((rows < crop_h) & (cols < crop_w), rows * crop_w + cols, spare)
+        cell_index = cell[..., None].expand(-1, -1, C)
+        grid = queries.new_zeros(B, spare + 1, C).scatter(1, cell_index, queries)[:, :spare].view(B, crop_h, crop_w, C)
+        band_rows = []
+        for first_row, n_rows, cell_h in _window_bands(crop_h, ws):
+            band = []
+            for first_col, n_cols, cell_w in _window_bands(crop_w, ws):
+                top, left = first_row * ws, first_col * ws
+                q = grid[:, top : top + n_rows * cell_h, left : left + n_cols * cell_w]
+                q = q.reshape(B, n_rows, cell_h, n_cols, cell_w, C).transpose(2, 3).reshape(-1, cell_h * cell_w, C)
+                windows = (slice(None), slice(first_row, first_row + n_rows), slice(first_col, first_col + n_cols))
+                q_rows, q_cols = grid_positions((cell_h, cell_w), x.device)
+                out = self.attend(self._heads(q), k[windows].flatten(0, 2), v[windows].flatten(0, 2), q_rows, q_cols)
+                out = self._merge_heads(out).view(B, n_rows, n_cols, cell_h, cell_w, C).transpose(2, 3)
+                band.append(out.reshape(B, n_rows * cell_h, n_cols * cell_w, C))
+            band_rows.append(torch.cat(band, dim=2))
+        out = torch.cat(band_rows, dim=1).reshape(B, spare, C)
+        out = torch.cat([out, out.new_zeros(B, 1, C)], dim=1)
+        return torch.gather(out, 1, cell_index)
 
     @staticmethod
     def _fields(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, window_size: int) -> torch.Tensor:
@@ -167,7 +177,7 @@ class Attention(nn.Module):
         projected = F.linear(x, weight)
         if window_size > 0:
             projected, _ = window_partition(projected, window_size)
-        return projected + bias
+        return projected + bias.to(projected.dtype)  # under autocast, stay in the matmul's dtype
 
     def _heads(self, tokens: torch.Tensor) -> torch.Tensor:
         """F x Q x C -> F x heads x Q x d."""
@@ -187,6 +197,14 @@ class Attention(nn.Module):
 def gather_tokens(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """tokens: B x N x C, index: B x K -> B x K x C."""
     return torch.gather(tokens, 1, index[..., None].expand(-1, -1, tokens.shape[-1]))
+
+
+def _window_bands(length: int, window_size: int):
+    """Windows along one side of `length` cells: (first window, number of windows, cells per window) for the
+    whole windows and, if the side does not divide evenly, the one partial window at its end."""
+    whole, rest = divmod(length, window_size)
+    bands = [(0, whole, window_size)] if whole else []
+    return bands + ([(whole, 1, rest)] if rest else [])
 
 
 def _padded_hw(x: torch.Tensor, window_size: int) -> Tuple[int, int]:

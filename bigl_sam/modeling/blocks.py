@@ -1,6 +1,5 @@
 """Transformer blocks: SAM's ViT block, and the big.LITTLE block built on it."""
 
-import math
 from typing import Optional, Tuple
 
 import torch
@@ -9,13 +8,13 @@ from torch import nn
 from segment_anything.modeling.common import MLPBlock
 
 from .attention import Attention, gather_tokens
+from .routing import RoutingPlan, router_log_scores, score_gate
 
 
-class Block(nn.Module):
-    """SAM's ViT block (pre-norm attention + MLP), attention computed with SDPA.
-
-    Parameter names and shapes match `segment_anything.modeling.image_encoder.Block`.
-    """
+class _SamBlockParts(nn.Module):
+    """The parameters of SAM's ViT block (pre-norm attention + MLP), with SAM's names and shapes, so that
+    `segment_anything.modeling.image_encoder.Block`'s state dict loads unchanged. No forward of its own:
+    `Block` and `BigLittleBlock` each define how the tokens flow through them."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, window_size: int, grid_size: int) -> None:
         """
@@ -29,6 +28,10 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = MLPBlock(embedding_dim=dim, mlp_dim=int(dim * mlp_ratio))
         self.window_size = window_size
+
+
+class Block(_SamBlockParts):
+    """SAM's ViT block, attention computed with SDPA."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: B x H x W x C -> B x H x W x C."""
@@ -54,9 +57,9 @@ class LittleBlock(nn.Module):
         return self.scale * self.up(self.block(self.down(x)))
 
 
-class BigLittleBlock(Block):
-    """One big.LITTLE layer: a router picks the top-K tokens for the P-path (this `Block`'s own weights,
-    as in SAM), then the E-path updates every token.
+class BigLittleBlock(_SamBlockParts):
+    """One big.LITTLE layer: a router picks the tokens for the P-path (SAM's block, with SAM's parameter
+    names), then the E-path updates every token.
     """
 
     def __init__(
@@ -69,30 +72,38 @@ class BigLittleBlock(Block):
         little_dim: int,
         little_heads: int,
         little_mlp_ratio: float,
+        little_window_size: int,
     ) -> None:
+        """`little_window_size`: the E-path's attention windows (0: global, like a global P-path layer)."""
         super().__init__(dim, num_heads, mlp_ratio, window_size, grid_size)
         self.router = nn.Linear(dim, 1)
-        self.little = LittleBlock(dim, little_dim, little_heads, little_mlp_ratio, window_size, grid_size)
+        self.little = LittleBlock(dim, little_dim, little_heads, little_mlp_ratio, little_window_size, grid_size)
 
-    def forward(self, x: torch.Tensor, keep_ratio: float = 1.0) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def forward(
+        self, x: torch.Tensor, plan: Optional[RoutingPlan] = None
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """
         Args:
             x: B x H x W x C tokens.
-            keep_ratio: share of tokens the P-path updates, K = ceil(keep_ratio * H * W).
+            plan: the P-path budget (`routing.plan_routing`); None: every token takes the P-path (keep 1.0).
         Returns:
-            B x H x W x C tokens, and the B x K raster indexes of the tokens the P-path updated
-            (None when it updated all of them).
+            B x H x W x C tokens, and the B x K raster indexes of the tokens the P-path updated, in router
+            order, -1 in slots an image did not use (None when the P-path updated every token).
         """
         B, H, W, C = x.shape
         normed = self.norm1(x)
-        scores = self.router(normed).view(B, H * W).softmax(dim=-1)
-        keep = math.ceil(keep_ratio * H * W)
-        if keep >= H * W:
-            x = self._dense_big(x, normed, straight_through(scores).view(B, H, W, 1))
+        logits = self.router(normed).view(B, H * W)
+        if plan is None:
+            gate = score_gate(router_log_scores(logits, None)).to(x.dtype)
+            x = self._dense_big(x, normed, gate.view(B, H, W, 1))
             index = None
         else:
-            index = torch.topk(scores, keep, dim=1, sorted=False).indices.sort(dim=1).values
-            x = self._routed_big(x, normed, index, straight_through(torch.gather(scores, 1, index))[..., None])
+            log_scores = router_log_scores(logits, plan.image_tokens)
+            top = torch.topk(log_scores, plan.slots, dim=1)  # sorted: an image's first K_b slots are its own
+            active = plan.active()
+            gate = (score_gate(top.values) * active).to(x.dtype)
+            x = self._routed_big(x, normed, top.indices, gate[..., None], plan.extent)
+            index = top.indices.masked_fill(~active, -1)
         return x + self.little(x), index
 
     def _dense_big(self, x: torch.Tensor, normed: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
@@ -100,18 +111,16 @@ class BigLittleBlock(Block):
         return x + gate * self.mlp(self.norm2(x))
 
     def _routed_big(
-        self, x: torch.Tensor, normed: torch.Tensor, index: torch.Tensor, gate: torch.Tensor
+        self, x: torch.Tensor, normed: torch.Tensor, index: torch.Tensor, gate: torch.Tensor, extent
     ) -> torch.Tensor:
-        """Updates only the selected tokens; the others pay for nothing but being keys and values."""
+        """Updates only the selected tokens; the others pay for nothing but being keys and values.
+
+        index: B x K (distinct per image); gate: B x K x 1, 0 for inactive slots (they keep their value).
+        """
         B, H, W, C = x.shape
         tokens = x.reshape(B, H * W, C)
         selected = gather_tokens(tokens, index)
-        selected = selected + gate * self.attn.routed(normed, index, self.window_size)
+        selected = selected + gate * self.attn.routed(normed, index, self.window_size, extent)
         selected = selected + gate * self.mlp(self.norm2(selected))
         expanded = index[..., None].expand(-1, -1, C)
-        return tokens.scatter(1, expanded, selected).view(B, H, W, C)
-
-
-def straight_through(scores: torch.Tensor) -> torch.Tensor:
-    """1 in the forward pass; carries the gradient of a hard top-K choice back to the router scores."""
-    return scores / scores.detach()
+        return tokens.scatter(1, expanded, selected.to(tokens.dtype)).view(B, H, W, C)

@@ -1,6 +1,6 @@
 """The big.LITTLE image encoder: a drop-in for SAM's `ImageEncoderViT`."""
 
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -10,6 +10,7 @@ from segment_anything.modeling.image_encoder import PatchEmbed
 
 from .blocks import BigLittleBlock
 from .config import BigLittleConfig, check_keep_ratio
+from .routing import ValidSize, plan_routing, token_extents
 
 
 class BigLittleImageEncoder(nn.Module):
@@ -43,6 +44,7 @@ class BigLittleImageEncoder(nn.Module):
                 little_dim=config.little_dim,
                 little_heads=config.little_heads,
                 little_mlp_ratio=config.little_mlp_ratio,
+                little_window_size=config.little_window(i),
             )
             for i in range(vit.depth)
         )
@@ -54,21 +56,36 @@ class BigLittleImageEncoder(nn.Module):
         )
         self.last_routing: List[Optional[torch.Tensor]] = []
 
-    def forward(self, x: torch.Tensor, keep_ratio: Optional[float] = None) -> torch.Tensor:
-        """x: B x 3 x 1024 x 1024 -> B x 256 x 64 x 64. `keep_ratio` overrides `self.keep_ratio`."""
-        embeddings, self.last_routing = self.forward_with_routing(x, keep_ratio)
+    def forward(
+        self, x: torch.Tensor, keep_ratio: Optional[float] = None, valid_size: Optional[ValidSize] = None
+    ) -> torch.Tensor:
+        """x: B x 3 x 1024 x 1024 -> B x 256 x 64 x 64. `keep_ratio` overrides `self.keep_ratio`.
+
+        `valid_size`: the image's (h, w) in input pixels (one for all, or one per image), if known; else it
+        is read off the zero padding of `x` (`routing.token_extents`).
+        """
+        embeddings, self.last_routing = self.forward_with_routing(x, keep_ratio, valid_size)
         return embeddings
 
-    def forward_with_routing(self, x: torch.Tensor, keep_ratio: Optional[float] = None):
-        """Like `forward`, also returning, per layer, the B x K indexes the P-path updated (None: all).
+    def forward_with_routing(
+        self, x: torch.Tensor, keep_ratio: Optional[float] = None, valid_size: Optional[ValidSize] = None
+    ) -> Tuple[torch.Tensor, List[Optional[torch.Tensor]]]:
+        """Like `forward`, also returning, per layer, the B x K indexes the P-path updated (-1: a slot the
+        image did not use; None: every token).
 
-        Safe to call from several threads at once (it stores nothing on the module).
+        Safe to call from several threads at once (it stores nothing on the module). At keep < 1 it reads
+        the images' extent once (one host sync, unless `valid_size` is given); the layers then run with
+        static shapes.
         """
         ratio = check_keep_ratio(self.keep_ratio if keep_ratio is None else keep_ratio)
+        plan = None
+        if ratio < 1.0:
+            extents = token_extents(x, self.config.p_path.patch_size, valid_size)
+            plan = plan_routing(extents, ratio, self.pos_embed.shape[1:3], x.device)
         x = self.patch_embed(x) + self.pos_embed
         routing = []
         for block in self.blocks:
-            x, index = block(x, ratio)
+            x, index = block(x, plan)
             routing.append(index)
         return self.neck(x.permute(0, 3, 1, 2)), routing
 
@@ -85,7 +102,8 @@ def routing_map(routing: List[Optional[torch.Tensor]], grid_hw: tuple) -> torch.
     for index in routing:
         if index is None:
             layer = torch.ones(1, H * W)
-        else:
-            layer = torch.zeros(index.shape[0], H * W).scatter_(1, index.cpu(), 1.0)
+        else:  # unused slots (-1) land in a spare column that is dropped
+            index = index.cpu().masked_fill(index.cpu() < 0, H * W)
+            layer = torch.zeros(index.shape[0], H * W + 1).scatter_(1, index, 1.0)[:, : H * W]
         counts = layer if counts is None else counts + layer
     return (counts / len(routing)).view(-1, H, W)

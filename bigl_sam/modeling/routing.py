@@ -1,0 +1,99 @@
+"""Who may take the P-path, and how many: the routing plan every layer of one forward pass shares.
+
+SAM resizes the longest side to 1024 and zero-pads the rest (bottom and right) of the *normalised* image, so
+a 640 x 480 photo leaves 25% of the 64 x 64 tokens on padding. The P-path budget goes to image tokens only:
+image b gets K_b = ceil(keep_ratio x its image tokens) P-path slots, chosen by the router among its image
+tokens. The image's extent is read once per forward pass (one host sync, before the layer loop); every layer
+then runs with static shapes, so `torch.compile` and CUDA graphs see no data-dependent size inside the loop.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+
+# The extent of one image in input pixels, (h, w); or one per image of the batch.
+ValidSize = Union[Tuple[int, int], Sequence[Tuple[int, int]]]
+
+
+@dataclass(frozen=True)
+class RoutingPlan:
+    """The P-path budget of one batch.
+
+    Attributes:
+        slots: K, P-path slots per image: the largest image's budget (static for the whole pass).
+        budget: B, each image's own budget K_b <= K; slots past it are inactive (their update is gated to 0).
+        image_tokens: B x N bool, tokens that hold image pixels (N = H x W, raster order).
+        extent: (h, w) in tokens, the largest image's extent; windowed layers skip windows outside it.
+    """
+
+    slots: int
+    budget: torch.Tensor
+    image_tokens: torch.Tensor
+    extent: Tuple[int, int]
+
+    def active(self) -> torch.Tensor:
+        """B x K bool: which of the K slots (in router-score order) each image really uses."""
+        return torch.arange(self.slots, device=self.budget.device) < self.budget[:, None]
+
+
+def plan_routing(extents: Sequence[Tuple[int, int]], keep_ratio: float, grid_hw: Tuple[int, int], device) -> RoutingPlan:
+    """The plan for images whose image tokens cover `extents` (per image, (h, w) in tokens, top-left)."""
+    H, W = grid_hw
+    extents = [(min(h, H), min(w, W)) for h, w in extents]
+    budgets = [max(1, math.ceil(keep_ratio * h * w)) for h, w in extents]
+    size = torch.tensor(extents, device=device)  # B x 2
+    rows = torch.arange(H, device=device)[None, :, None] < size[:, 0, None, None]
+    cols = torch.arange(W, device=device)[None, None, :] < size[:, 1, None, None]
+    extent = (max(h for h, _ in extents), max(w for _, w in extents))
+    return RoutingPlan(max(budgets), torch.tensor(budgets, device=device), (rows & cols).flatten(1), extent)
+
+
+def token_extents(
+    images: torch.Tensor, patch_size: int, valid_size: Optional[ValidSize] = None
+) -> Sequence[Tuple[int, int]]:
+    """Per image, (h, w) in tokens of the top-left region that holds image pixels.
+
+    Args:
+        images: B x 3 x S x S SAM-preprocessed input. SAM pads the normalised image with exact zeros, and a
+            uint8 pixel never normalises to exactly 0 (SAM's means are not integers), so the last row and
+            column with a non-zero value end the image.
+        valid_size: the extent in input pixels, (h, w) for every image or one per image, when known (as
+            `SamPredictor.input_size`); skips the scan and its host sync.
+    """
+    if valid_size is None:
+        nonzero = images.ne(0).any(dim=1)  # B x S x S
+        last_row = _last_true(nonzero.any(dim=2))
+        last_col = _last_true(nonzero.any(dim=1))
+        valid_size = torch.stack([last_row, last_col], dim=1).tolist()  # the one host sync of a forward pass
+    elif isinstance(valid_size[0], int):
+        valid_size = [tuple(valid_size)] * images.shape[0]
+    if len(valid_size) != images.shape[0]:
+        raise ValueError(f"valid_size names {len(valid_size)} extents for a batch of {images.shape[0]}")
+    return [(-(-int(h) // patch_size), -(-int(w) // patch_size)) for h, w in valid_size]
+
+
+def _last_true(flags: torch.Tensor) -> torch.Tensor:
+    """B x L bool -> B, one past the last True (0 if none)."""
+    positions = torch.arange(1, flags.shape[1] + 1, device=flags.device)
+    return (flags * positions).amax(dim=1)
+
+
+def router_log_scores(logits: torch.Tensor, image_tokens: Optional[torch.Tensor]) -> torch.Tensor:
+    """B x N router logits -> B x N log-softmax over each image's image tokens (float32).
+
+    Padding tokens get the most negative finite float, so they are chosen last and nothing becomes NaN,
+    even for an image with no image token at all.
+    """
+    logits = logits.float()
+    if image_tokens is not None:
+        logits = logits.masked_fill(~image_tokens, torch.finfo(torch.float32).min)
+    return logits.log_softmax(dim=-1)
+
+
+def score_gate(log_scores: torch.Tensor) -> torch.Tensor:
+    """exp(log s - stop_gradient(log s)): exactly 1 in the forward pass, and d gate / d s = 1 / s, the
+    gradient of s / stop_gradient(s), so the hard top-K choice still trains the router. Computed from the
+    log-scores, it stays finite where a score underflows to 0 (where s / s would be 0 / 0)."""
+    return torch.exp(log_scores - log_scores.detach())
