@@ -8,7 +8,7 @@ Size limits, so that a hostile or broken file is one error line instead of a cra
   short side would not fill one 16-pixel patch;
 - `sam_input` refuses any array whose short side would be scaled below one pixel (thinner than
   1:img_size); SAM's `ResizeLongestSide` would make it 0 pixels. Whatever the loader accepts passes here,
-  even after the distillation crops (which change the aspect by at most 2x).
+  also after a distillation crop (it keeps about half of each side or more: the aspect changes by ~2x).
 """
 
 import re
