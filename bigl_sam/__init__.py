@@ -10,6 +10,7 @@ from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 from .build import build_model, build_sam, build_student_from_sam, load_sam, sam_model_registry
 from .checkpoint import save_checkpoint
 from .errors import BiglSamError, CheckpointError
+from .images import load_image
 
 __all__ = [
     "BiglSamError",
@@ -19,6 +20,7 @@ __all__ = [
     "build_model",
     "build_sam",
     "build_student_from_sam",
+    "load_image",
     "load_sam",
     "sam_model_registry",
     "save_checkpoint",

@@ -7,13 +7,7 @@ from typing import Callable, Dict, Optional, Union
 import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-from .checkpoint import (
-    check_student_config,
-    is_student_checkpoint,
-    load_state_dict_into,
-    read_checkpoint,
-    split_student_checkpoint,
-)
+from .checkpoint import check_student_config, load_state_dict_into, read_weights
 from .errors import CheckpointError
 from .modeling import BigLittleConfig, BigLittleImageEncoder, SamVitConfig, get_config
 from .modeling.config import MODEL_CONFIGS, ModelConfig, infer_sam_vit_name
@@ -77,9 +71,8 @@ def build_sam(name: str, checkpoint: Optional[PathLike] = None) -> Sam:
     model = build_model(get_config(name))
     if checkpoint is None:
         return model
-    state = read_checkpoint(checkpoint)
-    if is_student_checkpoint(state):
-        config, state = split_student_checkpoint(state, checkpoint)
+    config, state = read_weights(checkpoint)
+    if config is not None:
         check_student_config(config, model.config, checkpoint)
     elif isinstance(model.config, BigLittleConfig):
         raise CheckpointError(
@@ -93,10 +86,8 @@ def build_sam(name: str, checkpoint: Optional[PathLike] = None) -> Sam:
 def load_sam(checkpoint: PathLike) -> Sam:
     """Rebuilds whatever model `checkpoint` holds: a bigl-sam student (its config travels with it) or an
     official SAM ViT-B/L/H file (its size is read off the weights)."""
-    state = read_checkpoint(checkpoint)
-    if is_student_checkpoint(state):
-        config, state = split_student_checkpoint(state, checkpoint)
-    else:
+    config, state = read_weights(checkpoint)
+    if config is None:
         config = MODEL_CONFIGS[infer_sam_vit_name(state, checkpoint)]
     model = build_model(config)
     load_state_dict_into(model, state, checkpoint)
@@ -130,8 +121,8 @@ def build_student_from_sam(
 
 
 def _read_official(checkpoint: PathLike) -> Dict[str, torch.Tensor]:
-    state = read_checkpoint(checkpoint)
-    if is_student_checkpoint(state):
+    config, state = read_weights(checkpoint)
+    if config is not None:
         raise CheckpointError(f"{checkpoint}: is a bigl-sam student, expected an official SAM checkpoint")
     return state
 

@@ -7,8 +7,10 @@ Everything is read with `weights_only=True`: a checkpoint is data, never code.
 """
 
 import pickle
+import re
+import warnings
 from pathlib import Path
-from typing import Dict, Iterable, Tuple, Union
+from typing import Dict, Iterable, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -20,35 +22,83 @@ from .modeling.config import ModelConfig, config_from_dict, config_to_dict
 FORMAT = "bigl-sam/1"
 PathLike = Union[str, Path]
 SHOWN_KEYS = 3
+NOT_A_CHECKPOINT = "not a PyTorch checkpoint (corrupt or another format)"
+# What torch's weights-only unpickler says when a pickle asks for an object it does not allow (code).
+_FORBIDDEN_OBJECT = re.compile(
+    r"GLOBAL (\S+)|Can only (?:create new object|build) .*but got (\S+(?: '[^']*'>)?)|unrecognized function (\S+)"
+)
 
 
 def read_checkpoint(path: PathLike) -> dict:
-    """The checkpoint's contents, or a `CheckpointError` that names the file and the problem."""
+    """The checkpoint's contents, or a `CheckpointError` that names the file and the problem.
+
+    torch's own messages for refused or garbled pickles advise loading again with `weights_only=False`;
+    for a file from elsewhere that is the one thing not to do, so they are never passed on.
+    """
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
+    if not path.exists():
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # garbage that looks like a newer pickle makes torch warn, then fail
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError:
+        raise CheckpointError(f"{path}: permission denied") from None
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read it ({err.strerror or type(err).__name__})") from None
     except pickle.UnpicklingError as err:
-        first_line = str(err).strip().splitlines()[0]
-        raise CheckpointError(f"{path}: refused, it holds more than tensors ({first_line})") from None
+        raise CheckpointError(f"{path}: {_unpickling_problem(str(err))}") from None
     except Exception as err:  # torch.load raises many kinds on garbage; all mean the same to a user
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint, truncated or corrupt ({reason})") from None
+        raise CheckpointError(f"{path}: {NOT_A_CHECKPOINT}{_first_sentence(err)}") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: holds a {type(state).__name__}, expected a state dict")
     return state
 
 
-def is_student_checkpoint(state: dict) -> bool:
-    return state.get("format") == FORMAT
+def _unpickling_problem(message: str) -> str:
+    """Pickled code or objects are refused by name; any other unpickler complaint means garbled bytes."""
+    found = _FORBIDDEN_OBJECT.search(message)
+    if found is None:
+        return NOT_A_CHECKPOINT
+    name = next(group for group in found.groups() if group is not None)
+    return f"refused, it holds more than tensors (a pickled {name.strip('.')}); checkpoints must be data only"
 
 
-def split_student_checkpoint(state: dict, path: PathLike) -> Tuple[ModelConfig, Dict[str, torch.Tensor]]:
+def _first_sentence(err: Exception) -> str:
+    """`: <first sentence>` of torch's zip reader (e.g. "failed finding central directory" for a file cut
+    short); nothing for the bare Python errors garbage raises, or for a sentence about weights_only."""
+    text = str(err).strip().splitlines()[0] if isinstance(err, RuntimeError) and str(err).strip() else ""
+    sentence = text.split(". ")[0].rstrip(".")
+    return "" if not sentence or "weights_only" in sentence else f": {sentence}"
+
+
+def read_weights(path: PathLike) -> Tuple[Optional[ModelConfig], Dict[str, torch.Tensor]]:
+    """A model file's config (None for an official SAM file, which carries none) and its flat state dict,
+    checked to map parameter names to tensors."""
+    state = read_checkpoint(path)
+    config, weights = (None, state) if state.get("format") != FORMAT else _split_student_checkpoint(state, path)
+    _check_state_dict(weights, path)
+    return config, weights
+
+
+def _split_student_checkpoint(state: dict, path: PathLike) -> Tuple[ModelConfig, dict]:
     try:
-        return config_from_dict(state["config"]), state["model"]
+        config = config_from_dict(state["config"])
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: bigl-sam checkpoint with a broken config ({err})") from None
+    if not isinstance(state.get("model"), dict):
+        raise CheckpointError(f"{path}: its model entry is not a state dict ({type(state.get('model')).__name__})")
+    return config, state["model"]
+
+
+def _check_state_dict(weights: dict, path: PathLike) -> None:
+    for key, value in weights.items():
+        if not isinstance(key, str):
+            raise CheckpointError(f"{path}: key {key!r} is not a parameter name ({type(key).__name__})")
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{path}: {key} is not a tensor ({type(value).__name__})")
 
 
 def check_student_config(found: ModelConfig, wanted: ModelConfig, path: PathLike) -> None:

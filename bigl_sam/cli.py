@@ -25,18 +25,32 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     name, rest = argv[0], argv[1:]
     module_name, description = COMMANDS[name]
-    module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"bigl-sam {name}", description=description)
-    module.add_arguments(parser)
-    args = parser.parse_args(rest)
     try:
+        module = importlib.import_module(module_name)
+        parser = argparse.ArgumentParser(prog=f"bigl-sam {name}", description=description)
+        module.add_arguments(parser)
+        args = parser.parse_args(rest)
         return module.run(args) or 0
     except BiglSamError as err:
-        print(f"bigl-sam {name}: error: {err}", file=sys.stderr)
+        print(f"bigl-sam {name}: error: {one_line(err)}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a file or disk problem outside the atomic writer: still the user's to fix
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"bigl-sam {name}: error: {where}{err.strerror or one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"bigl-sam {name}: interrupted", file=sys.stderr)
         return 130
+
+
+def one_line(err: BaseException) -> str:
+    """The message on one line. An error raised in a DataLoader worker comes back with the worker's
+    traceback inside its message ("Caught X in DataLoader worker ... Original Traceback ..."); its last
+    line is the original message."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Caught ") and lines[1].startswith("Original Traceback"):
+        lines = [lines[-1].split(": ", 1)[-1]]
+    return " ".join(lines)
 
 
 def _usage(argv: List[str]) -> None:

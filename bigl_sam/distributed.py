@@ -26,17 +26,36 @@ class Process:
 
 
 def pick_device(name: Optional[str] = None) -> torch.device:
-    """`name` checked (a `BiglSamError` if it is no device or no GPU is here); None: the GPU of this
-    process's local rank if there is one, else the CPU."""
-    if name is None:
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    """`name` checked (a `BiglSamError` if it is no device, or no such GPU is here); None: the GPU of this
+    process's local rank if there is one, else the CPU.
+
+    A bare `cuda` means this process's GPU too (`LOCAL_RANK`, 0 without torchrun). Under torchrun
+    (`WORLD_SIZE` > 1) an explicit index such as `cuda:0` is refused: every rank would run on that one GPU.
+    """
+    if name is None and not torch.cuda.is_available():
+        return torch.device("cpu")
     try:
-        device = torch.device(name)
+        device = torch.device(name or "cuda")
     except RuntimeError:
         raise BiglSamError(f"--device {name!r} is not a device (cpu, cuda, cuda:1, ...)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
         raise BiglSamError(f"--device {name}: no CUDA GPU is available here")
+    count = torch.cuda.device_count()
+    if device.index is None:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if local_rank >= count:
+            raise BiglSamError(f"LOCAL_RANK {local_rank} has no GPU: only {count} here")
+        return torch.device("cuda", local_rank)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1:
+        raise BiglSamError(
+            f"--device {name} under torchrun ({world_size} processes) would put every rank on that GPU; "
+            "use --device cuda (each rank takes the GPU of its LOCAL_RANK) and CUDA_VISIBLE_DEVICES to choose GPUs"
+        )
+    if device.index >= count:
+        raise BiglSamError(f"--device {name}: only {count} GPUs here (cuda:0..cuda:{count - 1})")
     return device
 
 

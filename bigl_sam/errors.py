@@ -17,4 +17,4 @@ class UnknownModelError(BiglSamError, KeyError):
 
 
 class KeepRatioError(BiglSamError, ValueError):
-    """A keep ratio outside (0, 1]."""
+    """A keep ratio that is not a number in (0, 1] (a bool, a string and NaN are not)."""

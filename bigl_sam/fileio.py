@@ -16,7 +16,8 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> Path:
     """Calls `write(f)` on a temp file beside `path`, fsyncs it and renames it to `path`.
 
     The temp name is unique per process and thread. On any failure the temp file is removed and `path`
-    keeps what it held before; a full disk or a refused write becomes a `BiglSamError` naming the folder.
+    keeps what it held before; a full disk, a refused write or any other OSError (a read-only or failing
+    disk) becomes a `BiglSamError` naming the folder. Other exceptions (from `write`) pass unchanged.
     """
     path = Path(path)
     try:
@@ -36,6 +37,8 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> Path:
             raise BiglSamError(f"no space left on {path.parent} (writing {path.name})") from None
         if isinstance(err, PermissionError):
             raise BiglSamError(f"{path.parent}: permission denied (writing {path.name})") from None
+        if isinstance(err, OSError):
+            raise BiglSamError(f"{path.parent}: cannot write {path.name} ({err.strerror or err})") from None
         raise
     return path
 

@@ -1,5 +1,6 @@
 """Loading official SAM files and student files; every bad file gets one clear error."""
 
+import pickle
 import re
 
 import pytest
@@ -77,7 +78,9 @@ def test_truncated_file(tmp_path, official_checkpoint):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError) as err:
         build_sam("vit_test", path)
-    assert str(path) in one_line(err) and "truncated or corrupt" in str(err.value)
+    message = one_line(err)
+    assert str(path) in message and "not a PyTorch checkpoint (corrupt or another format)" in message
+    assert "failed finding central directory" in message, "torch's first sentence says how it is broken"
 
 
 def test_missing_file(tmp_path):
@@ -128,5 +131,129 @@ def test_pickled_code_is_refused(tmp_path):
 def test_not_a_checkpoint_at_all(tmp_path):
     path = tmp_path / "notes.pth"
     path.write_text("these are not weights")
-    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+    with pytest.raises(CheckpointError) as err:
         load_sam(path)
+    assert one_line(err) == f"{path}: not a PyTorch checkpoint (corrupt or another format)"
+
+
+def _official_state(official_checkpoint) -> dict:
+    return torch.load(official_checkpoint("vit_test"), weights_only=True)
+
+
+def _student_state(student_checkpoint) -> dict:
+    return torch.load(student_checkpoint("bigl_test"), weights_only=True)
+
+
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (lambda s: s.update({"mask_decoder.iou_token.weight": "a string"}),
+         "mask_decoder.iou_token.weight is not a tensor (str)"),
+        (lambda s: s.update({"image_encoder.pos_embed": [1.0, 2.0]}), "image_encoder.pos_embed is not a tensor (list)"),
+        (lambda s: s.update({7: torch.zeros(1)}), "key 7 is not a parameter name (int)"),
+    ],
+    ids=["value-not-a-tensor", "pos-embed-not-a-tensor", "integer-key"],
+)
+@pytest.mark.parametrize("loader", [load_sam, lambda p: build_sam("vit_test", p)], ids=["load_sam", "build_sam"])
+def test_official_file_with_non_tensor_entries(tmp_path, official_checkpoint, edit, expected, loader):
+    state = _official_state(official_checkpoint)
+    edit(state)
+    path = tmp_path / "odd.pth"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError) as err:
+        loader(path)
+    assert str(path) in one_line(err) and expected in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "model, expected",
+    [([1, 2], "its model entry is not a state dict (list)"), ({0: torch.zeros(1)}, "key 0 is not a parameter name (int)"),
+     ({"image_encoder.pos_embed": 3}, "image_encoder.pos_embed is not a tensor (int)")],
+    ids=["model-a-list", "integer-key", "pos-embed-an-int"],
+)
+def test_student_file_with_a_broken_model_entry(tmp_path, student_checkpoint, model, expected):
+    state = _student_state(student_checkpoint)
+    state["model"] = model
+    path = tmp_path / "odd.pth"
+    torch.save(state, path)
+    for loader in (load_sam, lambda p: build_sam("bigl_test", p)):
+        with pytest.raises(CheckpointError) as err:
+            loader(path)
+        assert str(path) in one_line(err) and expected in str(err.value)
+
+
+def test_official_file_offered_to_build_student_with_non_tensor(tmp_path, official_checkpoint):
+    state = _official_state(official_checkpoint)
+    state["image_encoder.pos_embed"] = "x"
+    path = tmp_path / "odd.pth"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=re.escape("image_encoder.pos_embed is not a tensor (str)")):
+        build_student_from_sam("bigl_test", encoder_checkpoint=path)
+
+
+def test_student_file_with_a_broken_config(tmp_path, student_checkpoint):
+    state = _student_state(student_checkpoint)
+    state["config"] = "bigl_test"
+    path = tmp_path / "odd.pth"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError) as err:
+        load_sam(path)
+    assert "broken config" in one_line(err)
+
+
+def _load_error(path) -> str:
+    with pytest.raises(CheckpointError) as err:
+        load_sam(path)
+    message = one_line(err)
+    assert str(path) in message
+    assert "weights_only" not in message, "never pass on torch's hint to load without weights_only"
+    return message
+
+
+def test_random_bytes_are_not_a_checkpoint(tmp_path):
+    path = tmp_path / "noise.pth"
+    path.write_bytes(bytes(range(256)) * 16)  # opcode 0x80 then garbage: what torch calls "Unsupported operand"
+    assert "not a PyTorch checkpoint (corrupt or another format)" in _load_error(path)
+
+
+def test_no_error_passes_on_the_weights_only_hint(tmp_path, official_checkpoint):
+    """Every way a file can fail to load; torch's texts for several of them say that loading with
+    weights_only=False "will likely succeed", which for an untrusted file is the one thing not to do."""
+    files = {
+        "noise.pth": bytes(range(256)) * 16,
+        "pickled-dict.pth": pickle.dumps({"a": 1}, protocol=2)[:-1] + b"\xff",
+        "text.pth": b"these are not weights",
+        "empty.pth": b"",
+        "cut.pth": official_checkpoint("vit_test").read_bytes()[:5000],
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        _load_error(tmp_path / name)
+    evil = tmp_path / "evil.pth"
+    torch.save({"model": get_config}, evil)
+    assert "refused" in _load_error(evil)
+
+
+def test_pickled_code_names_what_it_would_have_run(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"model": get_config}, path)
+    message = _load_error(path)
+    assert "holds more than tensors" in message and "bigl_sam.modeling.config.get_config" in message
+    assert "\x1b" not in message, "no terminal escape codes from torch's message"
+
+
+def test_directory_instead_of_a_file(tmp_path):
+    (tmp_path / "sam.pth").mkdir()
+    assert "is a directory" in _load_error(tmp_path / "sam.pth")
+
+
+def test_unreadable_file(tmp_path, official_checkpoint, monkeypatch):
+    """chmod does not stop root (these tests may run as root), so torch.load's open is made to fail."""
+    path = tmp_path / "locked.pth"
+    path.write_bytes(official_checkpoint("vit_test").read_bytes())
+
+    def refuse(file, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(file))
+
+    monkeypatch.setattr(torch, "load", refuse)
+    assert "permission denied" in _load_error(path)

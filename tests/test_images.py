@@ -1,11 +1,15 @@
 """Images arrive in every mode; the loader hands SAM an upright 8-bit RGB array or a clear error."""
 
+import struct
+import zlib
+
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from bigl_sam.errors import BiglSamError
-from bigl_sam.images import load_image
+from bigl_sam.images import MAX_ASPECT, MAX_PIXELS, load_image, sam_input
 
 
 def test_grayscale_becomes_three_equal_channels(tmp_path):
@@ -45,3 +49,79 @@ def test_corrupt_and_missing_files(tmp_path):
         load_image(tmp_path / "bad.jpg")
     with pytest.raises(BiglSamError, match="image file not found"):
         load_image(tmp_path / "missing.png")
+
+
+def write_png_header(path, width: int, height: int) -> None:
+    """A PNG that declares width x height 8-bit RGB but holds no pixel data: what a decompression bomb
+    looks like until it is decoded (a real 20000 x 20000 file would take this test seconds to write)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+
+
+def one_line_error(load, *args, **kwargs) -> str:
+    with pytest.raises(BiglSamError) as err:
+        load(*args, **kwargs)
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+@pytest.mark.parametrize("width, height", [(20000, 20000), (12500, 12500)], ids=["above-pil-hard-limit", "above-ours"])
+def test_decompression_bomb_is_one_line_with_size_and_limit(tmp_path, recwarn, width, height):
+    """20000 x 20000 makes PIL raise DecompressionBombError, 12500 x 12500 only warn; both are ours to refuse."""
+    write_png_header(tmp_path / "bomb.png", width, height)
+    message = one_line_error(load_image, tmp_path / "bomb.png")
+    assert "bomb.png" in message and "too large for SAM" in message
+    assert f"{width * height:,} pixels" in message and f"limit {MAX_PIXELS:,} pixels" in message
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+def test_pixel_limit_is_an_argument(tmp_path):
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(tmp_path / "small.png")
+    assert load_image(tmp_path / "small.png", max_pixels=1200).shape == (30, 40, 3)
+    message = one_line_error(load_image, tmp_path / "small.png", max_pixels=1199)
+    assert "40 x 30 = 1,200 pixels, too large for SAM (limit 1,199 pixels)" in message
+
+
+@pytest.mark.parametrize("width, height", [(10000, 3), (3, 10000), (6500, 100)])
+def test_sliver_is_one_line_with_size_and_limit(tmp_path, width, height):
+    Image.fromarray(np.zeros((height, width), np.uint8), "L").save(tmp_path / "sliver.png")
+    message = one_line_error(load_image, tmp_path / "sliver.png")
+    assert f"sliver.png: {width} x {height} pixels" in message and "too thin for SAM" in message
+    assert f"1:{MAX_ASPECT}" in message
+
+
+def test_thinnest_accepted_image_goes_through_sam_input(tmp_path):
+    Image.fromarray(np.zeros((1, MAX_ASPECT), np.uint8), "L").save(tmp_path / "thin.png")
+    image = load_image(tmp_path / "thin.png")
+    x, valid_hw = sam_input(image, torch.zeros(3), torch.ones(3), 1024)
+    assert x.shape == (3, 1024, 1024) and valid_hw == (1024 // MAX_ASPECT, 1024)
+
+
+def test_sam_input_refuses_arrays_it_would_resize_to_nothing():
+    """The Python API path: an array that never went through the loader. SAM's ResizeLongestSide would
+    make a 0-pixel side of a 10000 x 3 image and fail deep inside torchvision."""
+    sliver = np.zeros((3, 10000, 3), np.uint8)
+    message = one_line_error(sam_input, sliver, torch.zeros(3), torch.ones(3), 1024)
+    assert "10000 x 3 pixels" in message and "too thin for SAM" in message
+
+
+def test_pil_image_source_is_checked_too():
+    assert "too thin for SAM" in one_line_error(load_image, Image.new("RGB", (10000, 3)))
+
+
+def test_distill_cache_names_a_bomb_and_a_sliver(tmp_path, official_checkpoint, capsys):
+    """`distill cache` reads images with the same loader: each bad image is one line naming it, no traceback."""
+    from bigl_sam.cli import main
+
+    images = tmp_path / "images"
+    images.mkdir()
+    write_png_header(images / "bomb.png", 20000, 20000)
+    Image.fromarray(np.zeros((3, 10000), np.uint8), "L").save(images / "sliver.png")
+    args = ["--teacher", "vit_test", "--teacher-checkpoint", str(official_checkpoint("vit_test"))]
+    code = main(["distill", "cache", *args, "--images", str(images), "--out", str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert code in (0, 2) and "Traceback" not in err
+    assert "bomb.png" in err and "too large for SAM" in err
