@@ -1,5 +1,9 @@
 """Reading images the way users hand them over (any mode, any bit depth, EXIF-rotated), and turning them
-into encoder input exactly as `SamPredictor.set_image` does."""
+into encoder input exactly as `SamPredictor.set_image` does.
+
+The demo and the Python API show a photo upright (EXIF orientation applied). Evaluation reads the pixels as
+stored (`exif=False`): COCO's annotations, and the papers' loaders (PIL without `exif_transpose`), use the
+stored orientation."""
 
 from pathlib import Path
 from typing import Tuple, Union
@@ -13,27 +17,42 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from .errors import BiglSamError
 
 
-def load_image(source: Union[str, Path, Image.Image]) -> np.ndarray:
-    """An H x W x 3 uint8 RGB array, upright as the camera's EXIF orientation says.
+EXIF_ORIENTATION = 0x0112
+UPRIGHT = 1  # the orientation tag's value for "stored as shown"
+
+
+def load_image(source: Union[str, Path, Image.Image], exif: bool = True) -> np.ndarray:
+    """An H x W x 3 uint8 RGB array, upright as the camera's EXIF orientation says (`exif=False`: the pixels
+    as stored, the tag ignored).
 
     Grayscale is replicated to three channels, alpha is composited over white, 16-bit and float images
     are scaled to 8 bits, palette and CMYK images are converted.
     """
     if isinstance(source, Image.Image):
-        return to_rgb(source)
+        return to_rgb(source, exif)
     path = Path(source)
     if not path.is_file():
         raise BiglSamError(f"{path}: image file not found")
     try:
         with Image.open(path) as image:
             image.load()
-            return to_rgb(image)
+            return to_rgb(image, exif)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise BiglSamError(f"{path}: not a readable image ({err})") from None
 
 
-def to_rgb(image: Image.Image) -> np.ndarray:
-    image = ImageOps.exif_transpose(image)
+def orientation_tag(path: Union[str, Path]) -> int:
+    """The EXIF orientation tag of an image file (1, upright, when it has none or cannot be read)."""
+    try:
+        with Image.open(path) as image:
+            return int(image.getexif().get(EXIF_ORIENTATION, UPRIGHT))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, TypeError):
+        return UPRIGHT
+
+
+def to_rgb(image: Image.Image, exif: bool = True) -> np.ndarray:
+    if exif:
+        image = ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         image = _to_8bit(np.asarray(image, dtype=np.float64), image.mode)
     if image.mode == "P":

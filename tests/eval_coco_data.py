@@ -1,5 +1,5 @@
 """A small COCO-format dataset made on the spot: synthetic images in the awkward formats users have
-(grayscale, RGBA, 16-bit, EXIF-rotated), with polygon, compressed RLE, uncompressed RLE, crowd and
+(grayscale, RGBA, 16-bit, with an EXIF orientation tag), with polygon, compressed RLE, uncompressed RLE, crowd and
 zero-area annotations, plus an image entry whose file is missing."""
 
 import json
@@ -10,7 +10,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 EXIF_ORIENTATION = 0x0112
-ROTATE_90_CW = 6  # the stored pixels are shown rotated 90 degrees clockwise
+ROTATE_180 = 3  # the stored pixels are shown upside down
 
 
 def rectangle(height: int, width: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
@@ -82,13 +82,12 @@ def make_coco_dataset(root: Path) -> dict:
     Image.fromarray(sixteen).save(images_dir / "deep.png")
     add_image(3, "deep.png", h, w, [polygon_annotation(2, 2, 12, 12), polygon_annotation(20, 10, 70, 50)])
 
-    # 4: JPEG stored sideways with an EXIF orientation tag; upright it is 36 x 50 as annotated
+    # 4: JPEG with an EXIF tag that turns it upside down for display; COCO annotates the pixels as stored
     h, w = 36, 50
-    upright = np.repeat(_picture(h, w, [rectangle(h, w, 5, 5, 25, 30)])[..., None], 3, axis=2)
-    stored = Image.fromarray(np.ascontiguousarray(np.rot90(upright, k=1)))  # undone by a 90 degrees CW turn
+    stored = np.repeat(_picture(h, w, [rectangle(h, w, 5, 5, 25, 30)])[..., None], 3, axis=2)
     exif = Image.Exif()
-    exif[EXIF_ORIENTATION] = ROTATE_90_CW
-    stored.save(images_dir / "rotated.jpg", exif=exif.tobytes(), quality=95)
+    exif[EXIF_ORIENTATION] = ROTATE_180
+    Image.fromarray(stored).save(images_dir / "rotated.jpg", exif=exif.tobytes(), quality=95)
     add_image(4, "rotated.jpg", h, w, [polygon_annotation(5, 5, 25, 30)])
 
     # 5: listed in the JSON, missing on disk
