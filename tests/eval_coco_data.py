@@ -106,3 +106,44 @@ def make_coco_dataset(root: Path) -> dict:
         "missing_file": "missing.png",
         "skipped": {"iscrowd": 1, "area_below_1": 1},  # over the selected images 1..5
     }
+
+
+def make_mask_folders(root: Path) -> dict:
+    """Writes images/ and masks/ under `root` as the interactive benchmarks ship them (matching stems):
+    a binary 0/255 mask, a GrabCut-style mask with a 128-valued ignore band, a palette mask with three
+    object ids. Returns the folders and the objects per image (in stem order)."""
+    images_dir, masks_dir = root / "images", root / "masks"
+    images_dir.mkdir(parents=True)
+    masks_dir.mkdir(parents=True)
+    h, w = 40, 56
+    # binary: one object
+    square = rectangle(h, w, 8, 6, 30, 30)
+    Image.fromarray(np.repeat(_picture(h, w, [square])[..., None], 3, axis=2)).save(images_dir / "binary.jpg")
+    Image.fromarray(square.astype(np.uint8) * 255, "L").save(masks_dir / "binary.png")
+    # grabcut: object 255, a 128 band around its edge, background 0
+    blob = rectangle(h, w, 12, 10, 40, 32)
+    band = rectangle(h, w, 10, 8, 42, 34) & ~rectangle(h, w, 14, 12, 38, 30)
+    values = np.where(band, 128, np.where(blob, 255, 0)).astype(np.uint8)
+    Image.fromarray(_picture(h, w, [blob]), "L").save(images_dir / "grabcut.png")
+    Image.fromarray(values, "L").save(masks_dir / "grabcut.png")
+    # palette: ids 1, 2, 3
+    parts = [rectangle(h, w, 2, 2, 16, 16), rectangle(h, w, 20, 4, 50, 14), rectangle(h, w, 6, 22, 40, 38)]
+    ids = np.zeros((h, w), dtype=np.uint8)
+    for k, part in enumerate(parts, start=1):
+        ids[part] = k
+    palette = Image.fromarray(ids, "P")
+    palette.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255] + [0] * (256 - 4) * 3)
+    palette.save(masks_dir / "palette.png")
+    Image.fromarray(np.repeat(_picture(h, w, parts)[..., None], 3, axis=2)).save(images_dir / "palette.png")
+    return {"images": images_dir, "masks": masks_dir, "objects": {"binary": 1, "grabcut": 1, "palette": 3},
+            "band": band, "blob": blob}
+
+
+def detections_for(data: dict) -> list:
+    """A COCO results file of box detections on `make_coco_dataset`'s set: every scored annotation's box at
+    score 0.9, plus one box at score 0.05 (below a 0.1 threshold)."""
+    dataset = json.loads(Path(data["annotations"]).read_text())
+    detections = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
+                  for a in dataset["annotations"] if not a["iscrowd"] and a["area"] >= 1]
+    detections.append({"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "score": 0.05})
+    return detections
