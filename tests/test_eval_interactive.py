@@ -2,10 +2,7 @@
 tiny random SAM: the mask reader, the report and plot, resume, torchrun, and bad input."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +11,7 @@ from PIL import Image
 
 from bigl_sam.cli import main
 from bigl_sam.evaluation.masks import MaskFolders
+from conftest import run_torchrun
 from eval_coco_data import make_coco_dataset, make_mask_folders
 
 CLICKS = "3"
@@ -134,10 +132,7 @@ def test_bad_arguments_are_one_line(folders, model, capsys):
 
 def test_torchrun_shards_like_one_process(first_run, folders, model, tmp_path):
     out = tmp_path / "sharded"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "bigl_sam.cli"] + interactive_args(folders, model, out)
-    done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
-                          timeout=300)
+    done = run_torchrun(interactive_args(folders, model, out))
     assert done.returncode == 0, done.stderr[-2000:]
     parts = [[json.loads(line)["image_id"] for line in p.read_text().splitlines()]
              for p in sorted(Path(out, "runs").glob("vit_test-*/part-*.jsonl"))]

@@ -97,13 +97,18 @@ class CocoInstances:
         return self._skip_reason(ann) is None
 
 
-def _read_coco(path: Path) -> COCO:
+def read_json(path: Path, what: str):
+    """The parsed JSON file; a missing or malformed file is one error line naming it as `what`."""
     if not path.is_file():
-        raise BiglSamError(f"{path}: annotation file not found")
+        raise BiglSamError(f"{path}: {what} not found")
     try:
-        dataset = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise BiglSamError(f"{path}: malformed JSON ({err})") from None
+
+
+def _read_coco(path: Path) -> COCO:
+    dataset = read_json(path, "annotation file")
     if not isinstance(dataset, dict) or not all(isinstance(dataset.get(k), list) for k in ("images", "annotations")):
         raise BiglSamError(f"{path}: not a COCO instances file (needs 'images' and 'annotations' lists)")
     _check_entries(path, dataset)

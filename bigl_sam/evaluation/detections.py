@@ -24,7 +24,7 @@ from segment_anything import SamPredictor
 from ..errors import BiglSamError
 from ..fileio import atomic_write_text
 from ..weights import sha256_of
-from .coco import CocoInstances
+from .coco import CocoInstances, read_json
 from .decoding import DecoderClock, Decoding, box_masks
 from .protocol import box_xywh_to_xyxy
 from .report import rate, time_split, time_split_cell
@@ -36,12 +36,7 @@ AP_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # COCOeval.stats[0:6],
 def read_detections(path: Path, dataset: CocoInstances, score_threshold: float) -> Dict[int, List[dict]]:
     """image id -> its detections with score >= `score_threshold`, highest score first. A file that is not
     a list of detections, or a detection that names an unknown image or lacks a field, is one error line."""
-    if not path.is_file():
-        raise BiglSamError(f"{path}: detections file not found")
-    try:
-        detections = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BiglSamError(f"{path}: malformed JSON ({err})") from None
+    detections = read_json(path, "detections file")
     if not isinstance(detections, list):
         raise BiglSamError(f"{path}: not a COCO results file (needs a list of detections, got {type(detections).__name__})")
     kept: Dict[int, List[dict]] = defaultdict(list)
@@ -130,7 +125,7 @@ def segmentation_results(records: Sequence[dict]) -> List[dict]:
 
 def coco_ap(dataset: CocoInstances, results: List[dict], image_ids: Sequence[int]) -> Dict[str, Optional[float]]:
     """COCOeval segm AP, AP50, AP75, APs, APm, APl (x100) of `results` on `image_ids`; COCOeval's printout
-    is not shown. None for all when there is no result."""
+    is not shown. None for all when there is no result, and for a size range without ground truth."""
     if not results:
         return {metric: None for metric in AP_METRICS}
     with contextlib.redirect_stdout(io.StringIO()):
@@ -140,7 +135,8 @@ def coco_ap(dataset: CocoInstances, results: List[dict], image_ids: Sequence[int
         evaluation.evaluate()
         evaluation.accumulate()
         evaluation.summarize()
-    return {metric: 100.0 * float(value) for metric, value in zip(AP_METRICS, evaluation.stats[:6])}
+    # COCOeval says -1 where a size range has no ground truth
+    return {metric: None if value < 0 else 100.0 * float(value) for metric, value in zip(AP_METRICS, evaluation.stats[:6])}
 
 
 def summarize(records: Sequence[dict], dataset: CocoInstances, out_file: Optional[Path]) -> dict:
