@@ -14,7 +14,7 @@ COMMANDS = {
     "distill": ("bigl_sam.distill.cli", "distil a student from a SAM teacher: teacher cache, then training"),
     "weights": ("bigl_sam.weights", "list, download or verify the known checkpoints"),
     "demo": ("bigl_sam.demo.cli", "click-to-segment web demo (Gradio) with the routing map"),
-    "eval": ("bigl_sam.evaluation.cli", "COCO mIoU of SAM and big.LITTLE models side by side (torchrun shards it)"),
+    "eval": ("bigl_sam.evaluation.cli", "COCO mIoU or mask AP, interactive NoC: SAM and big.LITTLE side by side (torchrun shards it)"),
 }
 
 

@@ -1,6 +1,10 @@
 """Reading images the way users hand them over (any mode, any bit depth, EXIF-rotated), and turning them
 into encoder input exactly as `SamPredictor.set_image` does.
 
+The demo and the Python API show a photo upright (EXIF orientation applied). Evaluation reads the pixels as
+stored (`exif=False`): COCO's annotations, and the papers' loaders (PIL without `exif_transpose`), use the
+stored orientation.
+
 Size limits, so that a hostile or broken file is one error line instead of a crash or gigabytes of memory:
 - at most `MAX_PIXELS` (150 megapixels, 450 MB as 8-bit RGB), read from the file's header before anything
   is decoded (a "decompression bomb" costs nothing);
@@ -27,10 +31,13 @@ from .modeling.config import IMG_SIZE, PATCH_SIZE
 
 MAX_PIXELS = 150_000_000
 MAX_ASPECT = IMG_SIZE // PATCH_SIZE  # 64: the short side spans one patch when the long side is 1024 pixels
+EXIF_ORIENTATION = 0x0112
+UPRIGHT = 1  # the orientation tag's value for "stored as shown"
 
 
-def load_image(source: Union[str, Path, Image.Image], max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """An H x W x 3 uint8 RGB array, upright as the camera's EXIF orientation says.
+def load_image(source: Union[str, Path, Image.Image], exif: bool = True, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """An H x W x 3 uint8 RGB array, upright as the camera's EXIF orientation says (`exif=False`: the pixels
+    as stored, the tag ignored).
 
     Grayscale is replicated to three channels, alpha is composited over white, 16-bit and float images
     are scaled to 8 bits, palette and CMYK images are converted. Images over `max_pixels` or thinner than
@@ -38,7 +45,7 @@ def load_image(source: Union[str, Path, Image.Image], max_pixels: int = MAX_PIXE
     """
     if isinstance(source, Image.Image):
         check_size(source.height, source.width, "image", max_pixels, MAX_ASPECT)
-        return to_rgb(source)
+        return to_rgb(source, exif)
     path = Path(source)
     if not path.is_file():
         raise BiglSamError(f"{path}: image file not found")
@@ -48,7 +55,7 @@ def load_image(source: Union[str, Path, Image.Image], max_pixels: int = MAX_PIXE
             with Image.open(path) as image:
                 check_size(image.height, image.width, path, max_pixels, MAX_ASPECT)
                 image.load()
-                return to_rgb(image)
+                return to_rgb(image, exif)
     except Image.DecompressionBombError as err:  # above twice PIL's limit: PIL refuses before we see the size
         found = re.search(r"\((\d+) pixels\)", str(err))
         size = f"{int(found.group(1)):,} pixels" if found else "more pixels than PIL allows"
@@ -70,8 +77,18 @@ def check_size(height: int, width: int, source, max_pixels: int, max_aspect: flo
         )
 
 
-def to_rgb(image: Image.Image) -> np.ndarray:
-    image = ImageOps.exif_transpose(image)
+def orientation_tag(path: Union[str, Path]) -> int:
+    """The EXIF orientation tag of an image file (1, upright, when it has none or cannot be read)."""
+    try:
+        with Image.open(path) as image:
+            return int(image.getexif().get(EXIF_ORIENTATION, UPRIGHT))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, TypeError):
+        return UPRIGHT
+
+
+def to_rgb(image: Image.Image, exif: bool = True) -> np.ndarray:
+    if exif:
+        image = ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         image = _to_8bit(np.asarray(image, dtype=np.float64), image.mode)
     if image.mode == "P":

@@ -1,4 +1,4 @@
-"""COCO mIoU evaluation: `python eval/coco.py ARGS` is `bigl-sam eval coco ARGS`, and
+"""COCO mIoU (or mask AP with --boxes): `python eval/coco.py ARGS` is `bigl-sam eval coco ARGS`, and
 `torchrun --nproc_per_node N eval/coco.py ARGS` shards it. The protocol is in docs/evaluation.md."""
 
 import sys

@@ -1,5 +1,8 @@
 """Shared fixtures: random models of the real architectures, saved the way the real files are."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -47,3 +50,11 @@ def student_checkpoint(tmp_path_factory):
         return made[name, seed]
 
     return make
+
+
+def run_torchrun(cli_args, processes: int = 2):
+    """`torchrun --standalone --nproc_per_node N -m bigl_sam.cli ARGS` on CPU; the finished process."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+               "-m", "bigl_sam.cli", *map(str, cli_args)]
+    return subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                          timeout=300)

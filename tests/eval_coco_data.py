@@ -1,5 +1,5 @@
 """A small COCO-format dataset made on the spot: synthetic images in the awkward formats users have
-(grayscale, RGBA, 16-bit, EXIF-rotated), with polygon, compressed RLE, uncompressed RLE, crowd and
+(grayscale, RGBA, 16-bit, with an EXIF orientation tag), with polygon, compressed RLE, uncompressed RLE, crowd and
 zero-area annotations, plus an image entry whose file is missing."""
 
 import json
@@ -10,7 +10,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 EXIF_ORIENTATION = 0x0112
-ROTATE_90_CW = 6  # the stored pixels are shown rotated 90 degrees clockwise
+ROTATE_180 = 3  # the stored pixels are shown upside down
 
 
 def rectangle(height: int, width: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
@@ -82,13 +82,12 @@ def make_coco_dataset(root: Path) -> dict:
     Image.fromarray(sixteen).save(images_dir / "deep.png")
     add_image(3, "deep.png", h, w, [polygon_annotation(2, 2, 12, 12), polygon_annotation(20, 10, 70, 50)])
 
-    # 4: JPEG stored sideways with an EXIF orientation tag; upright it is 36 x 50 as annotated
+    # 4: JPEG with an EXIF tag that turns it upside down for display; COCO annotates the pixels as stored
     h, w = 36, 50
-    upright = np.repeat(_picture(h, w, [rectangle(h, w, 5, 5, 25, 30)])[..., None], 3, axis=2)
-    stored = Image.fromarray(np.ascontiguousarray(np.rot90(upright, k=1)))  # undone by a 90 degrees CW turn
+    stored = np.repeat(_picture(h, w, [rectangle(h, w, 5, 5, 25, 30)])[..., None], 3, axis=2)
     exif = Image.Exif()
-    exif[EXIF_ORIENTATION] = ROTATE_90_CW
-    stored.save(images_dir / "rotated.jpg", exif=exif.tobytes(), quality=95)
+    exif[EXIF_ORIENTATION] = ROTATE_180
+    Image.fromarray(stored).save(images_dir / "rotated.jpg", exif=exif.tobytes(), quality=95)
     add_image(4, "rotated.jpg", h, w, [polygon_annotation(5, 5, 25, 30)])
 
     # 5: listed in the JSON, missing on disk
@@ -107,3 +106,44 @@ def make_coco_dataset(root: Path) -> dict:
         "missing_file": "missing.png",
         "skipped": {"iscrowd": 1, "area_below_1": 1},  # over the selected images 1..5
     }
+
+
+def make_mask_folders(root: Path) -> dict:
+    """Writes images/ and masks/ under `root` as the interactive benchmarks ship them (matching stems):
+    a binary 0/255 mask, a GrabCut-style mask with a 128-valued ignore band, a palette mask with three
+    object ids. Returns the folders and the objects per image (in stem order)."""
+    images_dir, masks_dir = root / "images", root / "masks"
+    images_dir.mkdir(parents=True)
+    masks_dir.mkdir(parents=True)
+    h, w = 40, 56
+    # binary: one object
+    square = rectangle(h, w, 8, 6, 30, 30)
+    Image.fromarray(np.repeat(_picture(h, w, [square])[..., None], 3, axis=2)).save(images_dir / "binary.jpg")
+    Image.fromarray(square.astype(np.uint8) * 255, "L").save(masks_dir / "binary.png")
+    # grabcut: object 255, a 128 band around its edge, background 0
+    blob = rectangle(h, w, 12, 10, 40, 32)
+    band = rectangle(h, w, 10, 8, 42, 34) & ~rectangle(h, w, 14, 12, 38, 30)
+    values = np.where(band, 128, np.where(blob, 255, 0)).astype(np.uint8)
+    Image.fromarray(_picture(h, w, [blob]), "L").save(images_dir / "grabcut.png")
+    Image.fromarray(values, "L").save(masks_dir / "grabcut.png")
+    # palette: ids 1, 2, 3
+    parts = [rectangle(h, w, 2, 2, 16, 16), rectangle(h, w, 20, 4, 50, 14), rectangle(h, w, 6, 22, 40, 38)]
+    ids = np.zeros((h, w), dtype=np.uint8)
+    for k, part in enumerate(parts, start=1):
+        ids[part] = k
+    palette = Image.fromarray(ids, "P")
+    palette.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255] + [0] * (256 - 4) * 3)
+    palette.save(masks_dir / "palette.png")
+    Image.fromarray(np.repeat(_picture(h, w, parts)[..., None], 3, axis=2)).save(images_dir / "palette.png")
+    return {"images": images_dir, "masks": masks_dir, "objects": {"binary": 1, "grabcut": 1, "palette": 3},
+            "band": band, "blob": blob}
+
+
+def detections_for(data: dict) -> list:
+    """A COCO results file of box detections on `make_coco_dataset`'s set: every scored annotation's box at
+    score 0.9, plus one box at score 0.05 (below a 0.1 threshold)."""
+    dataset = json.loads(Path(data["annotations"]).read_text())
+    detections = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
+                  for a in dataset["annotations"] if not a["iscrowd"] and a["area"] >= 1]
+    detections.append({"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "score": 0.05})
+    return detections

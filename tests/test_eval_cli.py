@@ -71,7 +71,9 @@ def first_run(data, models, tmp_path_factory):
 
 
 def scored_ids(data):
-    return sorted(a for image_id, ids in data["scored"].items() for a in ids if image_id != 5)  # 5 is missing
+    """The default protocol (efficientvit) scores crowd annotations too; image 5's file is missing."""
+    annotations = json.loads(data["annotations"].read_text())["annotations"]
+    return sorted(a["id"] for a in annotations if a["area"] >= 1 and a["image_id"] != 5)
 
 
 def test_report_scores_every_instance_and_lists_the_missing_image(first_run, data, models):
@@ -79,13 +81,15 @@ def test_report_scores_every_instance_and_lists_the_missing_image(first_run, dat
     assert [m["name"] for m in report["models"]] == ["vit_test", "bigl_test"]
     for model in report["models"]:
         assert model["instances"]["all"] == len(scored_ids(data))
-        assert model["images"] == 4
+        assert model["images"] == 5  # 1-4 and the crowd-only 6
         assert [s["file"] for s in model["skipped_images"]] == [data["missing_file"]]
         assert 0.0 <= model["miou"]["all"] <= 100.0 and 0.0 < model["encoder_share"] < 1.0
         assert not model["random_weights"]
     assert report["models"][1]["keep_ratio"] == 0.25 and report["models"][0]["keep_ratio"] is None
-    assert report["dataset"]["skipped_annotations"] == data["skipped"]
-    assert report["dataset"]["selected_images"] == 5
+    assert report["dataset"]["skipped_annotations"] == {"iscrowd": 0, "area_below_1": 1}
+    assert report["dataset"]["selected_images"] == 6
+    assert report["dataset"]["annotations_sha256"] and "content" in report["dataset"]["run_hash_covers"]
+    assert report["dtype"] == "float32" and report["protocol"]["preset"] == "efficientvit"
     assert report["protocol"]["prompt"] == "box" and report["protocol"]["select"] == "argmax"
     assert str(models[1][1]) in report["command"] and "--prompt box" in report["command"]
 
@@ -100,7 +104,7 @@ def test_records_hold_each_instance_once(first_run, data):
 
 def test_table_on_stdout_and_each_image_encoded_once_per_model(first_run):
     console = first_run[2]
-    assert console["encodes"] == 2 * 4  # 4 images on disk (the 5th is missing), 2 models
+    assert console["encodes"] == 2 * 5  # 5 images on disk (the 5th listed is missing), 2 models
     lines = console["stdout"].strip().splitlines()
     assert len(lines) == 4 and lines[2].startswith("| vit_test |") and lines[3].startswith("| bigl_test |")
     assert "(+" in lines[3] or "(-" in lines[3]
@@ -111,9 +115,10 @@ def test_table_on_stdout_and_each_image_encoded_once_per_model(first_run):
 def test_rerun_skips_done_images_and_redoes_a_torn_one(first_run, data, models, tmp_path, capsys, encodes):
     out = tmp_path / "out"
     shutil.copytree(first_run[0], out)
-    code, _, _ = run_eval(capsys, data, models, out)
+    code, _, err = run_eval(capsys, data, models, out)
     assert code == 0 and encodes == []
     assert json.loads((out / "results.json").read_text())["models"] == first_run[1]["models"]
+    assert "vit_test [rank 0]: 5 of 6 images already done" in err and "bigl_test [rank 0]: 5 of 6" in err
 
     part = next((out / "runs").glob("bigl_test-*/part-0.jsonl"))
     lines = part.read_text().splitlines()
@@ -136,6 +141,59 @@ def test_other_settings_do_not_mix_with_done_work(first_run, data, models, tmp_p
     assert len(list((out / "runs").iterdir())) == 3
 
 
+def test_an_annotation_file_edited_in_place_starts_a_new_run(data, models, tmp_path, capsys, encodes):
+    edited = dict(data, annotations=tmp_path / "instances.json")
+    edited["annotations"].write_bytes(data["annotations"].read_bytes())
+    out = tmp_path / "out"
+    assert run_eval(capsys, edited, models[:1], out, "--max-images", "1")[0] == 0 and len(encodes) == 1
+    coco = json.loads(edited["annotations"].read_text())
+    coco["annotations"][0]["bbox"] = [0, 0, 10, 10]  # same path, other content
+    edited["annotations"].write_text(json.dumps(coco))
+    assert run_eval(capsys, edited, models[:1], out, "--max-images", "1")[0] == 0 and len(encodes) == 2
+    assert len(list((out / "runs").iterdir())) == 2
+
+
+def test_skip_lines_go_through_tqdm_write(data, models, tmp_path, capsys, monkeypatch):
+    written = []
+    monkeypatch.setattr(runner.tqdm, "write", lambda message, file=None, **kw: written.append(message))
+    code, _, _ = run_eval(capsys, data, models[:1], None, "--protocol", "ours", "--max-images", "5")
+    assert code == 0 and any(m.startswith("skipped missing.png") for m in written)
+
+
+def test_no_readable_image_is_an_error_naming_the_folder(data, models, tmp_path, capsys):
+    empty = tmp_path / "val2017"
+    empty.mkdir()
+    code, out, err = run_eval(capsys, dict(data, images=empty), models[:1], tmp_path / "out", "--max-images", "2")
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert code == 2 and out == "" and len(errors) == 1
+    assert f"no image could be scored: looked in {empty}, e.g. {empty / 'gray.png'}" in errors[0]
+    assert list((tmp_path / "out" / "runs").glob("*/part-0.jsonl"))  # the records of the attempt are kept
+
+
+def test_exif_tagged_image_is_scored_as_stored_and_counted(first_run):
+    for model in first_run[1]["models"]:
+        assert model["exif_rotated_images"] == 1
+        assert not any(s["file"] == "rotated.jpg" for s in model["skipped_images"])
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [["--protocol", "edgesam", "--prompt", "clicks", "--clicks", "2"], ["--protocol", "efficientsam", "--prompt", "point"],
+     ["--protocol", "ours", "--prompt", "clicks", "--clicks", "2"], ["--dtype", "bfloat16"]],
+    ids=["edgesam", "efficientsam", "ours", "bfloat16"],
+)
+def test_presets_and_dtype_run_and_are_recorded(data, models, tmp_path, capsys, extra):
+    out = tmp_path / "out"
+    code, stdout, _ = run_eval(capsys, data, models[:1], out, "--max-images", "1", *extra)
+    report = json.loads((out / "results.json").read_text())
+    assert code == 0 and "| vit_test |" in stdout and report["models"][0]["instances"]["all"] >= 1
+    settings = json.loads(next((out / "runs").glob("vit_test-*/settings.json")).read_text())
+    if "--dtype" in extra:
+        assert report["dtype"] == settings["dtype"] == "bfloat16" and "--dtype bfloat16" in report["command"]
+    else:
+        assert report["protocol"]["preset"] == settings["protocol"]["preset"] == extra[1]
+
+
 def test_random_weights_are_said_loudly(data, tmp_path, capsys):
     code, out, err = run_eval(capsys, data, [("bigl_test", None)], None, "--max-images", "1", "--prompt", "point")
     assert code == 0
@@ -152,6 +210,8 @@ def test_random_weights_are_said_loudly(data, tmp_path, capsys):
         (lambda m: m[:1], ["--keep-ratio", "1.5"], "--keep-ratio must be in (0, 1]"),
         (lambda m: m[:1], ["--clicks", "3"], "needs --prompt clicks"),
         (lambda m: m[:1], ["--device", "gpu7"], "'gpu7' is not a device"),
+        (lambda m: m[:1], ["--protocol", "efficientsam", "--prompt", "clicks"], "defines no --prompt clicks"),
+        (lambda m: m[:1], ["--boxes", "nope.json"], "detections file not found"),
     ],
 )
 def test_bad_input_is_one_error_line(data, models, tmp_path, capsys, encodes, models_of, extra, message):
@@ -180,7 +240,7 @@ def test_torchrun_shards_and_gathers_like_one_process(first_run, data, models, t
     parts = [[json.loads(line)["image_id"] for line in p.read_text().splitlines()]
              for p in sorted(Path(out, "runs").glob("vit_test-*/part-*.jsonl"))]
     assert len(parts) == 2 and all(parts) and not set(parts[0]) & set(parts[1])
-    assert sorted(parts[0] + parts[1]) == [1, 2, 3, 4, 5]
+    assert sorted(parts[0] + parts[1]) == [1, 2, 3, 4, 5, 6]
 
     sharded = json.loads((out / "results.json").read_text())
     assert sharded["world_size"] == 2

@@ -1,6 +1,7 @@
 """Reading COCO annotations: the selection, the skip rules, polygons and RLE as masks, bad files."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -47,11 +48,15 @@ def test_polygon_mask_and_box_cover_the_same_pixels(dataset):
     assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (4, 4, 20, 30)
 
 
-def test_exif_rotated_image_is_upright_like_its_annotation(dataset):
-    image = load_image(dataset.image_path(4))
-    assert image.shape[:2] == dataset.image_size(4)
-    bright = image[..., 0] > 90
-    assert (bright == dataset.instances(4)[0].mask).mean() > 0.98  # JPEG blurs a few edge pixels
+def test_eval_reads_pixels_as_stored_like_coco_annotates_them(dataset):
+    """Image 4 carries an EXIF tag "rotate 180": the same size either way, so only the content tells."""
+    mask = dataset.instances(4)[0].mask
+    as_stored = load_image(dataset.image_path(4), exif=False)
+    upright = load_image(dataset.image_path(4))  # the demo's and the Python API's view
+    assert as_stored.shape[:2] == upright.shape[:2] == dataset.image_size(4)
+    assert ((as_stored[..., 0] > 90) == mask).mean() > 0.98  # JPEG blurs a few edge pixels
+    assert ((upright[..., 0] > 90) == mask).mean() < 0.8
+    assert np.array_equal(upright, as_stored[::-1, ::-1])
 
 
 def test_empty_selection_is_an_error(dataset, tmp_path, data):
@@ -83,10 +88,58 @@ def test_missing_paths_are_named(tmp_path, data):
         CocoInstances(data["annotations"], tmp_path / "nope")
 
 
-def test_malformed_annotation_names_its_id(tmp_path, data):
-    broken = json.loads(data["annotations"].read_text())
-    broken["annotations"][0]["segmentation"] = {"size": [48, 64]}  # RLE without counts
+def _broken(tmp_path, data, change) -> Path:
+    dataset = json.loads(data["annotations"].read_text())
+    change(dataset)
     path = tmp_path / "broken.json"
-    path.write_text(json.dumps(broken))
-    with pytest.raises(BiglSamError, match=f"annotation {broken['annotations'][0]['id']} is malformed"):
-        CocoInstances(path, data["images"]).instances(1)
+    path.write_text(json.dumps(dataset))
+    return path
+
+
+def _set(kind, index, key, value):
+    def change(dataset):
+        if value is DELETE:
+            del dataset[kind][index][key]
+        else:
+            dataset[kind][index][key] = value
+    return change
+
+
+DELETE = object()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (_set("annotations", 0, "segmentation", {"size": [48, 64]}), "annotation 1: RLE without counts"),
+        (_set("annotations", 0, "area", None), "annotation 1: area must be a number, got None"),
+        (_set("annotations", 0, "area", "12"), "annotation 1: area must be a number, got '12'"),
+        (_set("annotations", 0, "segmentation", [[1, 2, 3]]), "annotation 1: a polygon needs .* got 3"),
+        (_set("annotations", 1, "segmentation", {"size": [40, 64], "counts": "abc"}),
+         r"annotation 2: RLE of size \[40, 64\], but image 1 is \[48, 64\]"),
+        (_set("annotations", 0, "bbox", [1, 2, 3]), "annotation 1: bbox must be 4 numbers"),
+        (_set("images", 1, "file_name", DELETE), "image 2 has no file_name"),
+        (_set("images", 1, "height", DELETE), "image 2: height must be a positive integer, got None"),
+        (_set("images", 1, "width", DELETE), "image 2: width must be a positive integer, got None"),
+        (_set("images", 1, "height", "40"), "image 2: height must be a positive integer, got '40'"),
+        (_set("images", 2, "id", 1), "image id 1 is given twice \\(gray.png and deep.png\\)"),
+    ],
+)
+def test_malformed_entries_are_one_line_naming_the_id(tmp_path, data, change, message):
+    with pytest.raises(BiglSamError, match=message):
+        CocoInstances(_broken(tmp_path, data, change), data["images"])
+
+
+def test_run_identity_is_the_annotation_content_not_its_path(tmp_path, data):
+    copy = tmp_path / "same.json"
+    copy.write_bytes(data["annotations"].read_bytes())
+    assert CocoInstances(copy, data["images"]).sha256 == CocoInstances(data["annotations"], data["images"]).sha256
+    copy.write_text(copy.read_text().replace('"area": 416.0', '"area": 417.0', 1))
+    assert CocoInstances(copy, data["images"]).sha256 != CocoInstances(data["annotations"], data["images"]).sha256
+
+
+def test_crowd_annotations_are_scored_when_the_protocol_says(data):
+    dataset = CocoInstances(data["annotations"], data["images"], score_crowd=True)
+    assert dataset.skipped_annotations(dataset.image_ids())["iscrowd"] == 0
+    assert 6 in dataset.image_ids()  # the crowd-only image is selected then
+    assert len(dataset.instances(1)) == 3

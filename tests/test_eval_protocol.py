@@ -1,11 +1,11 @@
-"""The metric and the prompt simulators, on masks whose answer is known by construction."""
+"""The metric, the size buckets and the protocol presets, on masks whose answer is known by construction."""
 
 import numpy as np
 import pytest
 import torch
 
 from bigl_sam.errors import BiglSamError
-from bigl_sam.evaluation.protocol import Protocol, box_xywh_to_xyxy, interior_point, mask_iou, next_click, size_bucket
+from bigl_sam.evaluation.protocol import PRESETS, Protocol, box_xywh_to_xyxy, mask_iou, size_bucket
 from eval_coco_data import rectangle
 
 
@@ -41,62 +41,6 @@ def test_box_xywh_to_xyxy():
     assert box_xywh_to_xyxy([3, 4, 10, 20]) == (3.0, 4.0, 13.0, 24.0)
 
 
-def test_interior_point_of_a_square_is_its_centre():
-    x, y = interior_point(rectangle(21, 21, 5, 5, 16, 16))
-    assert (x, y) == (10, 10)
-
-
-def test_interior_point_treats_the_image_edge_as_boundary():
-    x, y = interior_point(np.ones((9, 31), dtype=bool))
-    assert y == 4 and 4 <= x <= 26
-
-
-def test_interior_point_of_a_ring_lies_on_the_ring():
-    ring = rectangle(40, 40, 5, 5, 35, 35) & ~rectangle(40, 40, 11, 11, 29, 29)  # a 6-pixel thick band
-    x, y = interior_point(ring)
-    assert ring[y, x]
-    assert min(abs(v - edge) for v in (x, y) for edge in (5, 34, 11, 28)) >= 2  # in the band's middle
-
-
-def test_interior_point_of_a_c_shape_lies_in_the_c():
-    c_shape = rectangle(50, 50, 5, 5, 45, 45) & ~rectangle(50, 50, 15, 15, 50, 35)  # open to the right
-    x, y = interior_point(c_shape)
-    assert c_shape[y, x]
-
-
-def test_interior_point_of_an_empty_mask_is_an_error():
-    with pytest.raises(ValueError):
-        interior_point(np.zeros((5, 5), dtype=bool))
-
-
-def test_next_click_is_positive_in_the_missed_region():
-    gt = rectangle(30, 30, 0, 0, 30, 30)
-    pred = rectangle(30, 30, 0, 0, 15, 30)  # misses the right half
-    x, y, label = next_click(pred, gt)
-    assert label == 1 and gt[y, x] and not pred[y, x]
-
-
-def test_next_click_is_negative_in_the_false_region():
-    gt = rectangle(30, 30, 0, 0, 10, 10)
-    pred = gt | rectangle(30, 30, 15, 15, 30, 30)  # an extra blob
-    x, y, label = next_click(pred, gt)
-    assert label == 0 and pred[y, x] and not gt[y, x]
-
-
-def test_next_click_goes_to_the_larger_error():
-    gt = rectangle(40, 40, 0, 0, 20, 40)
-    pred = rectangle(40, 40, 0, 0, 20, 30) | rectangle(40, 40, 30, 35, 32, 37)  # misses 200, adds 4 pixels
-    assert next_click(pred, gt)[2] == 1
-    pred = gt | rectangle(40, 40, 20, 0, 40, 40)  # adds 800 pixels
-    pred[0, 0] = False  # misses 1
-    assert next_click(pred, gt)[2] == 0
-
-
-def test_next_click_on_an_exact_mask_is_none():
-    gt = rectangle(10, 10, 2, 2, 6, 6)
-    assert next_click(gt.copy(), gt) is None
-
-
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -104,6 +48,8 @@ def test_next_click_on_an_exact_mask_is_none():
         ({"select": "best"}, "unknown mask selection"),
         ({"prompt": "clicks", "clicks": 0}, "at least 1"),
         ({"prompt": "box", "clicks": 3}, "needs --prompt clicks"),
+        ({"preset": "samurai"}, "unknown --protocol"),
+        ({"preset": "efficientsam", "prompt": "clicks", "clicks": 3}, "defines no --prompt clicks"),
     ],
 )
 def test_protocol_rejects_bad_settings(kwargs, message):
@@ -115,3 +61,23 @@ def test_click_rounds():
     assert Protocol("box").click_rounds == 1
     assert Protocol("point").click_rounds == 1
     assert Protocol("clicks", clicks=4).click_rounds == 4
+
+
+def test_ignored_pixels_count_nowhere_in_the_iou():
+    gt = torch.from_numpy(rectangle(10, 10, 0, 0, 5, 10))  # 50 pixels
+    pred = torch.from_numpy(rectangle(10, 10, 0, 0, 6, 10))  # 10 more, all in the ignore band
+    counted = ~torch.from_numpy(rectangle(10, 10, 5, 0, 6, 10))
+    assert mask_iou(pred, gt).item() == pytest.approx(50 / 60)
+    assert mask_iou(pred, gt, counted).item() == 1.0
+
+
+def test_presets_take_their_papers_settings():
+    efficientvit, edgesam, ours = Protocol(), Protocol(preset="edgesam"), Protocol(preset="ours")
+    assert efficientvit.preset == "efficientvit" and efficientvit.select == "argmax"
+    assert efficientvit.rule.correction == "distance" and not efficientvit.rule.pixel_centre
+    assert not efficientvit.feed_logits and efficientvit.score_crowd
+    assert edgesam.select == "single" and edgesam.rule.correction == "random"
+    assert ours.rule.correction == "area" and ours.rule.pixel_centre and ours.feed_logits
+    assert Protocol(preset="efficientsam", prompt="point").rule.first == "random"
+    assert Protocol(select="oracle").select == "oracle"  # --select overrides the preset's
+    assert set(PRESETS) == {"efficientvit", "edgesam", "efficientsam", "ours"}

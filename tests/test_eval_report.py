@@ -2,7 +2,7 @@
 
 import pytest
 
-from bigl_sam.evaluation.report import differences, markdown_table, summarize
+from bigl_sam.evaluation.report import differences, markdown_table, summarize, time_split, time_split_cell
 
 
 def _record(image_id, instances, load=0.1, encode=0.3, decode=0.6):
@@ -58,3 +58,12 @@ def test_table_has_a_row_per_model_and_deltas_after_the_first():
     assert lines[2].startswith("| vit_h | 62.5 |") and "(" not in lines[2]
     assert lines[3].startswith("| bigl_h_b | 60.0 (-2.5) | 40.0 (+5.0) | 80.0 (+0.0) | – |")
     assert all(line.count("|") == lines[0].count("|") for line in lines)
+
+
+def test_time_split_shares_and_cell():
+    records = [dict(_record(1, [(100, 0.5)]), score_s=1.0)]  # 0.1 load, 0.3 encoder, 0.6 decoder, 1.0 scoring
+    split = time_split(records)
+    assert split["seconds"] == pytest.approx(2.0)
+    assert split["share"] == pytest.approx({"load": 0.05, "encoder": 0.15, "decoder": 0.3, "scoring": 0.5})
+    assert time_split_cell(split) == "5/15/30/50%"
+    assert time_split_cell(time_split([])) == "–"

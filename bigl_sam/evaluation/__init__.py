@@ -1,10 +1,13 @@
-"""COCO mIoU evaluation of SAM and big.LITTLE encoders under one fixed prompting protocol.
+"""Evaluation of SAM and big.LITTLE encoders under published protocols: COCO mIoU (`eval coco`), COCO AP from
+detector boxes (`eval coco --boxes`) and interactive segmentation NoC (`eval interactive`).
 
-The protocol is in `protocol.py` (docs/evaluation.md spells it out); `coco.py` reads the annotations,
-`runner.py` encodes each image once and decodes all of its instances in batches, `report.py` turns the
-per-image records into the table.
+`protocol.py` holds the presets and the metric, `clicker.py` the simulated user, `coco.py` and `masks.py` read
+the datasets, `decoding.py` decodes all prompts of one encoded image in batches, `runner.py` encodes each
+image once and keeps resumable per-image records; `instances.py`, `interactive.py` and `detections.py` are
+the three jobs, each with its report.
 """
 
-from .protocol import Protocol, interior_point, mask_iou, next_click, size_bucket
+from .clicker import Click, Clicker, ClickRule, interior_point
+from .protocol import PRESETS, Protocol, mask_iou, size_bucket
 
-__all__ = ["Protocol", "interior_point", "mask_iou", "next_click", "size_bucket"]
+__all__ = ["Click", "Clicker", "ClickRule", "PRESETS", "Protocol", "interior_point", "mask_iou", "size_bucket"]

@@ -1,6 +1,8 @@
 """A COCO instances file, read with pycocotools: which images to evaluate and their instances as masks.
 
-Crowd annotations and those with `area < 1` are not instances of the protocol; they are counted, not scored.
+Annotations with `area < 1`, and crowd annotations unless the protocol scores them, are counted, not scored.
+Every image entry and annotation is checked when the file is read, so a malformed one is one error line
+naming its id before any work starts.
 """
 
 import contextlib
@@ -15,6 +17,7 @@ import numpy as np
 from pycocotools.coco import COCO
 
 from ..errors import BiglSamError
+from ..weights import sha256_of
 from .protocol import box_xywh_to_xyxy
 
 MIN_AREA = 1.0
@@ -33,27 +36,31 @@ class Instance:
 class CocoInstances:
     """The annotations of `annotations_path` for the images under `images_dir`."""
 
-    def __init__(self, annotations_path, images_dir) -> None:
+    def __init__(self, annotations_path, images_dir, score_crowd: bool = False) -> None:
         self.annotations_path = Path(annotations_path)
         self.images_dir = Path(images_dir)
+        self.score_crowd = score_crowd
         if not self.images_dir.is_dir():
             raise BiglSamError(f"{self.images_dir}: image folder not found")
         self.coco = _read_coco(self.annotations_path)
+        self.sha256 = sha256_of(self.annotations_path, progress=False)
 
-    def image_ids(self, max_images: Optional[int] = None) -> List[int]:
-        """The ids of images with at least one scored instance, in id order, the first `max_images` of them."""
-        ids = sorted(i for i in self.coco.imgs if any(_is_scored(a) for a in self._annotations(i)))
+    def image_ids(self, max_images: Optional[int] = None, with_instances: bool = True) -> List[int]:
+        """The ids of images (with at least one scored instance, unless `with_instances` is False), in id
+        order, the first `max_images` of them."""
+        ids = sorted(i for i in self.coco.imgs if not with_instances or any(self._is_scored(a) for a in self._annotations(i)))
         if max_images is not None:
             if max_images < 1:
                 raise BiglSamError(f"--max-images must be at least 1, got {max_images}")
             ids = ids[:max_images]
         if not ids:
-            raise BiglSamError(f"{self.annotations_path}: no image with a scorable (non-crowd, area >= 1) annotation")
+            crowd = "" if self.score_crowd else "non-crowd, "
+            raise BiglSamError(f"{self.annotations_path}: no image with a scorable ({crowd}area >= 1) annotation")
         return ids
 
     def skipped_annotations(self, image_ids: Sequence[int]) -> Dict[str, int]:
         """How many annotations of these images the protocol leaves out, and why."""
-        reasons = Counter(_skip_reason(a) for i in image_ids for a in self._annotations(i))
+        reasons = Counter(self._skip_reason(a) for i in image_ids for a in self._annotations(i))
         return {"iscrowd": reasons["iscrowd"], "area_below_1": reasons["area_below_1"]}
 
     def image_path(self, image_id: int) -> Path:
@@ -66,7 +73,7 @@ class CocoInstances:
 
     def instances(self, image_id: int) -> List[Instance]:
         """The scored instances of one image, masks rasterised at the annotated image size."""
-        return [self._instance(a) for a in self._annotations(image_id) if _is_scored(a)]
+        return [self._instance(a) for a in self._annotations(image_id) if self._is_scored(a)]
 
     def _annotations(self, image_id: int) -> list:
         return self.coco.imgToAnns.get(image_id, [])
@@ -79,16 +86,32 @@ class CocoInstances:
             raise BiglSamError(f"{self.annotations_path}: annotation {ann.get('id')} is malformed ({err!r})") from None
         return Instance(ann_id=int(ann["id"]), area=float(ann["area"]), box=box, mask=mask)
 
+    def _skip_reason(self, ann: dict) -> Optional[str]:
+        if ann.get("iscrowd", 0) and not self.score_crowd:
+            return "iscrowd"
+        if float(ann.get("area", 0.0)) < MIN_AREA:
+            return "area_below_1"
+        return None
 
-def _read_coco(path: Path) -> COCO:
+    def _is_scored(self, ann: dict) -> bool:
+        return self._skip_reason(ann) is None
+
+
+def read_json(path: Path, what: str):
+    """The parsed JSON file; a missing or malformed file is one error line naming it as `what`."""
     if not path.is_file():
-        raise BiglSamError(f"{path}: annotation file not found")
+        raise BiglSamError(f"{path}: {what} not found")
     try:
-        dataset = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise BiglSamError(f"{path}: malformed JSON ({err})") from None
+
+
+def _read_coco(path: Path) -> COCO:
+    dataset = read_json(path, "annotation file")
     if not isinstance(dataset, dict) or not all(isinstance(dataset.get(k), list) for k in ("images", "annotations")):
         raise BiglSamError(f"{path}: not a COCO instances file (needs 'images' and 'annotations' lists)")
+    _check_entries(path, dataset)
     coco = COCO()
     coco.dataset = dataset
     try:
@@ -99,13 +122,65 @@ def _read_coco(path: Path) -> COCO:
     return coco
 
 
-def _skip_reason(ann: dict) -> Optional[str]:
-    if ann.get("iscrowd", 0):
-        return "iscrowd"
-    if float(ann.get("area", 0.0)) < MIN_AREA:
-        return "area_below_1"
-    return None
+def _check_entries(path: Path, dataset: dict) -> None:
+    """One error line for the first malformed image entry or annotation, naming its id."""
+    images = {}
+    for entry in dataset["images"]:
+        _check_image(path, entry)
+        earlier = images.get(entry["id"])
+        if earlier is not None:
+            raise BiglSamError(f"{path}: image id {entry['id']} is given twice ({earlier['file_name']} and "
+                               f"{entry['file_name']})")
+        images[entry["id"]] = entry
+    for ann in dataset["annotations"]:
+        _check_annotation(path, ann, images)
 
 
-def _is_scored(ann: dict) -> bool:
-    return _skip_reason(ann) is None
+def _check_image(path: Path, entry) -> None:
+    if not isinstance(entry, dict) or "id" not in entry:
+        raise BiglSamError(f"{path}: an image entry without an id ({str(entry)[:80]})")
+    name = f"{path}: image {entry['id']}"
+    if not isinstance(entry.get("file_name"), str) or not entry["file_name"]:
+        raise BiglSamError(f"{name} has no file_name")
+    for key in ("height", "width"):
+        value = entry.get(key)
+        if not _is_integer(value) or value < 1:
+            raise BiglSamError(f"{name}: {key} must be a positive integer, got {value!r}")
+
+
+def _check_annotation(path: Path, ann, images: dict) -> None:
+    if not isinstance(ann, dict) or "id" not in ann:
+        raise BiglSamError(f"{path}: an annotation without an id ({str(ann)[:80]})")
+    name = f"{path}: annotation {ann['id']}"
+    image = images.get(ann.get("image_id"))
+    if image is None:
+        raise BiglSamError(f"{name} names image {ann.get('image_id')!r}, which is not in 'images'")
+    area = ann.get("area")
+    if not _is_number(area):
+        raise BiglSamError(f"{name}: area must be a number, got {area!r}")
+    bbox = ann.get("bbox")
+    if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+        raise BiglSamError(f"{name}: bbox must be 4 numbers [x, y, width, height], got {bbox!r}")
+    segmentation = ann.get("segmentation")
+    if isinstance(segmentation, list):
+        for polygon in segmentation:
+            if not isinstance(polygon, list) or len(polygon) < 6 or len(polygon) % 2 or not all(_is_number(v) for v in polygon):
+                count = len(polygon) if isinstance(polygon, list) else type(polygon).__name__
+                raise BiglSamError(f"{name}: a polygon needs an even number (at least 6) of coordinates, got {count}")
+    elif isinstance(segmentation, dict):
+        size = segmentation.get("size")
+        if not isinstance(segmentation.get("counts"), (str, list)):
+            raise BiglSamError(f"{name}: RLE without counts (a string or a list of run lengths)")
+        if size != [image["height"], image["width"]]:
+            raise BiglSamError(f"{name}: RLE of size {size!r}, but image {image['id']} is "
+                               f"[{image['height']}, {image['width']}] (height, width)")
+    else:
+        raise BiglSamError(f"{name}: segmentation must be polygons or an RLE, got {type(segmentation).__name__}")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -1,84 +1,140 @@
-"""Decoding all instances of one encoded image in batches, with box, point or click prompts.
+"""Decoding all prompts of one encoded image in batches: boxes, or click sessions driven by the simulated user.
 
 The predictor holds one image's embedding (`SamPredictor.set_image`); every call here only runs the prompt
-encoder and mask decoder (`predict_torch`) on B instances at once.
+encoder and mask decoder (`predict_torch`) on B prompts at once. The time spent in the decoder is added to
+`DecoderClock.seconds`, so that a report can split the rest (the click simulator and the IoU) from it.
 """
 
+import time
+from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from segment_anything import SamPredictor
 
-from .coco import Instance
-from .protocol import Protocol, interior_point, mask_iou, next_click
+from .clicker import Clicker, ClickRule
+from .protocol import mask_iou
 
-PADDING_LABEL = -1  # SAM's "not a point": keeps click tensors rectangular once an instance is exact
+PADDING_LABEL = -1  # SAM's "not a point": keeps click tensors rectangular once a mask needs no more clicks
 
 
-def score_instances(
-    predictor: SamPredictor, instances: Sequence[Instance], protocol: Protocol, batch_size: int
-) -> List[float]:
-    """The IoU of each instance's chosen mask with its ground truth, at the original image resolution."""
+@dataclass
+class DecoderClock:
+    """Seconds spent in `predict_torch` (synchronised on GPU)."""
+
+    device: torch.device
+    seconds: float = 0.0
+
+    def now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How each round is decoded. select: argmax | oracle | single; feed_logits: the previous round's
+    low-res logits of the chosen mask go back in as `mask_input`."""
+
+    select: str = "argmax"
+    feed_logits: bool = False
+
+
+@dataclass
+class Target:
+    """One object to segment: H x W bool mask, the H x W bool pixels that do not count (None: none), and the
+    seed of its random clicks."""
+
+    mask: np.ndarray
+    ignore: Optional[np.ndarray] = None
+    seed: int = 0
+
+
+def box_masks(
+    predictor: SamPredictor, boxes: np.ndarray, decoding: Decoding, clock: DecoderClock,
+    gt: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """boxes: B x 4 XYXY pixels -> B x H x W bool chosen masks (`gt`, B x H x W, only for `oracle`)."""
+    boxes = torch.as_tensor(boxes, dtype=torch.float, device=predictor.device)
+    boxes = predictor.transform.apply_boxes_torch(boxes, predictor.original_size)
+    masks, _ = _decode(predictor, decoding, clock, gt, boxes=boxes)
+    return masks
+
+
+def box_ious(predictor, targets: Sequence[Target], boxes: np.ndarray, decoding: Decoding, clock, batch_size: int):
+    """The IoU of each target's box-prompted mask, at the original image resolution."""
     ious: List[float] = []
-    for start in range(0, len(instances), batch_size):
-        batch = instances[start : start + batch_size]
-        gt = torch.from_numpy(np.stack([instance.mask for instance in batch])).to(predictor.device)
-        masks = _prompted_masks(protocol)(predictor, batch, gt, protocol)
-        ious.extend(mask_iou(masks, gt).tolist())
+    for start in range(0, len(targets), batch_size):
+        batch = targets[start : start + batch_size]
+        gt, counted = _ground_truth(predictor, batch)
+        masks = box_masks(predictor, boxes[start : start + batch_size], decoding, clock, gt)
+        ious.extend(mask_iou(masks, gt, counted).tolist())
     return ious
 
 
-def _prompted_masks(protocol: Protocol):
-    """Points are the first of the clicks, so `point` and `clicks` share one path."""
-    return _box_masks if protocol.prompt == "box" else _click_masks
+def click_ious(
+    predictor: SamPredictor, targets: Sequence[Target], rule: ClickRule, rounds: int, decoding: Decoding,
+    clock: DecoderClock, batch_size: int,
+) -> np.ndarray:
+    """N x rounds: each target's IoU after each click (1..rounds). Each round is decoded with all clicks so
+    far; a mask that needs no more clicks (exact outside the ignore mask) keeps its result."""
+    rows = []
+    for start in range(0, len(targets), batch_size):
+        rows.append(_click_session(predictor, targets[start : start + batch_size], rule, rounds, decoding, clock))
+    return np.concatenate(rows) if rows else np.zeros((0, rounds))
 
 
-def _box_masks(predictor: SamPredictor, batch: Sequence[Instance], gt: torch.Tensor, protocol: Protocol):
-    boxes = torch.tensor([instance.box for instance in batch], dtype=torch.float, device=predictor.device)
-    boxes = predictor.transform.apply_boxes_torch(boxes, predictor.original_size)
-    masks, _ = _decode(predictor, protocol, gt, boxes=boxes)
-    return masks
-
-
-def _click_masks(predictor: SamPredictor, batch: Sequence[Instance], gt: torch.Tensor, protocol: Protocol):
-    """One positive click at each mask's interior point, then `protocol.clicks - 1` corrections, each decoded
-    with all clicks so far and the previous round's low-res logits. An exact mask is kept as it is."""
-    clicks = [[(*interior_point(instance.mask), 1)] for instance in batch]
-    masks, logits = _decode(predictor, protocol, gt, clicks=clicks)
-    for _ in range(protocol.click_rounds - 1):
-        exact = _add_corrections(clicks, masks.cpu().numpy(), batch)
-        new_masks, new_logits = _decode(predictor, protocol, gt, clicks=clicks, mask_input=logits)
-        keep = torch.from_numpy(exact).to(masks.device)
+def _click_session(predictor, batch: Sequence[Target], rule: ClickRule, rounds: int, decoding: Decoding, clock):
+    gt, counted = _ground_truth(predictor, batch)
+    clickers = [Clicker(t.mask, rule, t.ignore, t.seed) for t in batch]
+    clicks = [[clicker.first()] for clicker in clickers]
+    masks, logits = _decode(predictor, decoding, clock, gt, clicks=clicks, offset=rule.offset)
+    ious = [mask_iou(masks, gt, counted)]
+    for _ in range(rounds - 1):
+        done = np.zeros(len(batch), dtype=bool)
+        host_masks = masks.cpu().numpy()
+        for b, clicker in enumerate(clickers):
+            click = clicker.next(host_masks[b])
+            done[b] = click is None
+            clicks[b].append((0, 0, PADDING_LABEL) if click is None else click)
+        mask_input = logits if decoding.feed_logits else None
+        new_masks, new_logits = _decode(predictor, decoding, clock, gt, clicks=clicks, mask_input=mask_input,
+                                        offset=rule.offset)
+        keep = torch.from_numpy(done).to(masks.device)
         masks = torch.where(keep[:, None, None], masks, new_masks)
         logits = torch.where(keep[:, None, None, None], logits, new_logits)
-    return masks
+        ious.append(mask_iou(masks, gt, counted))
+    return torch.stack(ious, dim=1).cpu().numpy()
 
 
-def _add_corrections(clicks: List[list], masks: np.ndarray, batch: Sequence[Instance]) -> np.ndarray:
-    """Appends each instance's next simulated click; B bool: which masks are already exact."""
-    exact = np.zeros(len(batch), dtype=bool)
-    for b, instance in enumerate(batch):
-        click = next_click(masks[b], instance.mask)
-        exact[b] = click is None
-        clicks[b].append((0, 0, PADDING_LABEL) if click is None else click)
-    return exact
+def _ground_truth(predictor: SamPredictor, batch: Sequence[Target]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """B x H x W bool object masks and the B x H x W bool counted pixels (None when nothing is ignored)."""
+    gt = torch.from_numpy(np.stack([t.mask for t in batch])).to(predictor.device)
+    if all(t.ignore is None for t in batch):
+        return gt, None
+    ignored = np.stack([np.zeros_like(t.mask) if t.ignore is None else t.ignore for t in batch])
+    return gt, ~torch.from_numpy(ignored).to(predictor.device)
 
 
 def _decode(
     predictor: SamPredictor,
-    protocol: Protocol,
-    gt: torch.Tensor,
+    decoding: Decoding,
+    clock: DecoderClock,
+    gt: Optional[torch.Tensor],
     boxes: Optional[torch.Tensor] = None,
     clicks: Optional[List[list]] = None,
     mask_input: Optional[torch.Tensor] = None,
+    offset: float = 0.0,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """-> the chosen mask per instance (B x H x W bool) and its low-res logits (B x 1 x 256 x 256)."""
-    coords, labels = _click_tensors(predictor, clicks) if clicks is not None else (None, None)
+    """-> the chosen mask per prompt (B x H x W bool) and its low-res logits (B x 1 x 256 x 256)."""
+    coords, labels = _click_tensors(predictor, clicks, offset) if clicks is not None else (None, None)
+    start = clock.now()
     masks, predicted_iou, low_res = predictor.predict_torch(
-        coords, labels, boxes, mask_input, multimask_output=protocol.select != "single"
+        coords, labels, boxes, mask_input, multimask_output=decoding.select != "single"
     )
-    if protocol.select == "oracle":
+    clock.seconds += clock.now() - start
+    if decoding.select == "oracle":
         choice = mask_iou(masks, gt[:, None]).argmax(dim=1)
     else:
         choice = predicted_iou.argmax(dim=1)  # "single" has one output, so this picks it
@@ -86,8 +142,9 @@ def _decode(
     return masks[rows, choice], low_res[rows, choice].unsqueeze(1)
 
 
-def _click_tensors(predictor: SamPredictor, clicks: List[list]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """B lists of (x, y, label) pixel clicks -> B x N x 2 input-frame coordinates at pixel centres, B x N labels."""
-    table = torch.tensor(clicks, dtype=torch.float, device=predictor.device)
-    coords = predictor.transform.apply_coords_torch(table[..., :2] + 0.5, predictor.original_size)
+def _click_tensors(predictor: SamPredictor, clicks: List[list], offset: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """B lists of (x, y, label) pixel clicks -> B x N x 2 input-frame coordinates, B x N labels."""
+    table = torch.tensor([[tuple(map(int, c)) for c in row] for row in clicks], dtype=torch.float,
+                         device=predictor.device)
+    coords = predictor.transform.apply_coords_torch(table[..., :2] + offset, predictor.original_size)
     return coords, table[..., 2].long()

@@ -1,15 +1,15 @@
-"""The fixed evaluation protocol: prompts from ground-truth masks, the click simulator, IoU and COCO's size
-buckets. Everything here is pure array code, so it is tested on masks whose answer is known by construction.
+"""The evaluation protocols: which prompt, which of SAM's outputs, which click rule; IoU and COCO's size
+buckets. Each preset follows one paper's published evaluation code (docs/evaluation.md has the table it
+reproduces and the differences); the click simulator itself is in `clicker.py`.
 """
 
-from dataclasses import asdict, dataclass
-from typing import Tuple
+from dataclasses import dataclass
+from typing import Optional, Tuple
 
-import cv2
-import numpy as np
 import torch
 
 from ..errors import BiglSamError
+from .clicker import ClickRule
 
 PROMPTS = ("box", "point", "clicks")
 SELECTIONS = ("argmax", "oracle", "single")
@@ -20,17 +20,66 @@ SIZE_BUCKETS = ("small", "medium", "large")
 
 
 @dataclass(frozen=True)
+class Preset:
+    """One paper's protocol. rule: the click simulator's; feed_logits: whether each click round gets the
+    previous round's low-res logits as `mask_input`; select: which output is scored unless --select says;
+    score_crowd: whether `iscrowd` annotations are scored too; prompts: the prompts it defines."""
+
+    source: str
+    rule: ClickRule
+    feed_logits: bool
+    select: str
+    score_crowd: bool
+    prompts: Tuple[str, ...] = PROMPTS
+
+
+PRESETS = {
+    # mit-han-lab/efficientvit applications/efficientvit_sam/eval_efficientvit_sam_model.py + sam_eval_utils.py
+    # (EfficientViT-SAM, Tab. 2-3): RITM clicker, integer click coordinates, multimask output and the argmax
+    # of the predicted IoU, all clicks so far and no mask input each round, crowd annotations scored.
+    "efficientvit": Preset("mit-han-lab/efficientvit applications/efficientvit_sam/eval_efficientvit_sam_model.py",
+                           ClickRule("interior", "distance", pixel_centre=False), feed_logits=False,
+                           select="argmax", score_crowd=True),
+    # chongzhou96/EdgeSAM evaluation/eval_mIoU.py, scripts/eval_mIoU.sh (EdgeSAM, Tab. 2-3): the first mask token
+    # (single-mask output), a point at the mask centre (distance-transform maximum), corrective points drawn at
+    # random from the error, no mask input.
+    "edgesam": Preset("chongzhou96/EdgeSAM evaluation/eval_mIoU.py", ClickRule("interior", "random", pixel_centre=False),
+                      feed_logits=False, select="single", score_crowd=False),
+    # EfficientSAM (Tab. 4): one point drawn at random inside the mask; no evaluation code is public, so the
+    # rest (multimask argmax, crowd not scored) is SAM's usual setting, not theirs.
+    "efficientsam": Preset("EfficientSAM paper (yformer/EfficientSAM has no evaluation code)",
+                           ClickRule("random", "distance", pixel_centre=False), feed_logits=False,
+                           select="argmax", score_crowd=False, prompts=("box", "point")),
+    # This project's protocol before the presets: click at pixel centres, corrections to the larger error by
+    # area, the previous round's logits fed back.
+    "ours": Preset("bigl_sam/evaluation (this project)", ClickRule("interior", "area", pixel_centre=True),
+                   feed_logits=True, select="argmax", score_crowd=False),
+}
+DEFAULT_PRESET = "efficientvit"
+# Interactive segmentation (NoC) uses RITM's clicker, as RITM, SimpleClick and FocSAM evaluate.
+RITM_RULE = PRESETS["efficientvit"].rule
+
+
+@dataclass(frozen=True)
 class Protocol:
-    """prompt: box | point | clicks; clicks: how many clicks in all for `clicks` (the first one included);
-    select: which of SAM's outputs is scored (argmax of predicted IoU, oracle by true IoU, single-mask)."""
+    """preset: whose protocol (PRESETS); prompt: box | point | clicks; clicks: how many clicks in all for
+    `clicks` (the first one included); select: which of SAM's outputs is scored (argmax of predicted IoU,
+    oracle by true IoU, single-mask; None: the preset's)."""
 
     prompt: str = "box"
     clicks: int = 1
-    select: str = "argmax"
+    select: Optional[str] = None
+    preset: str = DEFAULT_PRESET
 
     def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise BiglSamError(f"unknown --protocol {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        if self.select is None:
+            object.__setattr__(self, "select", PRESETS[self.preset].select)
         if self.prompt not in PROMPTS:
             raise BiglSamError(f"unknown prompt {self.prompt!r}; choose one of {', '.join(PROMPTS)}")
+        if self.prompt not in PRESETS[self.preset].prompts:
+            raise BiglSamError(f"--protocol {self.preset} defines no --prompt {self.prompt}")
         if self.select not in SELECTIONS:
             raise BiglSamError(f"unknown mask selection {self.select!r}; choose one of {', '.join(SELECTIONS)}")
         if self.clicks < 1:
@@ -43,8 +92,22 @@ class Protocol:
         """How many decoder rounds a prompt takes: a box or a point is one, K clicks are K."""
         return self.clicks if self.prompt == "clicks" else 1
 
+    @property
+    def rule(self) -> ClickRule:
+        return PRESETS[self.preset].rule
+
+    @property
+    def feed_logits(self) -> bool:
+        return PRESETS[self.preset].feed_logits
+
+    @property
+    def score_crowd(self) -> bool:
+        return PRESETS[self.preset].score_crowd
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Everything that decides a number, for results.json and the run hash."""
+        return {"preset": self.preset, "prompt": self.prompt, "clicks": self.clicks, "select": self.select,
+                "click_rule": self.rule.to_dict(), "feed_logits": self.feed_logits, "score_crowd": self.score_crowd}
 
 
 def size_bucket(area: float) -> str:
@@ -56,37 +119,17 @@ def size_bucket(area: float) -> str:
     return "large"
 
 
-def mask_iou(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    """pred, gt: ... x H x W bool -> ... IoU; two empty masks count as a perfect match (1.0)."""
-    intersection = (pred & gt).sum(dim=(-2, -1)).double()
-    union = (pred | gt).sum(dim=(-2, -1)).double()
+def mask_iou(pred: torch.Tensor, gt: torch.Tensor, counted: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """pred, gt: ... x H x W bool -> ... IoU; two empty masks count as a perfect match (1.0). counted
+    (broadcastable to them): the pixels that count, e.g. all but GrabCut's ignore band (None: all)."""
+    intersection, union = pred & gt, pred | gt
+    if counted is not None:
+        intersection, union = intersection & counted, union & counted
+    intersection = intersection.sum(dim=(-2, -1)).double()
+    union = union.sum(dim=(-2, -1)).double()
     return torch.where(union > 0, intersection / union.clamp(min=1), torch.ones_like(union))
 
 
 def box_xywh_to_xyxy(box) -> Tuple[float, float, float, float]:
     x, y, w, h = (float(v) for v in box)
     return x, y, x + w, y + h
-
-
-def interior_point(mask: np.ndarray) -> Tuple[int, int]:
-    """H x W bool -> (x, y) of the pixel farthest from the region's boundary (image edges count as
-    boundary). It lies inside the mask whatever its shape, a ring or a C included."""
-    if not mask.any():
-        raise ValueError("interior_point of an empty mask")
-    padded = np.pad(mask.astype(np.uint8), 1)
-    distance = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
-    y, x = np.unravel_index(int(np.argmax(distance)), distance.shape)
-    return int(x), int(y)
-
-
-def next_click(pred: np.ndarray, gt: np.ndarray):
-    """The simulated user's next click on prediction `pred` of `gt` (both H x W bool): at the interior
-    point of the larger error region, positive (1) on missed pixels, negative (0) on false ones.
-    Returns (x, y, label), or None when the prediction is already exact."""
-    missed = gt & ~pred
-    false = pred & ~gt
-    if not missed.any() and not false.any():
-        return None
-    if missed.sum() >= false.sum():
-        return (*interior_point(missed), 1)
-    return (*interior_point(false), 0)

@@ -1,5 +1,5 @@
-"""From per-image records to the result: mIoU x100 overall and per COCO size bucket, throughput, and the
-markdown table with the first model as reference."""
+"""From per-image records to the result of `eval coco` (mIoU x100 overall and per COCO size bucket), the time
+split every job reports (load, encoder, decoder, scoring), and results.json."""
 
 import json
 from pathlib import Path
@@ -17,19 +17,40 @@ def summarize(records: Sequence[dict]) -> dict:
     evaluated = [r for r in records if "instances" in r]
     instances = [i for r in evaluated for i in r["instances"]]
     by_bucket = {bucket: [i["iou"] for i in instances if _in_bucket(i["area"], bucket)] for bucket in BUCKETS}
-    seconds = sum(r["load_s"] + r["encode_s"] + r["decode_s"] for r in evaluated)
-    encode_seconds = sum(r["encode_s"] for r in evaluated)
+    split = time_split(evaluated)
+    seconds = split["seconds"]
     return {
         "miou": {bucket: _mean_x100(ious) for bucket, ious in by_bucket.items()},
         "instances": {bucket: len(ious) for bucket, ious in by_bucket.items()},
         "images": len(evaluated),
         "skipped_images": [{"file": r["file"], "reason": r["skipped"]} for r in records if "skipped" in r],
         "empty_masks": sum(len(r.get("empty_masks", [])) for r in evaluated),
+        "exif_rotated_images": sum("exif_orientation" in r for r in evaluated),
         "seconds": seconds,
-        "images_per_s": _rate(len(evaluated), seconds),
-        "instances_per_s": _rate(len(instances), seconds),
-        "encoder_share": encode_seconds / seconds if seconds > 0 else None,
+        "time_split": split,
+        "images_per_s": rate(len(evaluated), seconds),
+        "instances_per_s": rate(len(instances), seconds),
+        "encoder_share": split["share"]["encoder"],
     }
+
+
+TIME_PARTS = {"load": "load_s", "encoder": "encode_s", "decoder": "decode_s", "scoring": "score_s"}
+
+
+def time_split(records: Sequence[dict]) -> dict:
+    """Seconds in all over the scored records, and per part: reading the image, the encoder (with SAM's
+    preprocessing), the mask decoder, and the rest of scoring (click simulator, IoU, RLE)."""
+    parts = {part: sum(r.get(key, 0.0) for r in records) for part, key in TIME_PARTS.items()}
+    seconds = sum(parts.values())
+    share = {part: (value / seconds if seconds > 0 else None) for part, value in parts.items()}
+    return {"seconds": seconds, "parts": parts, "share": share}
+
+
+def time_split_cell(split: dict) -> str:
+    """'5/80/12/3%': the shares of load, encoder, decoder and scoring."""
+    if split["seconds"] <= 0:
+        return "–"
+    return "/".join(f"{100 * split['share'][part]:.0f}" for part in TIME_PARTS) + "%"
 
 
 def differences(summary: dict, reference: dict) -> Dict[str, Optional[float]]:
@@ -42,7 +63,8 @@ def differences(summary: dict, reference: dict) -> Dict[str, Optional[float]]:
 
 def markdown_table(models: Sequence[dict]) -> str:
     """models: dicts with `label` and the keys of `summarize`; the first row is the reference."""
-    header = "| model | mIoU all | small | medium | large | instances | images/s | instances/s | encoder share |"
+    header = ("| model | mIoU all | small | medium | large | instances | images/s | instances/s "
+              "| time: load/encoder/decoder/scoring |")
     lines = [header, "|" + "---|" * header.count(" | ") + "---|"]
     reference = models[0]
     for row, model in enumerate(models):
@@ -50,7 +72,7 @@ def markdown_table(models: Sequence[dict]) -> str:
         cells = [_miou_cell(model["miou"][b], delta.get(b)) for b in BUCKETS]
         cells += [str(model["instances"]["all"]), _number(model["images_per_s"], 2)]
         cells.append(_number(model["instances_per_s"], 1))
-        cells.append("–" if model["encoder_share"] is None else f"{100 * model['encoder_share']:.0f}%")
+        cells.append(time_split_cell(model["time_split"]))
         lines.append(f"| {model['label']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -69,7 +91,7 @@ def _mean_x100(values: List[float]) -> Optional[float]:
     return 100.0 * sum(values) / len(values) if values else None
 
 
-def _rate(count: int, seconds: float) -> Optional[float]:
+def rate(count: int, seconds: float) -> Optional[float]:
     return count / seconds if seconds > 0 else None
 
 

@@ -1,10 +1,17 @@
-"""The evaluation loop: per model, each process takes its share of the images, encodes each image once,
-decodes all of its instances in batches, and appends one record per image; rank 0 gathers the records."""
+"""The evaluation loop shared by every job: per model, each process takes its share of the images, reads each
+image as stored, encodes it once, lets the job decode and score all of its prompts, and appends one record
+per image; rank 0 gathers the records.
 
+A job (`instances.CocoMiou`, `interactive.ClickCurves`, `detections.DetectionMasks`) says which images, what
+identifies its results (`settings`), and how one encoded image is scored (`score`).
+"""
+
+import contextlib
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from segment_anything import SamPredictor
@@ -13,14 +20,14 @@ from tqdm import tqdm
 
 from ..build import build_sam
 from ..errors import BiglSamError
-from ..images import load_image
+from ..images import UPRIGHT, load_image, orientation_tag
 from ..modeling import BigLittleConfig
 from ..modeling.config import check_keep_ratio, get_config
-from .coco import CocoInstances
-from .decoding import score_instances
-from .protocol import Protocol
+from .decoding import DecoderClock
 from .records import RecordLog, run_directory
 from .sharding import Shard, gather_to_main
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 RANDOM_WEIGHTS_SEED = 0  # every process and every rerun builds the same random model
 
@@ -68,70 +75,110 @@ class ModelSpec:
         return model.to(device).eval()
 
 
+class Job:
+    """What the runner needs from a job; see the module docstring."""
+
+    image_ids: List[int]
+    images_dir: Path
+
+    def settings(self) -> dict:
+        raise NotImplementedError
+
+    def image_path(self, image_id: int) -> Path:
+        raise NotImplementedError
+
+    def image_size(self, image_id: int) -> Tuple[int, int]:
+        """(height, width) the image must have."""
+        raise NotImplementedError
+
+    def needs_image(self, image_id: int) -> bool:
+        """False when the image has nothing to prompt (it is then neither read nor encoded)."""
+        return True
+
+    def score(self, predictor: SamPredictor, image_id: int, clock: DecoderClock) -> dict:
+        """The job's fields of the image's record, from the encoded image in `predictor`."""
+        raise NotImplementedError
+
+
 @dataclass
 class Evaluation:
-    """One dataset selection under one protocol, run for any number of models."""
+    """One job run for any number of models. dtype: float32, or bfloat16 autocast for encoder and decoder."""
 
-    dataset: CocoInstances
-    image_ids: List[int]
-    protocol: Protocol
+    job: Job
     out_dir: Path
     shard: Shard
     device: torch.device
-    batch_size: int = 16
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise BiglSamError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
 
     def run_model(self, spec: ModelSpec) -> Optional[List[dict]]:
         """Records of all selected images, in selection order, on rank 0 (None on other ranks)."""
         # Loaded first, even when all is done: a bad checkpoint then fails on every rank and writes nothing.
         predictor = SamPredictor(spec.load(self.device))
-        annotations = str(self.dataset.annotations_path.resolve())
-        settings = {**spec.settings(), "protocol": self.protocol.to_dict(), "annotations": annotations}
-        log = RecordLog(run_directory(self.out_dir, spec.name, settings), self.shard.rank)
+        settings = {**spec.settings(), **self.job.settings(), "dtype": self.dtype}
+        run_dir = run_directory(self.out_dir, spec.name, settings)
+        log = RecordLog(run_dir, self.shard.rank)
         done = log.read()
-        mine = self.shard.take(self.image_ids)
-        todo = [i for i in mine if "instances" not in done.get(i, {})]  # skipped images are tried again
+        mine = self.shard.take(self.job.image_ids)
+        todo = [i for i in mine if not _finished(done.get(i))]  # skipped images are tried again
+        if len(todo) < len(mine):
+            tqdm.write(f"{spec.name} [rank {self.shard.rank}]: {len(mine) - len(todo)} of {len(mine)} images already "
+                       f"done in {run_dir}, {len(todo)} to go", file=sys.stderr)
         progress = tqdm(todo, desc=f"{spec.name} [rank {self.shard.rank}]", unit="image", leave=False)
         for image_id in progress:
             done[image_id] = self.evaluate_image(predictor, image_id)
             log.append(done[image_id])
+            if "skipped" in done[image_id]:
+                tqdm.write(f"skipped {done[image_id]['file']}: {done[image_id]['skipped']}", file=sys.stderr)
         gathered = gather_to_main([done[i] for i in mine], self.shard)
-        return None if gathered is None else in_selection_order(gathered, self.image_ids)
+        return None if gathered is None else in_selection_order(gathered, self.job.image_ids)
 
     def evaluate_image(self, predictor: SamPredictor, image_id: int) -> dict:
-        """One image's record: each instance's id, area and IoU, and where the time went; or why it was skipped."""
-        path = self.dataset.image_path(image_id)
+        """One image's record: the job's fields, the EXIF orientation tag when it is not upright, and where the
+        time went (load, encoder, decoder, the rest of scoring); or why it was skipped."""
+        path = self.job.image_path(image_id)
         record = {"image_id": image_id, "file": path.name}
+        if not self.job.needs_image(image_id):
+            return {**record, **self.job.score(predictor, image_id, DecoderClock(self.device)),
+                    "load_s": 0.0, "encode_s": 0.0, "decode_s": 0.0, "score_s": 0.0}
         start = time.perf_counter()
         try:
-            image = load_image(path)
+            image = load_image(path, exif=False)  # pixels as stored, as the annotations are
         except BiglSamError as err:
             return {**record, "skipped": str(err)}
-        expected = self.dataset.image_size(image_id)
-        if image.shape[:2] != expected:
+        expected = self.job.image_size(image_id)
+        if image.shape[:2] != tuple(expected):
             found, annotated = ("x".join(map(str, size)) for size in (image.shape[:2], expected))
             return {**record, "skipped": f"{path}: image is {found} (HxW), the annotations say {annotated}"}
-        instances = self.dataset.instances(image_id)
-        empty = [i.ann_id for i in instances if not i.mask.any()]  # polygons too thin to cover a pixel
-        instances = [i for i in instances if i.mask.any()]
+        orientation = orientation_tag(path)
+        if orientation != UPRIGHT:
+            record["exif_orientation"] = orientation
         loaded = self._clock()
-        predictor.set_image(image)
-        encoded = self._clock()
-        ious = score_instances(predictor, instances, self.protocol, self.batch_size)
-        decoded = self._clock()
-        scored = [{"id": i.ann_id, "area": i.area, "iou": iou} for i, iou in zip(instances, ious)]
-        return {
-            **record,
-            "instances": scored,
-            "empty_masks": empty,
-            "load_s": loaded - start,
-            "encode_s": encoded - loaded,
-            "decode_s": decoded - encoded,
-        }
+        with self._autocast():
+            predictor.set_image(image)
+            encoded = self._clock()
+            clock = DecoderClock(self.device)
+            fields = self.job.score(predictor, image_id, clock)
+        scored = self._clock()
+        return {**record, **fields, "load_s": loaded - start, "encode_s": encoded - loaded,
+                "decode_s": clock.seconds, "score_s": scored - encoded - clock.seconds}
+
+    def _autocast(self):
+        if self.dtype == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=DTYPES[self.dtype])
 
     def _clock(self) -> float:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
+
+
+def _finished(record: Optional[dict]) -> bool:
+    return record is not None and "skipped" not in record
 
 
 def in_selection_order(records: List[dict], image_ids: Sequence[int]) -> List[dict]:
@@ -144,6 +191,14 @@ def in_selection_order(records: List[dict], image_ids: Sequence[int]) -> List[di
 
 
 def evaluate_models(evaluation: Evaluation, specs: Sequence[ModelSpec]) -> Optional[List[List[dict]]]:
-    """Per model, the records of every selected image (rank 0), or None on the other ranks."""
+    """Per model, the records of every selected image (rank 0), or None on the other ranks. On rank 0, a
+    `BiglSamError` when not one image could be read for any model (the records stay on disk)."""
     results = [evaluation.run_model(spec) for spec in specs]
-    return results if evaluation.shard.is_main else None
+    if not evaluation.shard.is_main:
+        return None
+    skipped = [r for records in results for r in records if "skipped" in r]
+    if len(skipped) == sum(len(records) for records in results):
+        example = evaluation.job.image_path(skipped[0]["image_id"])
+        raise BiglSamError(f"no image could be scored: looked in {evaluation.job.images_dir}, e.g. {example} "
+                           f"({skipped[0]['skipped']})")
+    return results

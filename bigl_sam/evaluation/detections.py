@@ -1,0 +1,169 @@
+"""`eval coco --boxes DETECTIONS.json`: COCO mask AP with a detector's boxes as prompts (the zero-shot
+instance segmentation of SAM, Tab. 5, and of EfficientViT-SAM, EdgeSAM, TinySAM, RepViT-SAM).
+
+Each detection above `--score-threshold` becomes a box prompt; its mask is kept as a COCO segmentation result
+(compressed RLE) with the detection's image, category and score; pycocotools' COCOeval (segm) scores all of
+them against the annotations. As in mit-han-lab/efficientvit, applications/efficientvit_sam/
+eval_efficientvit_sam_model.py (`run_box_from_detector`): multimask output, the argmax of the predicted IoU,
+and COCOeval with its default settings (maxDets 1/10/100).
+"""
+
+import contextlib
+import copy
+import io
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from pycocotools.cocoeval import COCOeval
+from segment_anything import SamPredictor
+
+from ..errors import BiglSamError
+from ..fileio import atomic_write_text
+from ..weights import sha256_of
+from .coco import CocoInstances, read_json
+from .decoding import DecoderClock, Decoding, box_masks
+from .protocol import box_xywh_to_xyxy
+from .report import rate, time_split, time_split_cell
+from .runner import Job
+
+AP_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # COCOeval.stats[0:6], x100
+
+
+def read_detections(path: Path, dataset: CocoInstances, score_threshold: float) -> Dict[int, List[dict]]:
+    """image id -> its detections with score >= `score_threshold`, highest score first. A file that is not
+    a list of detections, or a detection that names an unknown image or lacks a field, is one error line."""
+    detections = read_json(path, "detections file")
+    if not isinstance(detections, list):
+        raise BiglSamError(f"{path}: not a COCO results file (needs a list of detections, got {type(detections).__name__})")
+    kept: Dict[int, List[dict]] = defaultdict(list)
+    for index, det in enumerate(detections):
+        _check_detection(path, index, det, dataset)
+        if det["score"] >= score_threshold:
+            kept[det["image_id"]].append({"image_id": det["image_id"], "category_id": det["category_id"],
+                                          "bbox": [float(v) for v in det["bbox"]], "score": float(det["score"])})
+    for dets in kept.values():
+        dets.sort(key=lambda d: -d["score"])
+    return dict(kept)
+
+
+def _check_detection(path: Path, index: int, det, dataset: CocoInstances) -> None:
+    name = f"{path}: detection {index}"
+    if not isinstance(det, dict):
+        raise BiglSamError(f"{name} is not an object ({str(det)[:60]})")
+    for key in ("image_id", "category_id", "bbox", "score"):
+        if key not in det:
+            raise BiglSamError(f"{name} has no {key!r}")
+    if det["image_id"] not in dataset.coco.imgs:
+        raise BiglSamError(f"{name} names image id {det['image_id']!r}, which {dataset.annotations_path.name} does not have")
+    if det["category_id"] not in dataset.coco.cats:
+        raise BiglSamError(f"{name} names category id {det['category_id']!r}, which {dataset.annotations_path.name} does not have")
+    bbox, score = det["bbox"], det["score"]
+    if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox) or bbox[2] < 0 or bbox[3] < 0:
+        raise BiglSamError(f"{name}: bbox must be [x, y, width, height] with width, height >= 0, got {bbox!r}")
+    if not _is_number(score):
+        raise BiglSamError(f"{name}: score must be a number, got {score!r}")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+class DetectionMasks(Job):
+    """Every image of the annotation file (with or without detections: AP counts both), in id order."""
+
+    def __init__(self, dataset: CocoInstances, detections_path: Path, score_threshold: float, select: str,
+                 batch_size: int, max_images: Optional[int] = None) -> None:
+        if not 0.0 <= score_threshold <= 1.0:
+            raise BiglSamError(f"--score-threshold must be in [0, 1], got {score_threshold}")
+        self.dataset, self.batch_size = dataset, batch_size
+        self.decoding = Decoding(select, feed_logits=False)
+        if select == "oracle":
+            raise BiglSamError("--select oracle needs a ground-truth mask per prompt; detections have none")
+        self.detections_path, self.score_threshold = Path(detections_path), score_threshold
+        self.image_ids: List[int] = dataset.image_ids(max_images, with_instances=False)
+        self.images_dir: Path = dataset.images_dir
+        self.detections = read_detections(self.detections_path, dataset, score_threshold)
+        if not any(self.detections.get(i) for i in self.image_ids):
+            raise BiglSamError(f"{self.detections_path}: no detection with score >= {score_threshold} on the "
+                               f"{len(self.image_ids)} selected images")
+        self.sha256 = sha256_of(self.detections_path, progress=False)
+
+    def settings(self) -> dict:
+        return {"job": "coco-detections", "select": self.decoding.select, "annotations_sha256": self.dataset.sha256,
+                "detections_sha256": self.sha256, "score_threshold": self.score_threshold}
+
+    def image_path(self, image_id: int) -> Path:
+        return self.dataset.image_path(image_id)
+
+    def image_size(self, image_id: int) -> Tuple[int, int]:
+        return self.dataset.image_size(image_id)
+
+    def needs_image(self, image_id: int) -> bool:
+        return bool(self.detections.get(image_id))
+
+    def score(self, predictor: SamPredictor, image_id: int, clock: DecoderClock) -> dict:
+        dets = self.detections.get(image_id, [])
+        results = []
+        for start in range(0, len(dets), self.batch_size):
+            batch = dets[start : start + self.batch_size]
+            boxes = np.array([box_xywh_to_xyxy(d["bbox"]) for d in batch], dtype=np.float32)
+            masks = box_masks(predictor, boxes, self.decoding, clock).cpu().numpy()
+            for det, mask in zip(batch, masks):
+                rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+                results.append({**det, "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")}})
+        return {"segmentations": results}
+
+
+def segmentation_results(records: Sequence[dict]) -> List[dict]:
+    """The COCO results file: every mask of every scored image, in image order."""
+    return [result for r in records if "segmentations" in r for result in r["segmentations"]]
+
+
+def coco_ap(dataset: CocoInstances, results: List[dict], image_ids: Sequence[int]) -> Dict[str, Optional[float]]:
+    """COCOeval segm AP, AP50, AP75, APs, APm, APl (x100) of `results` on `image_ids`; COCOeval's printout
+    is not shown. None for all when there is no result, and for a size range without ground truth."""
+    if not results:
+        return {metric: None for metric in AP_METRICS}
+    with contextlib.redirect_stdout(io.StringIO()):
+        detections = dataset.coco.loadRes(copy.deepcopy(results))
+        evaluation = COCOeval(dataset.coco, detections, "segm")
+        evaluation.params.imgIds = list(image_ids)
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    # COCOeval says -1 where a size range has no ground truth
+    return {metric: None if value < 0 else 100.0 * float(value) for metric, value in zip(AP_METRICS, evaluation.stats[:6])}
+
+
+def summarize(records: Sequence[dict], dataset: CocoInstances, out_file: Optional[Path]) -> dict:
+    """One model's AP; with `out_file`, its masks written there as a COCO segmentation results file."""
+    evaluated = [r for r in records if "segmentations" in r]
+    results = segmentation_results(evaluated)
+    if out_file is not None:
+        atomic_write_text(out_file, json.dumps(results) + "\n")
+    split = time_split(evaluated)
+    return {
+        "ap": coco_ap(dataset, results, [r["image_id"] for r in evaluated]),
+        "masks": len(results),
+        "images": len(evaluated),
+        "segmentation_results": None if out_file is None else str(out_file),
+        "skipped_images": [{"file": r["file"], "reason": r["skipped"]} for r in records if "skipped" in r],
+        "exif_rotated_images": sum("exif_orientation" in r for r in evaluated),
+        "time_split": split,
+        "images_per_s": rate(sum(bool(r["segmentations"]) for r in evaluated), split["seconds"]),
+    }
+
+
+def markdown_table(models: Sequence[dict]) -> str:
+    header = ["model", *AP_METRICS, "masks", "images/s", "time: load/encoder/decoder/scoring"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for model in models:
+        cells = [model["label"]] + ["–" if model["ap"][m] is None else f"{model['ap'][m]:.1f}" for m in AP_METRICS]
+        cells += [str(model["masks"]), "–" if model["images_per_s"] is None else f"{model['images_per_s']:.2f}"]
+        cells.append(time_split_cell(model["time_split"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

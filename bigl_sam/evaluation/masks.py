@@ -1,0 +1,124 @@
+"""An interactive-segmentation set as the benchmarks ship it: a folder of images and a folder of masks with
+the same file stems (GrabCut, Berkeley, DAVIS, COCO-MVal in RITM's layout).
+
+A mask pixel > 0 belongs to an object, except pixels equal to `ignore_value` (GrabCut's 128-valued band
+between object and background), which count nowhere. A palette or grayscale mask with several values gives
+one object per value (`union=True`: one object of all of them); an RGB mask gives one object per colour.
+Everything is checked when the set is opened: a missing or extra mask, a mask of another size than its image,
+a mask without any object pixel are each one error line before any work starts.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import BiglSamError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".gif")
+
+
+@dataclass
+class MaskObject:
+    """One object to segment: its id within the image (the mask value, or 0 for a union), H x W bool mask
+    and H x W bool pixels to ignore (None: none)."""
+
+    object_id: int
+    mask: np.ndarray
+    ignore: Optional[np.ndarray]
+
+
+class MaskFolders:
+    """Images under `images_dir`, masks under `masks_dir`, paired by file stem, in stem order."""
+
+    def __init__(self, images_dir, masks_dir, ignore_value: Optional[int] = None, union: bool = False) -> None:
+        self.images_dir, self.masks_dir = Path(images_dir), Path(masks_dir)
+        self.ignore_value, self.union = ignore_value, union
+        images, masks = _by_stem(self.images_dir, IMAGE_SUFFIXES, "image"), _by_stem(self.masks_dir, MASK_SUFFIXES, "mask")
+        _check_pairs(self.images_dir, self.masks_dir, images, masks)
+        self.stems = sorted(images)
+        self.images, self.masks = images, masks
+        for stem in self.stems:
+            self._check(stem)
+
+    def image_ids(self, max_images: Optional[int] = None) -> List[int]:
+        """Image ids are positions in stem order; the first `max_images` of them."""
+        if max_images is not None and max_images < 1:
+            raise BiglSamError(f"--max-images must be at least 1, got {max_images}")
+        return list(range(len(self.stems)))[:max_images]
+
+    def image_path(self, image_id: int) -> Path:
+        return self.images[self.stems[image_id]]
+
+    def image_size(self, image_id: int) -> Tuple[int, int]:
+        """(height, width) of the mask, which the image must have."""
+        with Image.open(self.masks[self.stems[image_id]]) as mask:
+            return mask.height, mask.width
+
+    def objects(self, image_id: int) -> List[MaskObject]:
+        values = _read_values(self.masks[self.stems[image_id]])
+        ignore = None if self.ignore_value is None else values == self.ignore_value
+        if ignore is not None and not ignore.any():
+            ignore = None
+        ids = [int(v) for v in np.unique(values) if v != 0 and v != self.ignore_value]
+        if self.union:
+            return [MaskObject(0, np.isin(values, ids), ignore)]
+        return [MaskObject(i, values == i, ignore) for i in ids]
+
+    def _check(self, stem: str) -> None:
+        mask_path, image_path = self.masks[stem], self.images[stem]
+        try:
+            with Image.open(image_path) as image:
+                image_size = image.size
+        except (UnidentifiedImageError, OSError) as err:
+            raise BiglSamError(f"{image_path}: not a readable image ({err})") from None
+        values = _read_values(mask_path)
+        if (values.shape[1], values.shape[0]) != image_size:
+            raise BiglSamError(f"{mask_path}: mask is {values.shape[0]}x{values.shape[1]} (HxW), its image "
+                               f"{image_path.name} is {image_size[1]}x{image_size[0]}")
+        if not ((values != 0) & (values != (self.ignore_value if self.ignore_value is not None else 0))).any():
+            raise BiglSamError(f"{mask_path}: empty mask (no object pixel)")
+
+
+def _by_stem(folder: Path, suffixes, kind: str) -> Dict[str, Path]:
+    if not folder.is_dir():
+        raise BiglSamError(f"{folder}: {kind} folder not found")
+    files: Dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in suffixes or path.name.startswith("."):
+            continue
+        if path.stem in files:
+            raise BiglSamError(f"{folder}: two {kind} files with the stem {path.stem!r} ({files[path.stem].name}, {path.name})")
+        files[path.stem] = path
+    if not files:
+        raise BiglSamError(f"{folder}: no {kind} files ({', '.join(suffixes)})")
+    return files
+
+
+def _check_pairs(images_dir: Path, masks_dir: Path, images: dict, masks: dict) -> None:
+    without_mask = sorted(set(images) - set(masks))
+    without_image = sorted(set(masks) - set(images))
+    if without_mask:
+        raise BiglSamError(f"{masks_dir}: no mask for {len(without_mask)} image(s) of {images_dir}, e.g. "
+                           f"{images[without_mask[0]].name} (masks are matched by file stem)")
+    if without_image:
+        raise BiglSamError(f"{masks_dir}: {len(without_image)} mask(s) without an image in {images_dir}, e.g. "
+                           f"{masks[without_image[0]].name} (masks are matched by file stem)")
+
+
+def _read_values(path: Path) -> np.ndarray:
+    """H x W integer object values: palette indexes, gray levels, or one id per RGB colour (black is 0)."""
+    try:
+        with Image.open(path) as mask:
+            mask.load()
+            if mask.mode in ("P", "L", "1", "I", "I;16"):
+                return np.asarray(mask.convert("L") if mask.mode == "1" else mask).astype(np.int64)
+            rgb = np.asarray(mask.convert("RGB")).astype(np.int64)
+    except (UnidentifiedImageError, OSError) as err:
+        raise BiglSamError(f"{path}: not a readable mask image ({err})") from None
+    if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
+        return rgb[..., 0]
+    return rgb[..., 0] << 16 | rgb[..., 1] << 8 | rgb[..., 2]
