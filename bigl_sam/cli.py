@@ -10,7 +10,7 @@ from typing import List, Optional
 from .errors import BiglSamError
 
 COMMANDS = {
-    "bench": ("bigl_sam.bench", "parameters, GMACs and latency of SAM and big.LITTLE encoders"),
+    "bench": ("bigl_sam.bench.cli", "parameters, GMACs and latency of SAM, big.LITTLE and peer encoders"),
     "distill": ("bigl_sam.distill.cli", "distil a student from a SAM teacher: teacher cache, then training"),
     "weights": ("bigl_sam.weights", "list, download or verify the known checkpoints"),
     "demo": ("bigl_sam.demo.cli", "click-to-segment web demo (Gradio) with the routing map"),

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from bigl_sam.bench import CPU_SDPA_FLOPS
+from bigl_sam.bench.measure import CPU_SDPA_FLOPS
 from bigl_sam.cli import main
 
 
@@ -40,3 +40,41 @@ def test_cli_usage(capsys):
     assert main([]) == 0
     assert "bench" in capsys.readouterr().out
     assert main(["frobnicate"]) == 2
+
+
+def _bench_error(capsys, *argv) -> str:
+    """Runs `bigl-sam bench` on the tiny model with `argv`; asserts exit 2, one error line, nothing measured."""
+    code = main(["bench", "--models", "vit_test", "--clicks", "0", *argv])
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert "measured" not in out
+    return err
+
+
+def test_bench_rejects_zero_runs(capsys):
+    assert "--runs must be at least 1, got 0" in _bench_error(capsys, "--runs", "0")
+
+
+def test_bench_rejects_zero_or_negative_batch(capsys):
+    assert "--batch must be at least 1, got 0" in _bench_error(capsys, "--batch", "0")
+    assert "--batch must be at least 1, got -2" in _bench_error(capsys, "--batch", "-2")
+
+
+def test_bench_refuses_json_folder_before_measuring(tmp_path, capsys):
+    err = _bench_error(capsys, "--runs", "1", "--json", str(tmp_path))
+    assert f"--json {tmp_path}: is a folder" in err
+
+
+def test_bench_names_a_missing_image(tmp_path, capsys):
+    missing = tmp_path / "nope.jpg"
+    assert f"{missing}: image file not found" in _bench_error(capsys, "--runs", "1", "--image", str(missing))
+
+
+def test_bench_rejects_malformed_size(capsys):
+    for size in ("640", "640x", "x480", "640x0", "axb", "640*480"):
+        assert f"--size {size!r}" in _bench_error(capsys, "--runs", "1", "--size", size)
+
+
+def test_bench_rejects_non_numeric_keep_ratio(capsys):
+    assert "--keep-ratio 'half'" in _bench_error(capsys, "--runs", "1", "--keep-ratio", "half")

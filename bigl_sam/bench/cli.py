@@ -1,0 +1,143 @@
+"""`bigl-sam bench`: parameters, GMACs and latency of image encoders, measured in one run.
+
+Every big.LITTLE row is compared with two baselines measured on the same input, in the same run and mode
+(eager or compiled): the SAM ViT its P-path comes from, as SAM ships it (`vs SAM`), and its own dense path
+at keep ratio 1.0 (`vs dense`). The first tells a user what switching buys; the second separates what
+routing saves from what the SDPA kernel saves. `lat/MAC` is the latency ratio divided by the GMACs ratio
+(vs SAM): 1.0 means every MAC saved became time saved.
+"""
+
+import argparse
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+
+from ..distributed import pick_device
+from ..errors import BiglSamError
+from ..fileio import atomic_write_text
+from .clicks import bench_clicks
+from .encoders import BenchEncoder, build_encoder, keep_ratios, model_names
+from .inputs import DEFAULT_SIZE, BenchInput, bench_inputs, encoder_input
+from .measure import Case, measure
+from .peers import PEERS, PEERS_INSTALL
+from .report import format_table, report, rows_from, settings
+
+DEFAULT_MODELS = "vit_b,vit_l,vit_h,bigl_b_t,bigl_l_s,bigl_h_b"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--models", default=DEFAULT_MODELS,
+        help=f"comma-separated model names; also the peers {', '.join(PEERS)} (random weights, image encoder "
+             f"only; needs {PEERS_INSTALL}). All are held in memory at once (rows run in interleaved rounds)",
+    )
+    parser.add_argument(
+        "--keep-ratio",
+        default="default,1.0",
+        help="comma-separated keep ratios for big.LITTLE rows; 'default' is the config's own (0.25)",
+    )
+    parser.add_argument(
+        "--image", type=Path, action="append", default=[],
+        help="a photo to run on, preprocessed as SamPredictor.set_image does (resize, normalise, zero-pad); "
+             "repeatable",
+    )
+    parser.add_argument(
+        "--size", action="append", default=[],
+        help=f"WIDTHxHEIGHT of a synthetic photo to run on, e.g. 640x480 (padded like a real one); repeatable. "
+             f"Without --image and --size: {DEFAULT_SIZE}",
+    )
+    parser.add_argument("--runs", type=int, default=5, help="interleaved timed rounds (median per row reported)")
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="untimed runs per row before the rounds (the first counts MACs, or compiles)")
+    parser.add_argument("--batch", type=int, default=1, help="images per forward (GMACs are per image)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="float32",
+                        help="bfloat16: the encoders run under torch.autocast (CPU and GPU)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time each encoder compiled by torch.compile (compile time reported apart)")
+    parser.add_argument("--clicks", type=int, default=20,
+                        help="clicks timed after the first one for the demo-click line (0: skip it)")
+    parser.add_argument(
+        "--compile-decoder", action="store_true",
+        help="also time clicks with the demo's compiled mask decoder (first click after start-up apart)",
+    )
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows and settings to this file")
+
+
+def run(args: argparse.Namespace) -> int:
+    check_arguments(args)
+    names = model_names(args.models)
+    inputs = bench_inputs(args.image, args.size)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    encoders = [build_encoder(name, args.keep_ratio, device) for name in names]
+    cases = bench_cases(encoders, inputs, args, device)
+    measure(cases, args.runs, args.warmup, args.batch, device)
+    rows = rows_from(cases, {e.name: e.params_m for e in encoders})
+    failed = [case for case in cases if case.compile_error is not None]
+    clicks = bench_clicks(args.clicks, args.compile_decoder) if args.clicks > 0 else {}
+    run_settings = settings(args, device, [item.label for item in inputs])
+    print(format_table(rows, failed, clicks, run_settings))
+    if args.json:
+        atomic_write_text(args.json, json.dumps(report(rows, failed, clicks, run_settings), indent=2) + "\n")
+    return 0
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every number and the output path, before any model is built or anything measured."""
+    for option, value in (("--runs", args.runs), ("--warmup", args.warmup), ("--batch", args.batch)):
+        if value < 1:
+            raise BiglSamError(f"{option} must be at least 1, got {value}")
+    if args.threads is not None and args.threads < 1:
+        raise BiglSamError(f"--threads must be at least 1, got {args.threads}")
+    if args.clicks < 0:
+        raise BiglSamError(f"--clicks must be 0 (skip) or more, got {args.clicks}")
+    keep_ratios(args.keep_ratio, default=1.0)
+    if args.json is not None:
+        _check_output_file(args.json)
+
+
+def _check_output_file(path: Path) -> None:
+    if path.is_dir():
+        raise BiglSamError(f"--json {path}: is a folder; give a file name, e.g. {path / 'bench.json'}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise BiglSamError(f"--json {path}: {parent} is a file, not a folder")
+            return
+
+
+def bench_cases(
+    encoders: List[BenchEncoder], inputs: List[BenchInput], args: argparse.Namespace, device: torch.device
+) -> List[Case]:
+    """Per input, per model, per keep ratio: the eager case, then (with --compile) the compiled one."""
+    dtype = DTYPES[args.dtype]
+    compiled = {e.name: torch.compile(e.module) for e in encoders} if args.compile else {}
+    cases = []
+    for item in inputs:
+        for encoder in encoders:
+            x = encoder_input(item, encoder.pixel_mean, encoder.pixel_std, encoder.img_size, args.batch).to(device)
+            for ratio in encoder.keep_ratios:
+                float32_forward = None if dtype == torch.float32 else _forward(encoder.module, x, ratio, torch.float32)
+                eager = _forward(encoder.module, x, ratio, dtype)
+                cases.append(Case(encoder.name, ratio, item.label, False, eager, float32_forward))
+                if args.compile:
+                    forward = _forward(compiled[encoder.name], x, ratio, dtype)
+                    cases.append(Case(encoder.name, ratio, item.label, True, forward))
+    return cases
+
+
+def _forward(module: torch.nn.Module, x: torch.Tensor, keep_ratio: Optional[float], dtype: torch.dtype):
+    """A call of `module` on `x` (under autocast to `dtype` unless float32), as `SamPredictor` makes it."""
+    kwargs = {} if keep_ratio is None else {"keep_ratio": keep_ratio}
+
+    def forward():
+        with torch.autocast(x.device.type, dtype=dtype, enabled=dtype != torch.float32):
+            return module(x, **kwargs)
+
+    return forward

@@ -1,0 +1,82 @@
+"""The image encoders a bench run times: SAM's ViTs as `segment_anything` ships them, big.LITTLE students
+(one row per keep ratio) and the peers, all with random weights."""
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..build import PIXEL_MEAN, PIXEL_STD, build_model
+from ..errors import BiglSamError, UnknownModelError
+from ..modeling import BigLittleConfig, get_config
+from ..modeling.config import check_keep_ratio
+from .peers import PEERS, PEERS_INSTALL, build_peer
+
+
+@dataclass
+class BenchEncoder:
+    name: str
+    module: nn.Module  # the image encoder, eval mode, on the bench's device
+    img_size: int  # side of its square input
+    pixel_mean: torch.Tensor  # 3, what the model normalises with
+    pixel_std: torch.Tensor  # 3
+    keep_ratios: List[Optional[float]]  # [None] for encoders without a keep ratio
+
+    @property
+    def params_m(self) -> float:
+        return sum(p.numel() for p in self.module.parameters()) / 1e6
+
+
+def model_names(spec: str) -> List[str]:
+    """'vit_b, bigl_b_t' -> ['vit_b', 'bigl_b_t'], every name checked before anything is built."""
+    names = list(dict.fromkeys(n.strip() for n in spec.split(",") if n.strip()))
+    if not names:
+        raise BiglSamError("--models names no model")
+    for name in names:
+        if name not in PEERS:
+            try:
+                get_config(name)
+            except UnknownModelError as err:
+                raise UnknownModelError(f"{err}; peers ({PEERS_INSTALL}): {', '.join(PEERS)}") from None
+    return names
+
+
+def keep_ratios(spec: str, default: float) -> List[float]:
+    """'default,1.0' -> [0.25, 1.0] for a config whose own ratio is 0.25; duplicates dropped."""
+    ratios = []
+    for part in spec.split(","):
+        part = part.strip()
+        if part == "default":
+            value = default
+        else:
+            try:
+                value = float(part)
+            except ValueError:
+                raise BiglSamError(f"--keep-ratio {part!r} is not a number (or 'default')") from None
+            check_keep_ratio(value, "--keep-ratio")
+        if value not in ratios:
+            ratios.append(value)
+    return ratios
+
+
+def build_encoder(name: str, keep_ratio_spec: str, device: torch.device) -> BenchEncoder:
+    if name in PEERS:
+        mean, std = torch.tensor(PIXEL_MEAN), torch.tensor(PIXEL_STD)
+        return BenchEncoder(name, build_peer(name).to(device), PEERS[name].img_size, mean, std, [None])
+    config = get_config(name)
+    model = build_model(config)
+    ratios: Sequence[Optional[float]] = [None]
+    if isinstance(config, BigLittleConfig):
+        ratios = keep_ratios(keep_ratio_spec, config.keep_ratio)
+    encoder = model.image_encoder.to(device)
+    return BenchEncoder(name, encoder, encoder.img_size, model.pixel_mean.flatten(), model.pixel_std.flatten(),
+                        list(ratios))
+
+
+def sam_vit_of(name: str) -> Optional[str]:
+    """The SAM ViT a big.LITTLE student's P-path copies (its `vs SAM` baseline); None for others."""
+    if name in PEERS:
+        return None
+    config = get_config(name)
+    return config.init_from if isinstance(config, BigLittleConfig) else None

@@ -1,0 +1,105 @@
+"""Measuring cases in interleaved rounds: every case is warmed up (the first eager call counts its MACs,
+the first compiled call compiles; each is the first of its warm-up runs), then round 1 runs each case
+once in order, round 2 again, and so on. A change of machine load during the run then hits every row
+alike; each row reports its median.
+"""
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+from tqdm import tqdm
+
+# torch's FLOP counter knows SDPA's CUDA kernels but not the CPU one.
+CPU_SDPA_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: (
+        lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v)
+    )
+}
+
+
+@dataclass
+class Case:
+    """One row's work: `forward()` runs the encoder once on its input (batch images)."""
+
+    model: str
+    keep_ratio: Optional[float]
+    input: str  # the input's label
+    compiled: bool
+    forward: Callable[[], object]
+    # MACs are counted in float32: they do not depend on the dtype, and torch's FLOP counter trips over
+    # the mixed dtypes autocast leaves in SAM's relative-position einsum. None: `forward` is float32.
+    float32_forward: Optional[Callable[[], object]] = None
+    macs: Optional[float] = None  # per image, counted on the first eager call
+    compile_s: Optional[float] = None  # the first compiled call (compile + one run), not in latencies_ms
+    compile_error: Optional[str] = None  # why compiling failed; the case is then not timed
+    latencies_ms: List[float] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return row_label(self.model, self.keep_ratio, self.compiled)
+
+    @property
+    def latency_ms(self) -> float:
+        return statistics.median(self.latencies_ms)
+
+
+def row_label(model: str, keep_ratio: Optional[float], compiled: bool) -> str:
+    """'bigl_b_t @0.25 compiled', 'vit_b'."""
+    name = model if keep_ratio is None else f"{model} @{keep_ratio:g}"
+    return f"{name} compiled" if compiled else name
+
+
+@torch.inference_mode()
+def measure(cases: List[Case], runs: int, warmup: int, batch: int, device: torch.device) -> None:
+    """Fills every case's MACs (eager cases), compile time (compiled ones) and `runs` latencies."""
+    for case in cases:
+        _first_call(case, batch, device)
+    live = [case for case in cases if case.compile_error is None]
+    for _ in range(warmup - 1):
+        for case in live:
+            case.forward()
+    with tqdm(total=runs * len(live), desc="bench rounds", unit="run", leave=False) as progress:
+        for _ in range(runs):
+            for case in live:
+                case.latencies_ms.append(_timed_ms(case.forward, device))
+                progress.update()
+
+
+def _first_call(case: Case, batch: int, device: torch.device) -> None:
+    if not case.compiled:
+        with FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOPS) as counter:
+            (case.float32_forward or case.forward)()
+        if case.float32_forward is not None:
+            case.forward()  # the first warm-up run, in the timed dtype
+        case.macs = counter.get_total_flops() / 2 / batch
+        tqdm.write(f"  {case.label} on {case.input}: {case.macs / 1e9:.1f} GMACs")
+        return
+    try:
+        case.compile_s = _timed_ms(case.forward, device) / 1e3
+    except Exception as err:  # inductor's failures have many types (no compiler, unsupported op, ...)
+        case.compile_error = first_line(err)
+        tqdm.write(f"  {case.label} on {case.input}: torch.compile failed ({case.compile_error}); row skipped")
+        return
+    tqdm.write(f"  {case.label} on {case.input}: compiled in {case.compile_s:.1f} s (first call)")
+
+
+def first_line(err: Exception) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+
+
+def _timed_ms(forward: Callable[[], object], device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    forward()
+    _sync(device)
+    return (time.perf_counter() - start) * 1e3
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
