@@ -1,13 +1,26 @@
-"""`bigl-sam bench` on the tiny architectures: the table, the JSON, and MACs that SDPA really costs."""
+"""`bigl-sam bench` on the tiny architectures: inputs as SamPredictor makes them, interleaved rounds,
+compiled rows, bf16, the demo click, the table, the JSON, and MACs that SDPA really costs."""
 
+import dataclasses
 import json
+import time
 
+import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-from bigl_sam.bench.measure import CPU_SDPA_FLOPS
+from bigl_sam import SamPredictor, build_model
+from bigl_sam.bench import clicks, inputs
+from bigl_sam.bench.cli import _forward
+from bigl_sam.bench.measure import CPU_SDPA_FLOPS, Case, measure
+from bigl_sam.bench.report import Row, add_ratios
 from bigl_sam.cli import main
+from bigl_sam.modeling import get_config
+
+CPU = torch.device("cpu")
 
 
 def test_cpu_sdpa_is_counted():
@@ -33,7 +46,181 @@ def test_bench_rows_and_json(tmp_path, capsys):
 
 def test_bench_rejects_unknown_model(capsys):
     assert main(["bench", "--models", "vit_x", "--runs", "1", "--clicks", "0"]) == 2
-    assert "unknown model 'vit_x'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown model 'vit_x'" in err and "mobilesam" in err and len(err.strip().splitlines()) == 1
+
+
+def test_size_input_is_what_sam_predictor_feeds_the_encoder():
+    model = build_model(get_config("vit_test"))
+    photo = inputs.bench_inputs([], ["640x480"])[0]
+    seen = []
+    model.image_encoder.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    SamPredictor(model).set_image(photo.image)
+    x = inputs.encoder_input(photo, model.pixel_mean.flatten(), model.pixel_std.flatten(), 1024, batch=2)
+    assert photo.image.shape == (480, 640, 3) and x.shape == (2, 3, 1024, 1024)
+    torch.testing.assert_close(x[1:], seen[0])
+    assert (x[:, :, 768:, :] == 0).all()  # SAM's zero padding below the 1024 x 768 resized photo
+    assert (x[:, :, :768, :] != 0).all()  # and no pixel of the photo normalises to an exact zero
+
+
+def test_inputs_column_names_each_input(tmp_path, capsys):
+    Image.fromarray(np.full((425, 640, 3), 90, np.uint8)).save(tmp_path / "cat.png")
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--models", "vit_test,bigl_test", "--keep-ratio", "0.25", "--runs", "1", "--clicks",
+                 "0", "--image", str(tmp_path / "cat.png"), "--size", "640x360", "--size", "640X360",
+                 "--json", str(out)])
+    assert code == 0
+    table = capsys.readouterr().out
+    photo = f"{tmp_path / 'cat.png'} (640x425)"
+    assert f"| vit_test | {photo} |" in table and "| bigl_test @0.25 | 640x360 |" in table
+    report = json.loads(out.read_text())
+    assert report["settings"]["inputs"] == [photo, "640x360"]
+    assert [(r["model"], r["input"]) for r in report["rows"]] == [
+        ("vit_test", photo), ("bigl_test", photo), ("vit_test", "640x360"), ("bigl_test", "640x360")
+    ]
+
+
+def test_ratios_compare_rows_of_the_same_input_and_mode():
+    def row(model, keep, input, compiled, gmacs, ms):
+        return Row(model, keep, input, compiled, 1.0, gmacs, ms, [ms])
+
+    rows = [
+        row("vit_test", None, "640x480", False, 10.0, 100.0), row("vit_test", None, "1024x1024", False, 20.0, 400.0),
+        row("vit_test", None, "640x480", True, 10.0, 50.0),
+        row("bigl_test", 0.25, "640x480", False, 4.0, 60.0), row("bigl_test", 1.0, "640x480", False, 12.0, 120.0),
+        row("bigl_test", 0.25, "1024x1024", False, 6.0, 100.0), row("bigl_test", 0.25, "640x480", True, 4.0, 40.0),
+    ]
+    add_ratios(rows)
+    routed, _, square, compiled = rows[3:]
+    assert (routed.vs_sam_gmacs, routed.vs_sam_latency, routed.vs_dense_latency) == (0.4, 0.6, 0.5)
+    assert (square.vs_sam_gmacs, square.vs_sam_latency, square.vs_dense_latency) == (0.3, 0.25, None)
+    assert (compiled.vs_sam_latency, compiled.vs_dense_latency) == (0.8, None)
+
+
+def _recording_case(name, log, compiled=False, first_call_s=0.0):
+    calls = []
+
+    def forward():
+        log.append(name)
+        calls.append(name)
+        if len(calls) == 1:
+            time.sleep(first_call_s)
+        return torch.ones(2, 3) @ torch.ones(3, 4)
+
+    return Case(name, None, "640x480", compiled, forward)
+
+
+def test_rows_run_in_interleaved_rounds():
+    log = []
+    cases = [_recording_case(name, log) for name in "ABC"]
+    measure(cases, runs=3, warmup=2, batch=2, device=CPU)
+    assert log == list("ABC") * (2 + 3)  # warm-up rounds (the first counts MACs), then timed rounds
+    assert [len(c.latencies_ms) for c in cases] == [3, 3, 3]
+    assert cases[0].macs == 2 * 3 * 4 / 2  # the matmul's MACs, per image of the batch of 2
+
+
+def test_compile_time_is_kept_out_of_the_latency():
+    log = []
+    compiled = _recording_case("A", log, compiled=True, first_call_s=0.5)
+    measure([compiled], runs=2, warmup=1, batch=1, device=CPU)
+    assert compiled.compile_s >= 0.5 and max(compiled.latencies_ms) < 250 and len(log) == 3
+
+
+def test_bench_compiled_rows_beside_eager_ones(monkeypatch, tmp_path, capsys):
+    compiles = []
+
+    def fake_compile(module, **kwargs):  # inductor takes minutes here; the bench's bookkeeping is tested
+        compiles.append(type(module).__name__)
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--models", "vit_test,bigl_test", "--keep-ratio", "0.25", "--runs", "1", "--clicks",
+                 "0", "--compile", "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert compiles == ["ImageEncoderViT", "BigLittleImageEncoder"]
+    assert "| vit_test compiled | 1024x1024 |" in table and "| bigl_test @0.25 compiled | 1024x1024 |" in table
+    assert "torch.compile, first call of each compiled row" in table
+    rows = {(r["model"], r["compiled"]): r for r in json.loads(out.read_text())["rows"]}
+    eager, compiled = rows["bigl_test", False], rows["bigl_test", True]
+    assert compiled["gmacs"] == eager["gmacs"] and compiled["compile_s"] > 0 and eager["compile_s"] is None
+    assert compiled["vs_sam_latency"] == compiled["latency_ms"] / rows["vit_test", True]["latency_ms"]
+
+
+def test_failed_compile_is_one_line_and_the_run_goes_on(monkeypatch, capsys):
+    def broken_compile(module, **kwargs):
+        def fails(*args, **kw):
+            raise RuntimeError("no C++ compiler found\nlong inductor traceback")
+        return fails
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    assert main(["bench", "--models", "vit_test", "--runs", "1", "--clicks", "0", "--compile"]) == 0
+    out = capsys.readouterr().out
+    assert "| vit_test | 1024x1024 |" in out and "| vit_test compiled |" not in out
+    assert "vit_test compiled on 1024x1024: torch.compile failed (RuntimeError: no C++ compiler found)" in out
+    assert "long inductor traceback" not in out
+
+
+def test_bfloat16_runs_under_autocast_and_is_recorded(tmp_path, capsys):
+    encoder = build_model(get_config("bigl_test")).image_encoder
+    x = torch.randn(1, 3, 1024, 1024)
+    seen = []
+    encoder.patch_embed.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    with torch.inference_mode():
+        _forward(encoder, x, 0.25, torch.bfloat16)()
+    assert seen == [torch.bfloat16]
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--models", "vit_test,bigl_test", "--runs", "1", "--clicks", "0", "--dtype", "bfloat16",
+                 "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["settings"]["dtype"] == "bfloat16" and "bfloat16" in capsys.readouterr().out
+    assert all(r["gmacs"] > 0 for r in report["rows"])
+
+
+def test_first_click_after_start_up_is_reported_apart(monkeypatch, tmp_path):
+    """Real clicks give every number; the first click of the compiled decoder is the one after the start-up
+    compile, on a freshly encoded photo, and is reported apart from the median of the later ones."""
+    out = tmp_path / "bench.json"
+    events = []
+    real_decode = clicks.decode_click
+
+    def fake_compile(model):
+        events.append(("compile", id(model)))
+        return 2.0
+
+    def timed_decode(model, encoding, points, labels):
+        prediction = real_decode(model, encoding, points, labels)
+        first = not any(event == ("click", id(model)) for event in events)
+        events.append(("click", id(model)))
+        seconds = 9.0 if first and ("compile", id(model)) in events else 0.04
+        return dataclasses.replace(prediction, seconds=seconds)
+
+    monkeypatch.setattr(clicks, "compile_decoder", fake_compile)
+    monkeypatch.setattr(clicks, "decode_click", timed_decode)
+    assert main(["bench", "--models", "vit_test", "--runs", "1", "--clicks", "3", "--compile-decoder",
+                 "--json", str(out)]) == 0
+    click = json.loads(out.read_text())["demo_click"]
+    assert click == {"eager_first_ms": 40.0, "eager_ms": 40.0, "compile_s": 2.0, "compiled_first_ms": 9000.0,
+                     "compiled_ms": 40.0}
+    compiled_model = events[4][1]
+    assert events[4:] == [("compile", compiled_model)] + [("click", compiled_model)] * 4
+
+
+def test_demo_click_line_from_real_clicks(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--models", "vit_test", "--runs", "1", "--clicks", "2", "--json", str(out)]) == 0
+    click = json.loads(out.read_text())["demo_click"]
+    assert set(click) == {"eager_first_ms", "eager_ms"} and min(click.values()) > 0
+    assert "one demo click on CPU" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("peer, package", [("mobilesam", "mobilesam_lite"), ("efficientvit_sam_l0", "efficientsam")])
+def test_peer_without_the_extra_is_one_line(monkeypatch, capsys, peer, package):
+    monkeypatch.setitem(__import__("sys").modules, package, None)
+    assert main(["bench", "--models", f"vit_test,{peer}", "--runs", "1", "--clicks", "0"]) == 2
+    err = capsys.readouterr().err
+    assert f"--models {peer}: needs the optional peer packages" in err and 'pip install -e ".[peers]"' in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_cli_usage(capsys):
@@ -78,3 +265,16 @@ def test_bench_rejects_malformed_size(capsys):
 
 def test_bench_rejects_non_numeric_keep_ratio(capsys):
     assert "--keep-ratio 'half'" in _bench_error(capsys, "--runs", "1", "--keep-ratio", "half")
+
+
+@pytest.mark.slow
+def test_peer_rows_beside_ours(tmp_path):
+    pytest.importorskip("mobilesam_lite", reason='peers extra not installed (pip install -e ".[peers]")')
+    pytest.importorskip("efficientsam", reason='peers extra not installed (pip install -e ".[peers]")')
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--models", "vit_test,mobilesam,efficientvit_sam_l0", "--size", "640x480", "--runs", "1",
+                 "--clicks", "0", "--json", str(out)]) == 0
+    rows = {r["model"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"vit_test", "mobilesam", "efficientvit_sam_l0"}
+    assert rows["mobilesam"]["params_m"] < 10 < rows["efficientvit_sam_l0"]["params_m"]  # TinyViT-5M; L0 30.7 M
+    assert all(r["gmacs"] > 0 and r["keep_ratio"] is None and r["vs_sam_gmacs"] is None for r in rows.values())

@@ -62,7 +62,7 @@ def measure(cases: List[Case], runs: int, warmup: int, batch: int, device: torch
     for _ in range(warmup - 1):
         for case in live:
             case.forward()
-    with tqdm(total=runs * len(live), desc="bench rounds", unit="run", leave=False) as progress:
+    with tqdm(total=runs * len(live), desc="bench rounds", unit="run") as progress:
         for _ in range(runs):
             for case in live:
                 case.latencies_ms.append(_timed_ms(case.forward, device))

@@ -26,9 +26,11 @@ class Peer:
 
 
 def _mobilesam() -> nn.Module:
-    # mobilesam-lite registers its TinyViT variants in timm's registry under names timm already has.
+    # mobilesam-lite imports timm's deprecated module paths and registers its TinyViT variants in timm's
+    # registry under names timm already has; neither concerns a bench user.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Overwriting .* in registry")
+        warnings.filterwarnings("ignore", message="Importing from timm", category=FutureWarning)
         from mobilesam_lite.mobile_sam.build_sam import build_sam_vit_t
     return build_sam_vit_t(checkpoint=None).image_encoder
 
