@@ -170,8 +170,8 @@ def test_bfloat16_runs_under_autocast_and_is_recorded(tmp_path, capsys):
         _forward(encoder, x, 0.25, torch.bfloat16)()
     assert seen == [torch.bfloat16]
     out = tmp_path / "bench.json"
-    assert main(["bench", "--models", "vit_test,bigl_test", "--runs", "1", "--clicks", "0", "--dtype", "bfloat16",
-                 "--json", str(out)]) == 0
+    assert main(["bench", "--models", "vit_test,bigl_test", "--keep-ratio", "0.25", "--runs", "1", "--clicks", "0",
+                 "--dtype", "bfloat16", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["settings"]["dtype"] == "bfloat16" and "bfloat16" in capsys.readouterr().out
     assert all(r["gmacs"] > 0 for r in report["rows"])
