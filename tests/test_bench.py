@@ -80,6 +80,18 @@ def test_inputs_column_names_each_input(tmp_path, capsys):
     ]
 
 
+def test_padded_inputs_cost_the_router_fewer_macs(tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--models", "vit_test,bigl_test", "--keep-ratio", "0.25,1.0", "--size", "640x360",
+                 "--size", "1024x1024", "--runs", "1", "--clicks", "0", "--json", str(out)]) == 0
+    gmacs = {(r["model"], r["keep_ratio"], r["input"]): r["gmacs"] for r in json.loads(out.read_text())["rows"]}
+    # P-path budget: ceil(0.25 x image tokens); 64 x 36 of the 64 x 64 tokens hold the 1024 x 576 resized photo
+    assert gmacs["bigl_test", 0.25, "640x360"] < gmacs["bigl_test", 0.25, "1024x1024"]
+    # SAM's own encoder and the dense path compute every token, padding or not
+    assert gmacs["vit_test", None, "640x360"] == gmacs["vit_test", None, "1024x1024"]
+    assert gmacs["bigl_test", 1.0, "640x360"] == gmacs["bigl_test", 1.0, "1024x1024"]
+
+
 def test_ratios_compare_rows_of_the_same_input_and_mode():
     def row(model, keep, input, compiled, gmacs, ms):
         return Row(model, keep, input, compiled, 1.0, gmacs, ms, [ms])
@@ -259,7 +271,7 @@ def test_bench_names_a_missing_image(tmp_path, capsys):
 
 
 def test_bench_rejects_malformed_size(capsys):
-    for size in ("640", "640x", "x480", "640x0", "axb", "640*480"):
+    for size in ("640", "640x", "x480", "640x0", "axb", "640*480", "10000x3", "20000x20000"):
         assert f"--size {size!r}" in _bench_error(capsys, "--runs", "1", "--size", size)
 
 

@@ -12,12 +12,9 @@ import numpy as np
 import torch
 
 from ..errors import BiglSamError
-from ..images import load_image, sam_input
+from ..images import MAX_ASPECT, MAX_PIXELS, check_size, load_image, sam_input
 
 DEFAULT_SIZE = "1024x1024"
-# A synthetic photo is held in memory at its full size before SAM shrinks it; past this side it would only
-# cost memory (SAM resizes every photo to a 1024 long side).
-MAX_SYNTHETIC_SIDE = 8192
 SIZE_PATTERN = re.compile(r"(\d+)[xX](\d+)")
 
 
@@ -37,13 +34,12 @@ class BenchInput:
 
 
 def parse_size(text: str) -> Tuple[int, int]:
-    """'640x480' -> (640, 480): width, height."""
+    """'640x480' -> (640, 480): width, height, within the limits the image loader sets for a photo."""
     match = SIZE_PATTERN.fullmatch(text.strip())
     if match is None:
         raise BiglSamError(f"--size {text!r}: expected WIDTHxHEIGHT in pixels, e.g. 640x480")
     width, height = int(match[1]), int(match[2])
-    if not (1 <= width <= MAX_SYNTHETIC_SIDE and 1 <= height <= MAX_SYNTHETIC_SIDE):
-        raise BiglSamError(f"--size {text!r}: each side must be 1 to {MAX_SYNTHETIC_SIDE} pixels")
+    check_size(height, width, f"--size {text!r}", MAX_PIXELS, MAX_ASPECT)
     return width, height
 
 

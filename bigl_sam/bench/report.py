@@ -36,7 +36,7 @@ def rows_from(cases: List[Case], params_m: Dict[str, float]) -> List[Row]:
     macs = {(c.model, c.keep_ratio, c.input): c.macs for c in cases if not c.compiled}
     rows = [
         Row(c.model, c.keep_ratio, c.input, c.compiled, round(params_m[c.model], 2),
-            round(macs[c.model, c.keep_ratio, c.input] / 1e9, 1), c.latency_ms, c.latencies_ms, c.compile_s)
+            round(macs[c.model, c.keep_ratio, c.input] / 1e9, 3), c.latency_ms, c.latencies_ms, c.compile_s)
         for c in cases
         if c.compile_error is None
     ]
