@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-import bigl_sam.bench
+import bigl_sam.bench.cli
 from bigl_sam.cli import main
 from bigl_sam.errors import BiglSamError
 
@@ -34,7 +34,7 @@ def test_error_from_a_data_loader_worker_is_its_own_one_line(monkeypatch, capsys
     def run(args):
         next(iter(DataLoader(UnreadableImages(), num_workers=1)))
 
-    monkeypatch.setattr(bigl_sam.bench, "run", run)
+    monkeypatch.setattr(bigl_sam.bench.cli, "run", run)
     assert main(["bench"]) == 2
     assert error_lines(capsys) == [f"bigl-sam bench: error: {UNREADABLE}"]
 
@@ -43,7 +43,7 @@ def test_error_while_setting_up_the_arguments(monkeypatch, capsys):
     def add_arguments(parser):
         raise BiglSamError("weights/manifest.json: not valid JSON")
 
-    monkeypatch.setattr(bigl_sam.bench, "add_arguments", add_arguments)
+    monkeypatch.setattr(bigl_sam.bench.cli, "add_arguments", add_arguments)
     assert main(["bench"]) == 2
     assert error_lines(capsys) == ["bigl-sam bench: error: weights/manifest.json: not valid JSON"]
 
@@ -52,7 +52,7 @@ def test_os_error_outside_the_writer_is_one_line(monkeypatch, capsys):
     def run(args):
         raise IsADirectoryError(errno.EISDIR, "Is a directory", "bench.json")
 
-    monkeypatch.setattr(bigl_sam.bench, "run", run)
+    monkeypatch.setattr(bigl_sam.bench.cli, "run", run)
     assert main(["bench"]) == 2
     assert error_lines(capsys) == ["bigl-sam bench: error: bench.json: Is a directory"]
 
