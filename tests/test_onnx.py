@@ -71,6 +71,19 @@ def test_export_writes_both_files_and_a_passed_check(vit_export):
     assert {"torch", "onnx", "onnxruntime"} <= set(manifest["versions"])
 
 
+def test_weights_beside_the_graph_are_moved_into_place_and_pass_the_check(monkeypatch, tmp_path, official_checkpoint):
+    """A model over 2 GB (ViT-H, bigl_h_b) is saved as the graph plus its weights in `NAME.onnx.data`; forced
+    here on the tiny model, both land in the folder, no temp folder stays, and the check loads them."""
+    save = torch.onnx.ONNXProgram.save
+    monkeypatch.setattr(torch.onnx.ONNXProgram, "save", lambda self, destination, **kwargs: save(self, destination, external_data=True))
+    out = tmp_path / "export"
+    assert main(["export", "onnx", "--model", "vit_test", "--checkpoint", str(official_checkpoint("vit_test")), "--out", str(out)]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["decoder.onnx", "decoder.onnx.data", "encoder.onnx", "encoder.onnx.data", "export.json"]
+    assert (out / "encoder.onnx.data").stat().st_size > (out / "encoder.onnx").stat().st_size
+    assert json.loads((out / "export.json").read_text())["check"]["passed"]
+
+
 def test_decoder_has_sams_onnx_interface(vit_export):
     session = ort.InferenceSession(str(vit_export[0] / "decoder.onnx"))
     inputs = {i.name: i.shape for i in session.get_inputs()}
