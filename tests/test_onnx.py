@@ -75,9 +75,11 @@ def test_weights_beside_the_graph_are_moved_into_place_and_pass_the_check(monkey
     """A model over 2 GB (ViT-H, bigl_h_b) is saved as the graph plus its weights in `NAME.onnx.data`; forced
     here on the tiny model, both land in the folder, no temp folder stays, and the check loads them."""
     save = torch.onnx.ONNXProgram.save
-    monkeypatch.setattr(torch.onnx.ONNXProgram, "save", lambda self, destination, **kwargs: save(self, destination, external_data=True))
-    out = tmp_path / "export"
-    assert main(["export", "onnx", "--model", "vit_test", "--checkpoint", str(official_checkpoint("vit_test")), "--out", str(out)]) == 0
+    monkeypatch.setattr(
+        torch.onnx.ONNXProgram, "save", lambda self, destination, **kwargs: save(self, destination, external_data=True)
+    )
+    out, checkpoint = tmp_path / "export", official_checkpoint("vit_test")
+    assert main(["export", "onnx", "--model", "vit_test", "--checkpoint", str(checkpoint), "--out", str(out)]) == 0
     names = sorted(p.name for p in out.iterdir())
     assert names == ["decoder.onnx", "decoder.onnx.data", "encoder.onnx", "encoder.onnx.data", "export.json"]
     assert (out / "encoder.onnx.data").stat().st_size > (out / "encoder.onnx").stat().st_size
