@@ -225,6 +225,7 @@ def test_models_without_checkpoint_follow_the_weights_rule(data, tmp_path, capsy
         (lambda m: m[:1], ["--device", "gpu7"], "'gpu7' is not a device"),
         (lambda m: m[:1], ["--protocol", "efficientsam", "--prompt", "clicks"], "defines no --prompt clicks"),
         (lambda m: m[:1], ["--boxes", "nope.json"], "detections file not found"),
+        (lambda m: m[:1], ["--score-threshold", "0.5"], "--score-threshold filters the detections of --boxes"),
     ],
 )
 def test_bad_input_is_one_error_line(data, models, tmp_path, capsys, encodes, models_of, extra, message):

@@ -92,6 +92,11 @@ def test_rerun_resumes(first_run, data, model, tmp_path, capsys):
         ([{"image_id": 1, "category_id": 7, "bbox": [0, 0, 4, 4], "score": 0.9}], "names category id 7"),
         ([{"image_id": 1, "category_id": 1, "bbox": [0, 0, 4], "score": 0.9}], "bbox must be"),
         ([{"image_id": 1, "category_id": 1, "bbox": [0, 0, 4, 4]}], "has no 'score'"),
+        ([{"image_id": 1, "category_id": 1, "bbox": [0, 0, float("inf"), 4], "score": 0.9}],
+         "detection 0: bbox must be 4 finite numbers [x, y, width, height] with width, height >= 0, got [0, 0, inf, 4]"),
+        ([{"image_id": 1, "category_id": 1, "bbox": [0, 0, 4, 4], "score": 2.5}],
+         "detection 0: score must be a detector's confidence in [0, 1] (as --score-threshold), got 2.5"),
+        ([{"image_id": 1, "category_id": 1, "bbox": [0, 0, 4, 4], "score": -1}], "score must be a detector's confidence"),
         ([{"image_id": 1, "category_id": 1, "bbox": [0, 0, 4, 4], "score": 0.01}], "no detection with score >= 0.1"),
     ],
 )

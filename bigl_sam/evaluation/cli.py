@@ -78,7 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     coco.add_argument("--select", choices=SELECTIONS, default=None, help="default: the protocol's")
     coco.add_argument("--boxes", type=Path, default=None, metavar="DETECTIONS.json",
                       help="COCO results file of box detections: prompt with them and report mask AP")
-    coco.add_argument("--score-threshold", type=float, default=0.0, help="with --boxes: the lowest score kept")
+    coco.add_argument("--score-threshold", type=float, default=None,
+                      help="with --boxes: the lowest score kept, in [0, 1] (default 0: every detection)")
     clicks = jobs.add_parser("interactive", help="NoC@85/90, NoF and mIoU per click with RITM's clicker")
     _add_common(clicks)
     source = clicks.add_mutually_exclusive_group(required=True)
@@ -139,8 +140,10 @@ def _job(args: argparse.Namespace):
             raise BiglSamError("--boxes prompts with the detector's boxes: leave out --prompt and --clicks")
         select = args.select or PRESETS[args.protocol].select
         dataset = CocoInstances(args.annotations, args.images)
-        return detections.DetectionMasks(dataset, args.boxes, args.score_threshold, select, args.batch_size,
+        return detections.DetectionMasks(dataset, args.boxes, _score_threshold(args), select, args.batch_size,
                                          args.max_images)
+    if args.score_threshold is not None:
+        raise BiglSamError("--score-threshold filters the detections of --boxes: give --boxes, or leave it out")
     protocol = Protocol(args.prompt, _clicks(args), args.select, args.protocol)
     dataset = CocoInstances(args.annotations, args.images, score_crowd=protocol.score_crowd)
     return CocoMiou(dataset, protocol, args.batch_size, args.max_images)
@@ -151,6 +154,10 @@ def _say_which_weights(specs) -> None:
     for spec in specs:
         caveat = ": the numbers measure the pipeline and its speed, not mask quality" if spec.random_weights else ""
         print(spec.weights.describe() + caveat, file=sys.stderr)
+
+
+def _score_threshold(args: argparse.Namespace) -> float:
+    return 0.0 if args.score_threshold is None else args.score_threshold
 
 
 def _clicks(args: argparse.Namespace) -> int:
@@ -241,7 +248,7 @@ def _command_line(args: argparse.Namespace) -> str:
     if args.benchmark == "coco":
         words += ["--annotations", str(args.annotations), "--protocol", args.protocol]
         if args.boxes is not None:
-            words += ["--boxes", str(args.boxes), "--score-threshold", str(args.score_threshold)]
+            words += ["--boxes", str(args.boxes), "--score-threshold", str(_score_threshold(args))]
         else:
             words += ["--prompt", args.prompt]
             if args.prompt == "clicks":

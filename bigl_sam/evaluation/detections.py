@@ -12,6 +12,7 @@ import contextlib
 import copy
 import io
 import json
+import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -62,14 +63,16 @@ def _check_detection(path: Path, index: int, det, dataset: CocoInstances) -> Non
     if det["category_id"] not in dataset.coco.cats:
         raise BiglSamError(f"{name} names category id {det['category_id']!r}, which {dataset.annotations_path.name} does not have")
     bbox, score = det["bbox"], det["score"]
-    if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox) or bbox[2] < 0 or bbox[3] < 0:
-        raise BiglSamError(f"{name}: bbox must be [x, y, width, height] with width, height >= 0, got {bbox!r}")
-    if not _is_number(score):
-        raise BiglSamError(f"{name}: score must be a number, got {score!r}")
+    if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_finite(v) for v in bbox) or bbox[2] < 0 or bbox[3] < 0:
+        raise BiglSamError(f"{name}: bbox must be 4 finite numbers [x, y, width, height] with width, height >= 0, "
+                           f"got {bbox!r}")
+    if not (_is_finite(score) and 0.0 <= score <= 1.0):
+        raise BiglSamError(f"{name}: score must be a detector's confidence in [0, 1] (as --score-threshold), "
+                           f"got {score!r}")
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+def _is_finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class DetectionMasks(Job):
