@@ -115,6 +115,7 @@ DELETE = object()
         (_set("annotations", 0, "area", None), "annotation 1: area must be a number, got None"),
         (_set("annotations", 0, "area", "12"), "annotation 1: area must be a number, got '12'"),
         (_set("annotations", 0, "segmentation", [[1, 2, 3]]), "annotation 1: a polygon needs .* got 3"),
+        (_set("annotations", 0, "segmentation", []), r"annotation 1: empty segmentation \(no polygon"),
         (_set("annotations", 1, "segmentation", {"size": [40, 64], "counts": "abc"}),
          r"annotation 2: RLE of size \[40, 64\], but image 1 is \[48, 64\]"),
         (_set("annotations", 0, "bbox", [1, 2, 3]), "annotation 1: bbox must be 4 numbers"),

@@ -163,6 +163,8 @@ def _check_annotation(path: Path, ann, images: dict) -> None:
         raise BiglSamError(f"{name}: bbox must be 4 numbers [x, y, width, height], got {bbox!r}")
     segmentation = ann.get("segmentation")
     if isinstance(segmentation, list):
+        if not segmentation:
+            raise BiglSamError(f"{name}: empty segmentation (no polygon; give polygons or an RLE)")
         for polygon in segmentation:
             if not isinstance(polygon, list) or len(polygon) < 6 or len(polygon) % 2 or not all(_is_number(v) for v in polygon):
                 count = len(polygon) if isinstance(polygon, list) else type(polygon).__name__
