@@ -33,6 +33,10 @@ from .errors import BiglSamError
 IMG_SIZE = 1024
 PATCH_SIZE = 16
 
+# The file suffixes taken as images where a folder is scanned (evaluation, distillation): formats Pillow reads
+# (a GIF: its first frame).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+
 MAX_PIXELS = 150_000_000
 MAX_ASPECT = IMG_SIZE // PATCH_SIZE  # 64: the short side spans one patch when the long side is 1024 pixels
 EXIF_ORIENTATION = 0x0112

@@ -11,7 +11,7 @@ from bigl_sam import SamPredictor, build_model, load_sam, sam_model_registry
 from bigl_sam.checkpoint import read_checkpoint
 from bigl_sam.cli import main
 from bigl_sam.distill.augment import augment, augmentation_seed
-from bigl_sam.distill.cache import TeacherCache
+from bigl_sam.distill.cache import TeacherCache, list_images
 from bigl_sam.distill.data import valid_cells, valid_mask
 from bigl_sam.images import sam_input
 from bigl_sam.modeling import get_config
@@ -45,6 +45,14 @@ def test_augmentation_replays_from_its_seed():
     assert np.array_equal(augment(image, seed), augment(image.copy(), seed))
     assert not np.array_equal(augment(image, seed)[:20, :20], augment(image, seed + 1)[:20, :20])
     assert augment(image, augmentation_seed("a.jpg", 0)) is image
+
+
+def test_image_folders_take_gifs_and_upper_case_suffixes(tmp_path):
+    (tmp_path / "sub").mkdir()
+    Image.new("P", (8, 8)).save(tmp_path / "sub" / "a.gif")
+    Image.new("RGB", (8, 8)).save(tmp_path / "b.JPG")
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert list_images(tmp_path) == ["b.JPG", "sub/a.gif"]
 
 
 def test_sam_input_is_what_the_predictor_feeds_the_encoder(official_checkpoint):

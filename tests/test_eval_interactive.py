@@ -112,8 +112,10 @@ def break_folders(folders, tmp_path, how):
         (lambda r: Image.new("L", (20, 20)).save(r / "masks" / "binary.png"), "mask is 20x20 (HxW), its image binary.jpg is 40x56"),
         (lambda r: Image.new("L", (56, 40)).save(r / "masks" / "binary.png"), "empty mask"),
         (lambda r: Image.new("L", (56, 40), 128).save(r / "masks" / "binary.png"), "empty mask"),
+        (lambda r: (r / "images" / "binary.jpg").rename(r / "images" / "binary.jp2"),
+         "e.g. binary.png (masks are matched by file stem; images are .jpg, .jpeg, .png, .bmp, .tif, .tiff, .webp, .gif)"),
     ],
-    ids=["missing", "extra", "size", "empty", "only-ignored"],
+    ids=["missing", "extra", "size", "empty", "only-ignored", "image-suffix"],
 )
 def test_bad_mask_folders_are_one_line_and_lose_nothing(first_run, folders, model, tmp_path, capsys, how, message):
     out = tmp_path / "out"
@@ -125,9 +127,39 @@ def test_bad_mask_folders_are_one_line_and_lose_nothing(first_run, folders, mode
     assert sorted((p.relative_to(out), p.read_bytes()) for p in out.rglob("*") if p.is_file()) == before
 
 
-def test_bad_arguments_are_one_line(folders, model, capsys):
-    code, _, err = run(capsys, interactive_args(folders, model) + ["--max-clicks", "0"])
-    assert code == 2 and "--max-clicks must be at least 1" in err
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--max-clicks", "0"], "--max-clicks must be at least 1"),
+        (["--ignore-value", "300"], "--ignore-value must be a value of an 8-bit mask in 1..255 (0 is the background), got 300"),
+        (["--ignore-value", "-1"], "--ignore-value must be a value of an 8-bit mask in 1..255 (0 is the background), got -1"),
+        (["--ignore-value", "0"], "--ignore-value must be a value of an 8-bit mask in 1..255 (0 is the background), got 0"),
+    ],
+)
+def test_bad_arguments_are_one_line(folders, model, capsys, extra, message):
+    code, stdout, err = run(capsys, interactive_args(folders, model) + extra)
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert code == 2 and stdout == "" and len(errors) == 1 and message in errors[0]
+
+
+@pytest.mark.parametrize("extra", [["--ignore-value", "128"], ["--union"]])
+def test_mask_value_options_with_coco_annotations_are_refused(model, tmp_path, capsys, extra):
+    data = make_coco_dataset(tmp_path / "coco")
+    args = ["eval", "interactive", "--images", str(data["images"]), "--annotations", str(data["annotations"]),
+            *model, "--max-clicks", "1", "--max-images", "1", *extra]
+    code, stdout, err = run(capsys, args)
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert code == 2 and stdout == "" and len(errors) == 1
+    assert "--ignore-value and --union read mask values of --masks; with --annotations each annotation is one object" in errors[0]
+
+
+def test_gif_images_are_read(folders, model, tmp_path, capsys):
+    gif = break_folders(folders, tmp_path, lambda r: Image.open(r / "images" / "binary.jpg").save(r / "images" / "binary.gif"))
+    (gif["images"] / "binary.jpg").unlink()
+    assert MaskFolders(gif["images"], gif["masks"]).image_path(0).name == "binary.gif"
+    code, stdout, _ = run(capsys, interactive_args(gif, model, tmp_path / "out", "--max-images", "1"))
+    (scored,) = json.loads((tmp_path / "out" / "results.json").read_text())["models"]
+    assert code == 0 and scored["images"] == 1 and scored["objects"] == 1
 
 
 def test_torchrun_shards_like_one_process(first_run, folders, model, tmp_path):

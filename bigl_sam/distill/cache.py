@@ -28,7 +28,7 @@ from .. import distributed
 from ..checkpoint import atomic_save, read_checkpoint
 from ..errors import BiglSamError
 from ..fileio import atomic_write_text
-from ..images import load_image, sam_input
+from ..images import IMAGE_SUFFIXES, load_image, sam_input
 from ..weights import sha256_of
 from .augment import augment, augmentation_seed
 
@@ -36,7 +36,6 @@ SETTINGS = "settings.pt"
 INDEX = "index.pt"
 SKIPPED = "skipped.txt"
 CACHE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # the teacher's precision (autocast)
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 OPEN_SHARDS = 8  # memory-mapped shards kept open by one reader
 
 
@@ -53,7 +52,7 @@ def list_images(root: Path) -> List[str]:
         raise BiglSamError(f"{root}: images folder not found")
     found = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not found:
-        raise BiglSamError(f"{root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
+        raise BiglSamError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
     return found
 
 

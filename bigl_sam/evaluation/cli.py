@@ -129,6 +129,9 @@ def _job(args: argparse.Namespace):
     if args.benchmark == "interactive":
         if args.max_clicks < 1:
             raise BiglSamError(f"--max-clicks must be at least 1, got {args.max_clicks}")
+        if args.annotations is not None and (args.ignore_value is not None or args.union):
+            raise BiglSamError("--ignore-value and --union read mask values of --masks; with --annotations each "
+                               "annotation is one object: leave them out")
         if args.masks is not None:
             dataset = MaskFolders(args.images, args.masks, args.ignore_value, args.union)
         else:

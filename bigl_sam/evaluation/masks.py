@@ -16,8 +16,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import BiglSamError
+from ..images import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+MAX_MASK_VALUE = 255  # the benchmarks' masks are 8-bit (palette or gray levels)
 MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".gif")
 
 
@@ -36,6 +37,9 @@ class MaskFolders:
 
     def __init__(self, images_dir, masks_dir, ignore_value: Optional[int] = None, union: bool = False) -> None:
         self.images_dir, self.masks_dir = Path(images_dir), Path(masks_dir)
+        if ignore_value is not None and not 1 <= ignore_value <= MAX_MASK_VALUE:
+            raise BiglSamError(f"--ignore-value must be a value of an 8-bit mask in 1..{MAX_MASK_VALUE} "
+                               f"(0 is the background), got {ignore_value}")
         self.ignore_value, self.union = ignore_value, union
         images, masks = _by_stem(self.images_dir, IMAGE_SUFFIXES, "image"), _by_stem(self.masks_dir, MASK_SUFFIXES, "mask")
         _check_pairs(self.images_dir, self.masks_dir, images, masks)
@@ -106,7 +110,8 @@ def _check_pairs(images_dir: Path, masks_dir: Path, images: dict, masks: dict) -
                            f"{images[without_mask[0]].name} (masks are matched by file stem)")
     if without_image:
         raise BiglSamError(f"{masks_dir}: {len(without_image)} mask(s) without an image in {images_dir}, e.g. "
-                           f"{masks[without_image[0]].name} (masks are matched by file stem)")
+                           f"{masks[without_image[0]].name} (masks are matched by file stem; images are "
+                           f"{', '.join(IMAGE_SUFFIXES)})")
 
 
 def _read_values(path: Path) -> np.ndarray:
