@@ -15,6 +15,7 @@ from PIL import Image
 from bigl_sam import build_model, load_sam, save_checkpoint
 from bigl_sam.checkpoint import load_state_dict_into, read_checkpoint
 from bigl_sam.cli import main
+from bigl_sam.distill import compare as compare_module
 from bigl_sam.distill import train as train_module
 from bigl_sam.distill.student import build_student, student_for
 from bigl_sam.distill.teacher import OnlineTeacher
@@ -179,6 +180,7 @@ def test_compare_measures_embedding_error_and_mask_agreement(official_checkpoint
     images = tmp_path / "images"
     images.mkdir()
     Image.fromarray(np.random.default_rng(3).integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(images / "a.png")
+    Image.fromarray(np.zeros((40, 60, 3), dtype=np.uint8)).save(images / "0.png")  # a training image: not compared
     sam = str(official_checkpoint("vit_test"))
     args = ["distill", "compare", "--teacher-from", sam, "--student", "bigl_test", "--images", str(images),
             "--holdout", "1", "--teacher-outputs", str(tmp_path / "teacher.pt")]
@@ -197,6 +199,42 @@ def test_compare_measures_embedding_error_and_mask_agreement(official_checkpoint
     assert main([*args, "--keep-ratios", "0.5", "--baseline", str(tmp_path / "again.json")]) == 0
     row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| bigl_test | 0.5 |")]
     assert row[0].split(" | ")[3] == "-"  # no baseline at keep 0.5
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--holdout", "6", "--holdout 6: there are only 6 images"),  # as train refuses it: no training image left
+        ("--holdout", "100", "--holdout 100: there are only 6 images"),
+        ("--baseline", [1, 2], "--baseline {path}: not the JSON of distill compare (needs a list of rows"),
+        ("--baseline", {"student": "s", "keep_ratio": 0.5, "rel_error": 1.0}, "not the JSON of distill compare"),
+        ("--baseline", [{"student": "s", "keep_ratio": 0.5, "rel_error": "big"}], "not the JSON of distill compare"),
+        ("--json", "folder", "--json {path}: is a folder, not a file"),
+        ("--teacher-outputs", "folder", "--teacher-outputs {path}: is a folder, not a file"),
+    ],
+    ids=["holdout-all", "holdout-more", "baseline-list", "baseline-object", "baseline-text", "json-folder",
+         "teacher-outputs-folder"],
+)
+def test_compare_refuses_bad_arguments_before_running_the_teacher(setup, tmp_path, capsys, monkeypatch, option,
+                                                                   value, message):
+    def teacher_ran(*args):
+        raise AssertionError("the teacher ran before the arguments were checked")
+
+    monkeypatch.setattr(compare_module, "load_sam_teacher", teacher_ran)
+    if option == "--baseline":
+        path = tmp_path / "baseline.json"
+        path.write_text(json.dumps(value))
+    elif value == "folder":
+        path = tmp_path / "folder"
+        path.mkdir()
+    else:
+        path = value
+    args = ["distill", "compare", "--teacher-from", str(setup / "my_sam.pth"), "--student", str(setup / "student.pth"),
+            "--images", str(setup / "images"), "--holdout", "2", option, str(path)]
+    before = sorted(tmp_path.rglob("*"))
+    assert main(args) == 2
+    assert message.format(path=path) in one_error_line(capsys)
+    assert sorted(tmp_path.rglob("*")) == before
 
 
 def test_a_named_student_is_the_same_draw_in_train_and_compare(official_checkpoint):

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from ..build import build_sam, load_sam
 from ..errors import BiglSamError
+from ..fileio import check_writable
 from .cache import CACHE_DTYPES, SKIPPED, build_cache, read_index, verify_cache
 from .compare import compare, read_json, table, write_json
 from .data import LOSS_REGIONS
@@ -123,6 +124,10 @@ def _run_compare(args: argparse.Namespace) -> int:
     if args.holdout < 1:
         raise BiglSamError(f"--holdout {args.holdout}: must be at least 1")
     baseline = read_json(args.baseline) if args.baseline else None
+    if args.json:
+        check_writable(args.json, "--json")
+    if args.teacher_outputs and not args.teacher_outputs.is_file():  # written once the teacher ran
+        check_writable(args.teacher_outputs, "--teacher-outputs")
     rows = compare(args.teacher_from, args.student, args.images, args.holdout, args.keep_ratios, args.init_from,
                    args.seed, baseline, args.teacher_outputs)
     print(table(rows))

@@ -12,6 +12,7 @@ as one table), or the first student of an earlier run's JSON (`--baseline`).
 """
 
 import json
+import math
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -27,6 +28,7 @@ from ..fileio import atomic_write_text
 from ..images import load_image
 from ..modeling.config import check_keep_ratio
 from .cache import list_images
+from .sampler import split_holdout
 from .student import build_student
 from .teacher import load_sam_teacher
 
@@ -78,7 +80,8 @@ def compare(
     that keeps the teacher's embeddings and masks (written on the first run, read on the next ones)."""
     for ratio in keep_ratios:
         check_keep_ratio(ratio, "--keep-ratios")
-    image_ids = list_images(images)[-holdout:]
+    listed = list_images(images)
+    image_ids = [listed[i] for i in split_holdout(listed, holdout)[1]]
     targets = _teacher_outputs(teacher_from, images, image_ids, teacher_outputs)
     models = [SamPredictor(build_student(spec, init_from or teacher_from, teacher_from, seed)) for spec in students]
     sums: Dict[tuple, Dict[str, float]] = {}
@@ -136,11 +139,20 @@ def write_json(rows: List[dict], path: Path) -> None:
 
 
 def read_json(path: Path) -> List[dict]:
-    """Rows an earlier `distill compare --json` wrote."""
+    """Rows an earlier `distill compare --json` wrote; any other file is one error line."""
     try:
         rows = json.loads(Path(path).read_text())
-        if not rows or not all({"student", "keep_ratio", "rel_error"} <= set(row) for row in rows):
-            raise ValueError("no rows of distill compare")
-        return rows
     except (OSError, ValueError) as err:
         raise BiglSamError(f"--baseline {path}: not the JSON of distill compare ({err})") from None
+    if not isinstance(rows, list) or not rows or not all(_is_row(row) for row in rows):
+        raise BiglSamError(f"--baseline {path}: not the JSON of distill compare (needs a list of rows, each with "
+                           f"a student name and the numbers keep_ratio and rel_error)")
+    return rows
+
+
+def _is_row(row) -> bool:
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    return isinstance(row, dict) and isinstance(row.get("student"), str) and all(
+        number(row.get(key)) for key in ("keep_ratio", "rel_error"))
