@@ -1,31 +1,67 @@
-"""The demo served on 127.0.0.1 and driven through its scripted endpoint with gradio_client."""
+"""The demo served on 127.0.0.1, its mask decoder compiled as `bigl-sam demo` does, and driven through its
+scripted endpoint with gradio_client."""
 
 import socket
+from typing import NamedTuple
 
 import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
+from torch._dynamo.utils import counters
 
 from bigl_sam.cli import main
 from bigl_sam.demo.app import build_app, launch
 from bigl_sam.demo.handlers import DemoHandlers
+from bigl_sam.demo.inference import compile_decoder
 from bigl_sam.demo.models import load_demo_models
 
 
+class Server(NamedTuple):
+    url: str
+    decoder: object  # the served model's mask decoder
+    compiled_graphs: int  # graphs torch.compile had made once the warm-up was over
+
+
+def compiled_graphs() -> int:
+    return counters["stats"]["unique_graphs"]
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def served(tmp_path_factory):
+    """The one compiled decoder of this suite's served tests (compiling takes tens of seconds on CPU)."""
     workdir = tmp_path_factory.mktemp("demo-server")
-    app = build_app(DemoHandlers(load_demo_models("bigl_test"), workdir))
-    yield launch(app, "127.0.0.1", None, workdir, block=False)
+    models = load_demo_models("bigl_test")
+    compile_decoder(models.main.model)
+    app = build_app(DemoHandlers(models, workdir))
+    yield Server(launch(app, "127.0.0.1", None, workdir, block=False), models.main.model.mask_decoder,
+                 compiled_graphs())
     app.close()
+
+
+@pytest.fixture(scope="module")
+def server(served):
+    return served.url
 
 
 def saved(tmp_path, name, size, seed):
     path = tmp_path / name
     Image.fromarray(np.random.default_rng(seed).integers(0, 256, (*size[::-1], 3), dtype=np.uint8)).save(path)
     return handle_file(str(path))
+
+
+def test_the_first_click_served_runs_the_warmed_up_graph(served, tmp_path):
+    """Clicks come from Gradio's worker threads, on a student's embedding: before, the warm-up's embedding had
+    other strides than the student's and the first click compiled the decoder a second time."""
+    assert "forward" in vars(served.decoder)  # compiled
+    warmed_up = served.compiled_graphs
+    client = Client(served.url, verbose=False)
+    photo = saved(tmp_path, "photo.png", (64, 48), 4)
+    _, first = client.predict(photo, [[20, 30, 1]], None, None, api_name="/segment")
+    _, second = client.predict(photo, [[20, 30, 1], [50, 10, 0]], [5, 5, 60, 40], None, api_name="/segment")
+    assert first["encoded"] and not second["encoded"]
+    assert compiled_graphs() == warmed_up
 
 
 def test_two_clients_keep_their_own_embedding(server, tmp_path):
