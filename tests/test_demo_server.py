@@ -4,17 +4,19 @@ scripted endpoint with gradio_client."""
 import socket
 from typing import NamedTuple
 
+import gradio as gr
 import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
+from test_images import write_png_header
 from torch._dynamo.utils import counters
 
 from bigl_sam.cli import main
-from bigl_sam.demo.app import build_app, launch
+from bigl_sam.demo.app import build_app, image_input, launch
 from bigl_sam.demo.handlers import DemoHandlers
-from bigl_sam.demo.inference import compile_decoder
+from bigl_sam.demo.inference import MAX_POINTS, compile_decoder
 from bigl_sam.demo.models import load_demo_models
 
 
@@ -62,6 +64,48 @@ def test_the_first_click_served_runs_the_warmed_up_graph(served, tmp_path):
     _, second = client.predict(photo, [[20, 30, 1], [50, 10, 0]], [5, 5, 60, 40], None, api_name="/segment")
     assert first["encoded"] and not second["encoded"]
     assert compiled_graphs() == warmed_up
+
+
+def bad_upload(tmp_path, kind):
+    if kind is None:
+        return None
+    path = tmp_path / f"{kind}.png"
+    if kind == "corrupt":
+        path.write_bytes(b"\x89PNG\r\n\x1a\n then not a PNG at all")
+    else:
+        write_png_header(path, 20000, 20000)  # above twice PIL's pixel limit: a decompression bomb
+    return handle_file(str(path))
+
+
+@pytest.mark.parametrize(
+    "upload, points, message",
+    [
+        ("good", [[1, 1]] * 100_000, f"segment: 100000 points, at most {MAX_POINTS}"),
+        ("good", "[[1, 1]]", "segment: points is a str"),
+        ("corrupt", [[1, 1]], "corrupt.png: not a readable image"),
+        ("bomb", [[1, 1]], "bomb.png: 400,000,000 pixels, too large for SAM"),
+        (None, [[1, 1]], "segment: no image given"),
+    ],
+)
+def test_bad_calls_get_their_reason_and_the_server_stays_up(server, tmp_path, upload, points, message):
+    client = Client(server, verbose=False)
+    good = saved(tmp_path, "good.png", (16, 12), 5)
+    with pytest.raises(AppError, match=message) as error:
+        client.predict(good if upload == "good" else bad_upload(tmp_path, upload), points, None, None,
+                       api_name="/segment")
+    assert "\n" not in str(error.value)
+    _, info = client.predict(good, [[8, 6, 1]] * MAX_POINTS, None, None, api_name="/segment")
+    assert info["size"] == [12, 16]
+
+
+def test_image_inputs_hand_the_upload_on_unopened(tmp_path):
+    """Gradio's own image input opens an upload with PIL before the handler sees it, and fails there."""
+    write_png_header(tmp_path / "bomb.png", 20000, 20000)
+    payload = gr.Image.data_model(path=str(tmp_path / "bomb.png"), orig_name="bomb.png")
+    assert image_input().preprocess(payload) == str(tmp_path / "bomb.png")
+    assert image_input().preprocess(None) is None
+    with pytest.raises(Image.DecompressionBombError):
+        gr.Image(type="filepath", image_mode=None).preprocess(payload)
 
 
 def test_two_clients_keep_their_own_embedding(server, tmp_path):

@@ -14,11 +14,16 @@ import torch
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
+from ..errors import BiglSamError
 from ..images import sam_input
 from ..modeling.config import check_keep_ratio
 from ..modeling.encoder import BigLittleImageEncoder, routing_map
 
 Size = Tuple[int, int]
+
+# Prompt points one decode takes. Interactive use needs a few dozen at most, and the decoder's attention
+# over the prompt tokens grows with the square of their count: unbounded, one request could take all memory.
+MAX_POINTS = 64
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,12 @@ def dense_positional_encoding(model: Sam) -> torch.Tensor:
     if encoder not in _DENSE_PE:
         _DENSE_PE[encoder] = encoder.get_dense_pe()
     return _DENSE_PE[encoder]
+
+
+def check_point_count(count: int, what: str) -> None:
+    """`count` prompt points are more than one decode takes: a `BiglSamError` naming `MAX_POINTS`."""
+    if count > MAX_POINTS:
+        raise BiglSamError(f"{what}: {count} points, at most {MAX_POINTS} are taken in one prompt")
 
 
 @torch.inference_mode()
