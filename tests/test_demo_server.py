@@ -134,10 +134,21 @@ def test_a_taken_port_is_one_error_line(capsys):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        assert main(["demo", "--model", "bigl_test", "--examples", "none", "--no-compile", "--port", str(port)]) == 2
+        assert main(["demo", "--model", "bigl_test", "--no-compile", "--port", str(port)]) == 2
     out, err = capsys.readouterr()
     assert f"cannot serve on 127.0.0.1:{port}" in err and len(err.strip().splitlines()) == 1
     assert "bigl_test: RANDOM WEIGHTS (none of bigl_test*.pth" in out  # which weights, in one line
+
+
+@pytest.mark.parametrize("made", [False, True])
+def test_examples_folder_without_images_is_one_error_line(tmp_path, capsys, made):
+    folder = tmp_path / "examples"
+    if made:
+        folder.mkdir()
+        (folder / "notes.txt").write_text("no image here")
+    assert main(["demo", "--model", "bigl_test", "--examples", str(folder)]) == 2
+    reason = "no .png/.jpg/.jpeg images in it" if made else "no such folder"
+    assert capsys.readouterr().err.strip() == f"bigl-sam demo: error: --examples {folder}: {reason}"
 
 
 def test_a_port_out_of_range_is_one_error_line(capsys):
