@@ -4,7 +4,7 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 from ..distributed import DTYPES
 from ..errors import BiglSamError
@@ -35,16 +35,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"where to look for weights (default: {WEIGHTS_DIR_HELP})")
     add("--dtype", choices=tuple(DTYPES), default="float32",
         help="the image encoder's precision (bfloat16: autocast; default float32)")
-    add("--examples", type=Path, default=EXAMPLES_DIR, metavar="DIR", help="folder of example images")
+    add("--examples", type=Path, metavar="DIR",
+        help="folder of example images (default: the repository's demo/examples, where there is one)")
     add("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: the whole network)")
     add("--port", type=int, default=7860, help="port to serve on")
     add("--no-compile", action="store_true", help="skip compiling the mask decoder (faster start, slower clicks)")
 
 
-def example_images(folder: Path) -> List[Path]:
+def example_images(folder: Optional[Path] = None) -> List[Path]:
+    """The images in `folder`, a `BiglSamError` if it is missing or holds none; None: the repository's own
+    examples, or none where they are absent (a wheel install)."""
+    if folder is None:
+        return example_images(EXAMPLES_DIR) if EXAMPLES_DIR.is_dir() else []
     if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in EXAMPLE_SUFFIXES)
+        raise BiglSamError(f"--examples {folder}: no such folder")
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in EXAMPLE_SUFFIXES)
+    if not images:
+        raise BiglSamError(f"--examples {folder}: no {'/'.join(EXAMPLE_SUFFIXES)} images in it")
+    return images
 
 
 def _compile_decoders(models: DemoModels) -> None:
@@ -60,6 +68,7 @@ def _compile_decoders(models: DemoModels) -> None:
 def run(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= MAX_PORT:
         raise BiglSamError(f"--port must be in 0-{MAX_PORT}, got {args.port}")
+    examples = example_images(args.examples)
     models = load_demo_models(
         args.model, args.checkpoint, args.compare, args.compare_checkpoint, args.keep_ratio, args.weights_dir,
         encoder_dtype=DTYPES[args.dtype],
@@ -73,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory(prefix="bigl-sam-demo-") as workdir:
         handlers = DemoHandlers(models, Path(workdir))
-        app = build_app(handlers, example_images(args.examples))
+        app = build_app(handlers, examples)
         try:
             launch(app, args.host, args.port, Path(workdir))
         except OSError as err:  # the port is taken, or the address is not this machine's
