@@ -8,6 +8,7 @@ from typing import List, Optional
 
 from ..distributed import DTYPES
 from ..errors import BiglSamError
+from ..images import IMAGE_SUFFIXES
 from ..modeling.config import MODEL_CONFIGS
 from ..weights import WEIGHTS_DIR_HELP
 from .inference import compile_decoder
@@ -15,7 +16,6 @@ from .models import DemoModels, load_demo_models
 
 # The repository's own drawn examples (absent from a wheel install: then the page has none).
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "demo" / "examples"
-EXAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MAX_PORT = 65535
 
 
@@ -49,9 +49,9 @@ def example_images(folder: Optional[Path] = None) -> List[Path]:
         return example_images(EXAMPLES_DIR) if EXAMPLES_DIR.is_dir() else []
     if not folder.is_dir():
         raise BiglSamError(f"--examples {folder}: no such folder")
-    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in EXAMPLE_SUFFIXES)
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
-        raise BiglSamError(f"--examples {folder}: no {'/'.join(EXAMPLE_SUFFIXES)} images in it")
+        raise BiglSamError(f"--examples {folder}: no {'/'.join(IMAGE_SUFFIXES)} images in it")
     return images
 
 
