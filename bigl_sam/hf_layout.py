@@ -6,7 +6,7 @@ neither torch's model code nor transformers: names and numbers only.
 """
 
 import re
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 from .errors import CheckpointError
 from .modeling.config import PROMPT_EMBED_DIM, SAM_VIT_CONFIGS, SamVitConfig
@@ -133,16 +133,19 @@ def vit_config_from_hf(config: dict, source) -> SamVitConfig:
     """The SAM ViT a transformers `config.json` (as a dict) describes. Anything else (another model type such
     as SAM 2's Hiera, pruned widths such as SlimSAM's, another patch size...) is one `CheckpointError` naming
     the fields that differ from the nearest SAM ViT."""
-    model_type = config.get("model_type")
+    model_type = config.get("model_type") if isinstance(config, dict) else None
     if model_type != "sam":
         raise CheckpointError(f"{source}: model_type {model_type!r} is not SAM's ViT ('sam'); only SAM ViTs load")
     vision = config.get("vision_config") or {}
     if not isinstance(vision, dict):
         raise CheckpointError(f"{source}: vision_config is not a mapping")
     found = {**_expected_vision(SAM_VIT_CONFIGS["vit_b"]), **vision}  # transformers' defaults are ViT-B's
-    if found["mlp_dim"] is None:
-        found["mlp_dim"] = int(found["hidden_size"] * found.get("mlp_ratio", 4.0))
-    found["global_attn_indexes"] = list(found["global_attn_indexes"])
+    try:
+        if found["mlp_dim"] is None:
+            found["mlp_dim"] = int(found["hidden_size"] * found.get("mlp_ratio", 4.0))
+        found["global_attn_indexes"] = list(found["global_attn_indexes"])
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{source}: malformed vision_config ({err})") from None
     differences = {}
     for name, vit in SAM_VIT_CONFIGS.items():
         expected = _expected_vision(vit)
@@ -165,7 +168,7 @@ def _check_prompt_and_decoder(config: dict, source) -> None:
             raise CheckpointError(f"{source}: {part} is not SAM's: {', '.join(wrong)}")
 
 
-def hf_weight_files(index: dict, source) -> Optional[List[str]]:
+def hf_weight_files(index: dict, source) -> List[str]:
     """The shard file names of a `model.safetensors.index.json`, in first-seen order."""
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:

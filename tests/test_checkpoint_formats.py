@@ -106,7 +106,8 @@ def saved_256(tmp_path_factory):
     save_checkpoint(randomize_(build_model(sam), 0), folder / "sam.safetensors")
     save_checkpoint(randomize_(build_model(student), 1), folder / "student.safetensors")
     (folder / "images").mkdir()
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(folder / "images/a.png")
+    pixels = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(folder / "images" / "a.png")
     return folder
 
 

@@ -81,7 +81,8 @@ def compare(
     image_ids = list_images(images)[-holdout:]
     read = ModelReader()  # the teacher's file is also the students' P-path and decoder: read once
     targets = _teacher_outputs(teacher_from, images, image_ids, teacher_outputs, read)
-    models = [SamPredictor(build_student(spec, init_from or teacher_from, teacher_from, seed, read)) for spec in students]
+    models = [SamPredictor(build_student(spec, init_from or teacher_from, teacher_from, seed, read))
+              for spec in students]
     del read  # the weights it read now live in the models
     sums: Dict[tuple, Dict[str, float]] = {}
     for image_id, target in zip(tqdm(image_ids, desc="students", unit="img"), targets):
