@@ -117,16 +117,12 @@ _SAM_PROMPT_DECODER = {
 }
 
 
-def _expected_vision(vit: SamVitConfig) -> dict:
+def hf_vision_config(vit: SamVitConfig) -> dict:
+    """The `vision_config` of a `SamConfig` for `vit` (what `vit_config_from_hf` reads back as `vit`)."""
     values = {hf: getattr(vit, ours) for hf, ours in _VISION_FIELDS.items() if ours is not None}
     values["global_attn_indexes"] = list(vit.global_attn_indexes)
     values["mlp_dim"] = int(vit.embed_dim * vit.mlp_ratio)
     return {**values, **_SAM_VISION}
-
-
-def hf_vision_config(vit: SamVitConfig) -> dict:
-    """The `vision_config` of a `SamConfig` for `vit` (what `vit_config_from_hf` reads back as `vit`)."""
-    return _expected_vision(vit)
 
 
 def vit_config_from_hf(config: dict, source) -> SamVitConfig:
@@ -139,7 +135,7 @@ def vit_config_from_hf(config: dict, source) -> SamVitConfig:
     vision = config.get("vision_config") or {}
     if not isinstance(vision, dict):
         raise CheckpointError(f"{source}: vision_config is not a mapping")
-    found = {**_expected_vision(SAM_VIT_CONFIGS["vit_b"]), **vision}  # transformers' defaults are ViT-B's
+    found = {**hf_vision_config(SAM_VIT_CONFIGS["vit_b"]), **vision}  # transformers' defaults are ViT-B's
     try:
         if found["mlp_dim"] is None:
             found["mlp_dim"] = int(found["hidden_size"] * found.get("mlp_ratio", 4.0))
@@ -148,7 +144,7 @@ def vit_config_from_hf(config: dict, source) -> SamVitConfig:
         raise CheckpointError(f"{source}: malformed vision_config ({err})") from None
     differences = {}
     for name, vit in SAM_VIT_CONFIGS.items():
-        expected = _expected_vision(vit)
+        expected = hf_vision_config(vit)
         differences[name] = [f"{k} {found[k]} (SAM {name}: {v})" for k, v in expected.items() if found[k] != v]
         if not differences[name]:
             _check_prompt_and_decoder(config, source)
