@@ -21,7 +21,7 @@ import torch
 from segment_anything import SamPredictor
 from tqdm import tqdm
 
-from ..checkpoint import atomic_save, read_checkpoint
+from ..checkpoint import ModelReader, atomic_save, read_checkpoint
 from ..errors import BiglSamError
 from ..evaluation.protocol import mask_iou
 from ..fileio import atomic_write_text
@@ -82,8 +82,11 @@ def compare(
         check_keep_ratio(ratio, "--keep-ratios")
     listed = list_images(images)
     image_ids = [listed[i] for i in split_holdout(listed, holdout)[1]]
-    targets = _teacher_outputs(teacher_from, images, image_ids, teacher_outputs)
-    models = [SamPredictor(build_student(spec, init_from or teacher_from, teacher_from, seed)) for spec in students]
+    read = ModelReader()  # the teacher's file is also the students' P-path and decoder: read once
+    targets = _teacher_outputs(teacher_from, images, image_ids, teacher_outputs, read)
+    models = [SamPredictor(build_student(spec, init_from or teacher_from, teacher_from, seed, read))
+              for spec in students]
+    del read  # the weights it read now live in the models
     sums: Dict[tuple, Dict[str, float]] = {}
     for image_id, target in zip(tqdm(image_ids, desc="students", unit="img"), targets):
         image = load_image(images / image_id)
@@ -107,7 +110,9 @@ def compare(
     return rows
 
 
-def _teacher_outputs(teacher_from: str, images: Path, image_ids: List[str], path: Optional[Path]) -> List[dict]:
+def _teacher_outputs(
+    teacher_from: str, images: Path, image_ids: List[str], path: Optional[Path], read: ModelReader
+) -> List[dict]:
     """The teacher's `outputs` for each image, from `path` when it holds those of the same teacher file and
     images, else computed (and saved to `path` if given)."""
     key = {"teacher": str(Path(teacher_from).resolve()), "images": [str((images / i).resolve()) for i in image_ids]}
@@ -116,7 +121,7 @@ def _teacher_outputs(teacher_from: str, images: Path, image_ids: List[str], path
         if saved.get("key") != key:
             raise BiglSamError(f"--teacher-outputs {path}: made for another teacher file or other images")
         return saved["outputs"]
-    teacher = SamPredictor(load_sam_teacher(teacher_from))
+    teacher = SamPredictor(load_sam_teacher(read(teacher_from)))
     targets = [outputs(teacher, load_image(images / i)) for i in tqdm(image_ids, desc="teacher", unit="img")]
     if path is not None:
         atomic_save({"key": key, "outputs": targets}, path)

@@ -28,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from .. import distributed
+from ..checkpoint import ModelReader
 from ..errors import BiglSamError
 from .data import LOSS_REGIONS, collate, loss_region
 from .losses import embedding_loss, mask_loss
@@ -97,10 +98,15 @@ def train(cfg: TrainConfig) -> Path:
 
 def _train(cfg: TrainConfig, process: distributed.Process) -> Path:
     out = Path(cfg.out)
-    teacher = OnlineTeacher(cfg.teacher_from, cfg.images) if cfg.teacher_from else CachedTeacher(cfg.cache)
+    read = ModelReader()  # --teacher-from, --init-from and --decoder-from are most often one file
+    teacher = OnlineTeacher(read(cfg.teacher_from), cfg.images) if cfg.teacher_from else CachedTeacher(cfg.cache)
     cfg = resolve(cfg, teacher)
     state = load_state(out, identity(cfg), process) if cfg.resume else refuse_overwrite(out)
-    model = student_from_state(state) if state else build_student(cfg.student, cfg.init_from, cfg.decoder_from, cfg.seed)
+    if state:
+        model = student_from_state(state)
+    else:
+        model = build_student(cfg.student, cfg.init_from, cfg.decoder_from, cfg.seed, read)
+    del read  # the weights it read now live in the models
     check_fits(model, teacher)
     model.to(process.device)
     teacher.to(process.device)

@@ -44,7 +44,10 @@ def run(args: argparse.Namespace) -> int:
     ratios = None if args.keep_ratio is None else _ratios(args.keep_ratio)
     model = build_sam(args.model, args.checkpoint)
     checkpoint = None
-    if args.checkpoint is not None:
+    if args.checkpoint is not None and args.checkpoint.is_dir():  # a transformers folder: each of its files
+        files = sorted(p for p in args.checkpoint.iterdir() if p.is_file())
+        checkpoint = {"path": str(args.checkpoint), "sha256": {p.name: sha256_of(p, progress=False) for p in files}}
+    elif args.checkpoint is not None:
         checkpoint = {"path": str(args.checkpoint), "sha256": sha256_of(args.checkpoint, progress=False)}
     with tqdm(total=3, desc=f"export {args.model}", unit="step") as bar:
         started = []
