@@ -229,6 +229,7 @@ def test_dataset_option_end_to_end_and_its_conflicts(davis_frame, official_check
     assert report["models"][0]["objects"] == 1 and report["dataset"]["preset"] == "davis"
     assert "--dataset davis" in report["command"]
     capsys.readouterr()
-    assert main(args + ["--union"]) == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
-    assert len(errors) == 1 and "--dataset davis sets the mask rule" in errors[0]
+    for conflict in (["--union"], ["--ignore-value", "128"]):
+        assert main(args + conflict) == 2
+        errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+        assert len(errors) == 1 and "--dataset davis sets the mask rule" in errors[0]
