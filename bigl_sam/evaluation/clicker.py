@@ -20,6 +20,11 @@ One simulator serves every protocol; a `ClickRule` says where they differ:
 - `pixel_centre`: the prompt coordinate of pixel (x, y). RITM, EfficientViT-SAM and EdgeSAM hand SAM the
   integer index (x, y); SAM's coordinate frame puts that pixel's centre at (x + 0.5, y + 0.5), which is what
   `pixel_centre=True` gives (this project's own protocol).
+- `on_exact`: what happens when nothing is left to correct (the prediction is exact outside the ignore mask,
+  or every error pixel is clicked). `stop`: no click, the mask keeps its result. `corner`: a negative click
+  at pixel (0, 0), which is what RITM's clicker code does there (both maxima are 0, so it takes the first
+  pixel of the false region's all-zero distance map); EfficientViT-SAM's evaluation runs that click. Under
+  `corner` an empty object mask is clicked too: its first click is that negative one.
 
 Pixels under an ignore mask (GrabCut's 128-valued band) are in neither error region, as in RITM's `get_iou`
 and clicker. Random draws come from a generator seeded per instance, so a click sequence is the same
@@ -36,6 +41,7 @@ from ..errors import BiglSamError
 
 FIRST_CLICKS = ("interior", "random")
 CORRECTIONS = ("distance", "area", "random")
+ON_EXACT = ("stop", "corner")
 
 
 class Click(NamedTuple):
@@ -49,12 +55,15 @@ class ClickRule:
     first: str = "interior"
     correction: str = "distance"
     pixel_centre: bool = False
+    on_exact: str = "stop"
 
     def __post_init__(self) -> None:
         if self.first not in FIRST_CLICKS:
             raise BiglSamError(f"unknown first click {self.first!r}; choose one of {', '.join(FIRST_CLICKS)}")
         if self.correction not in CORRECTIONS:
             raise BiglSamError(f"unknown correction {self.correction!r}; choose one of {', '.join(CORRECTIONS)}")
+        if self.on_exact not in ON_EXACT:
+            raise BiglSamError(f"unknown on_exact {self.on_exact!r}; choose one of {', '.join(ON_EXACT)}")
 
     @property
     def offset(self) -> float:
@@ -84,15 +93,15 @@ def interior_point(mask: np.ndarray):
 class Clicker:
     """The clicks on one object: `first()`, then `next(prediction)` after each decoder round.
 
-    gt: H x W bool object mask; ignore: H x W bool pixels that count nowhere (None: none); seed: for the
-    random rules.
+    gt: H x W bool object mask (empty only under `on_exact="corner"` with an `interior` first click);
+    ignore: H x W bool pixels that count nowhere (None: none); seed: for the random rules.
     """
 
     def __init__(self, gt: np.ndarray, rule: ClickRule, ignore: Optional[np.ndarray] = None, seed: int = 0) -> None:
         self.rule = rule
         self.counted = np.ones_like(gt, dtype=bool) if ignore is None else ~ignore
         self.gt = gt & self.counted
-        if not self.gt.any():
+        if not self.gt.any() and (rule.on_exact == "stop" or rule.first == "random"):
             raise ValueError("Clicker on an empty object mask")
         self.not_clicked = np.ones_like(gt, dtype=bool)
         self.rng = np.random.default_rng(seed)
@@ -103,14 +112,15 @@ class Clicker:
         return self.next(np.zeros_like(self.gt))
 
     def next(self, prediction: np.ndarray) -> Optional[Click]:
-        """The click that corrects `prediction` (H x W bool) most by the rule; None when nothing is left to
-        correct (the prediction equals the object outside the ignore mask, or every error pixel is clicked)."""
+        """The click that corrects `prediction` (H x W bool) most by the rule. When nothing is left to correct
+        (the prediction equals the object outside the ignore mask, or every error pixel is clicked): None
+        under `on_exact="stop"`, a negative click at (0, 0) under `corner`."""
         missed = self.gt & ~prediction
         false = prediction & self.counted & ~self.gt
         if self.rule.correction == "random":
             errors = (missed | false) & self.not_clicked
             if not errors.any():
-                return None
+                return self._nothing_to_correct()
             x, y = self._draw(errors)
             return self._record((x, y), bool(missed[y, x]))
         missed_distance = distance_to_boundary(missed) * self.not_clicked
@@ -121,9 +131,12 @@ class Clicker:
             positive = missed.sum() >= false.sum()
         distance = missed_distance if positive else false_distance
         if distance.max() <= 0:
-            return None
+            return self._nothing_to_correct()
         y, x = np.unravel_index(int(np.argmax(distance)), distance.shape)
         return self._record((int(x), int(y)), bool(positive))
+
+    def _nothing_to_correct(self) -> Optional[Click]:
+        return None if self.rule.on_exact == "stop" else self._record((0, 0), False)
 
     def _draw(self, region: np.ndarray):
         ys, xs = np.nonzero(region)

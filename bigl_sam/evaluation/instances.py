@@ -30,13 +30,17 @@ class CocoMiou(Job):
         return self.dataset.image_size(image_id)
 
     def score(self, predictor: SamPredictor, image_id: int, clock: DecoderClock) -> dict:
+        """Empty masks (polygons too thin to cover a pixel) are listed; under `score_empty` they are scored
+        too, and their IoU is 0 whatever the prediction, as EfficientViT-SAM's metric gives."""
         instances = self.dataset.instances(image_id)
-        empty = [i.ann_id for i in instances if not i.mask.any()]  # polygons too thin to cover a pixel
-        instances = [i for i in instances if i.mask.any()]
-        decoding = Decoding(self.protocol.select, self.protocol.feed_logits)
+        empty = [i.ann_id for i in instances if not i.mask.any()]
+        if not self.protocol.score_empty:
+            instances = [i for i in instances if i.mask.any()]
+        decoding = Decoding(self.protocol.select, self.protocol.feed_logits,
+                            both_empty_iou=0.0 if self.protocol.score_empty else 1.0)
         targets = [Target(i.mask, seed=i.ann_id) for i in instances]
         if self.protocol.prompt == "box":
-            boxes = np.array([i.box for i in instances], dtype=np.float32).reshape(-1, 4)
+            boxes = np.array([i.box for i in instances], dtype=np.float64).reshape(-1, 4)
             ious = box_ious(predictor, targets, boxes, decoding, clock, self.batch_size)
         else:
             rounds = self.protocol.click_rounds
