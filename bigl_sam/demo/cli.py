@@ -6,7 +6,9 @@ import tempfile
 from pathlib import Path
 from typing import List
 
-from ..distributed import DTYPES
+import torch
+
+from ..distributed import DTYPES, note_bfloat16
 from ..errors import BiglSamError
 from ..modeling.config import MODEL_CONFIGS
 from ..weights import WEIGHTS_DIR_HELP
@@ -60,6 +62,7 @@ def _compile_decoders(models: DemoModels) -> None:
 def run(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= MAX_PORT:
         raise BiglSamError(f"--port must be in 0-{MAX_PORT}, got {args.port}")
+    note_bfloat16(torch.device("cpu"), args.dtype)  # the demo runs on the CPU
     models = load_demo_models(
         args.model, args.checkpoint, args.compare, args.compare_checkpoint, args.keep_ratio, args.weights_dir,
         encoder_dtype=DTYPES[args.dtype],
