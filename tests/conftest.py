@@ -23,6 +23,13 @@ def empty_weights_dir(tmp_path_factory):
         yield folder
 
 
+@pytest.fixture(autouse=True)
+def small_matmul_reference(monkeypatch):
+    """bench's matmul reference at a tiny size in tests: where bfloat16 is emulated, the real one takes
+    seconds per call."""
+    monkeypatch.setattr("bigl_sam.bench.measure.REFERENCE_MATMUL", (64, 64, 64))
+
+
 def randomize_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     """Perturbs every parameter (SAM zero-initialises the position terms, which would hide bugs)."""
     generator = torch.Generator().manual_seed(seed)

@@ -6,7 +6,9 @@ import tempfile
 from pathlib import Path
 from typing import List, Optional
 
-from ..distributed import DTYPES
+import torch
+
+from ..distributed import DTYPES, note_bfloat16
 from ..errors import BiglSamError
 from ..images import IMAGE_SUFFIXES
 from ..modeling.config import MODEL_CONFIGS
@@ -69,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= MAX_PORT:
         raise BiglSamError(f"--port must be in 0-{MAX_PORT}, got {args.port}")
     examples = example_images(args.examples)
+    note_bfloat16(torch.device("cpu"), args.dtype)  # the demo runs on the CPU
     models = load_demo_models(
         args.model, args.checkpoint, args.compare, args.compare_checkpoint, args.keep_ratio, args.weights_dir,
         encoder_dtype=DTYPES[args.dtype],

@@ -120,7 +120,10 @@ def _train(cfg: TrainConfig, process: distributed.Process) -> Path:
     heldout = teacher.dataset(heldout_items, model)
     log = RunLog(out, start_step) if process.is_main else None
     progress = tqdm(total=cfg.steps, initial=start_step, desc="distill", unit="step", disable=not process.is_main)
-    autocast = amp_context(cfg.amp, process.device)
+    dtype = amp_dtype(cfg.amp, process.device)
+    if process.is_main:
+        distributed.note_bfloat16(process.device, dtype)
+    autocast = distributed.autocast(process.device, dtype)
     with progress:
         for step, batch in zip(range(start_step, cfg.steps), loader):
             row = train_step(model, trainer, teacher, optimizer, batch, step, cfg, process, autocast)
@@ -230,9 +233,10 @@ def adamw(encoder: torch.nn.Module, weight_decay: float) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=0.0, betas=(0.9, 0.999))
 
 
-def amp_context(amp: str, device: torch.device):
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype:
+    """--amp as the dtype the student and teacher run in: auto is bfloat16 on GPU, float32 on CPU."""
     use_bf16 = amp == "bf16" or (amp == "auto" and device.type == "cuda")
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
+    return torch.bfloat16 if use_bf16 else torch.float32
 
 
 def check_config(cfg: TrainConfig) -> None:

@@ -107,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
     shard = Shard(process.rank, process.world_size)
     if shard.is_main:
         _say_which_weights(specs)
+        distributed.note_bfloat16(process.device, args.dtype)
     with tempfile.TemporaryDirectory(prefix="bigl-sam-eval-") as scratch:
         out_dir = args.out if args.out is not None else Path(scratch)
         evaluation = Evaluation(job, out_dir, shard, process.device, args.dtype)

@@ -6,7 +6,6 @@ A job (`instances.CocoMiou`, `interactive.ClickCurves`, `detections.DetectionMas
 identifies its results (`settings`), and how one encoded image is scored (`score`).
 """
 
-import contextlib
 import sys
 import time
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from segment_anything import SamPredictor
 from segment_anything.modeling import Sam
 from tqdm import tqdm
 
-from ..distributed import DTYPES
+from ..distributed import DTYPES, autocast
 from ..errors import BiglSamError
 from ..images import UPRIGHT, load_image, orientation_tag
 from ..modeling.config import check_keep_ratio, get_config
@@ -156,7 +155,7 @@ class Evaluation:
         if orientation != UPRIGHT:
             record["exif_orientation"] = orientation
         loaded = self._clock()
-        with self._autocast():
+        with autocast(self.device, self.dtype):
             predictor.set_image(image)
             encoded = self._clock()
             clock = DecoderClock(self.device)
@@ -164,11 +163,6 @@ class Evaluation:
         scored = self._clock()
         return {**record, **fields, "load_s": loaded - start, "encode_s": encoded - loaded,
                 "decode_s": clock.seconds, "score_s": scored - encoded - clock.seconds}
-
-    def _autocast(self):
-        if self.dtype == "float32":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=DTYPES[self.dtype])
 
     def _clock(self) -> float:
         if self.device.type == "cuda":
