@@ -39,6 +39,15 @@ def randomize_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     return model
 
 
+def tie_every_score_(model):
+    """Zeroes every router's weights: all tokens of an image score alike, in every layer and on any image
+    (as every token of a flat image does where the position embedding is zero, as SAM initialises it), so
+    which tokens take the P-path is decided by the order among equal scores alone."""
+    for block in model.image_encoder.blocks:
+        block.router.weight.data.zero_()
+    return model
+
+
 @pytest.fixture(scope="session")
 def official_checkpoint(tmp_path_factory):
     """official_checkpoint(name) -> path of a random SAM `name` saved as a flat state dict, like

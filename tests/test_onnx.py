@@ -17,13 +17,15 @@ pytest.importorskip("onnxruntime")
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
-from bigl_sam import BiglSamError, SamPredictor, build_student_from_sam, load_sam  # noqa: E402
+from bigl_sam import BiglSamError, SamPredictor, build_model, build_student_from_sam, load_sam  # noqa: E402
 from bigl_sam.cli import main  # noqa: E402
 from bigl_sam.errors import KeepRatioError  # noqa: E402
 from bigl_sam.images import PIXEL_MEAN, PIXEL_STD, load_image, sam_input_array  # noqa: E402
 from bigl_sam.onnx import OnnxPredictor  # noqa: E402
 from bigl_sam.onnx.export import export_encoder, export_onnx  # noqa: E402
 from bigl_sam.weights import sha256_of  # noqa: E402
+
+from conftest import SMALL_IMG_SIZE, randomize_, small_test_configs, tie_every_score_  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RATIOS = (0.25, 0.5, 1.0)
@@ -116,12 +118,15 @@ def test_student_encoder_matches_torch_at_two_ratios_and_all_tokens(bigl_export,
 
 
 def p_path_token_counts(encoder_path: Path, x: np.ndarray, ratio: float):
-    """Runs encoder.onnx with every router TopK's indices exposed: how many tokens each P-path took."""
+    """Runs encoder.onnx with the cut of every router's TopK ranking exposed: how many tokens each P-path
+    took."""
     model = onnx.load(str(encoder_path))
-    router_topks = [node.output[1] for node in model.graph.node if node.op_type == "TopK"]
-    model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in router_topks)
+    rankings = {node.output[1] for node in model.graph.node if node.op_type == "TopK"}
+    cuts = [node.output[0] for node in model.graph.node if node.op_type == "Slice" and node.input[0] in rankings]
+    assert len(cuts) == len(rankings)
+    model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in cuts)
     session = ort.InferenceSession(model.SerializeToString())
-    outputs = session.run(router_topks, {"image": x, "keep_ratio": np.array(ratio, np.float32)})
+    outputs = session.run(cuts, {"image": x, "keep_ratio": np.array(ratio, np.float32)})
     return [out.shape[-1] for out in outputs]
 
 
@@ -131,6 +136,36 @@ def test_dial_sets_the_number_of_tokens_the_p_path_runs_on(bigl_export, photo):
         counts = p_path_token_counts(bigl_export[0] / "encoder.onnx", x, ratio)
         expected = 64 * 64 if ratio == 1.0 else math.ceil(ratio * 48 * 64)  # 1.0: every token, as in PyTorch
         assert counts == [expected] * 2, (ratio, counts)  # bigl_test has two layers
+
+
+@pytest.fixture(scope="module")
+def tied_export(tmp_path_factory):
+    """A 256 px bigl_test whose router scores all tie (`tie_every_score_`), exported -> (model, its path)."""
+    model = tie_every_score_(randomize_(build_model(small_test_configs()[1]), seed=2)).eval()
+    path = tmp_path_factory.mktemp("tied_export") / "encoder.onnx"
+    export_encoder(model.image_encoder, path)
+    return model, path
+
+
+@pytest.mark.parametrize("image", ["flat", "zeros"])
+def test_tied_scores_and_all_zero_images_match_torch_at_every_ratio(tied_export, image):
+    """Among equal router scores ONNX TopK takes the lower index first, and so must PyTorch (torch.topk did
+    not, and a flat image's embeddings differed). An all-zero image is the whole square in the graph too."""
+    model, path = tied_export
+    side = SMALL_IMG_SIZE // 16
+    if image == "flat":
+        mean, std = model.pixel_mean.flatten().tolist(), model.pixel_std.flatten().tolist()
+        x = sam_input_array(np.full((480, 640, 3), 128, np.uint8), mean, std, SMALL_IMG_SIZE)[0][None]
+    else:
+        x = np.zeros((1, 3, SMALL_IMG_SIZE, SMALL_IMG_SIZE), np.float32)
+    session = ort.InferenceSession(str(path))
+    for ratio in RATIOS:
+        got = session.run(None, {"image": x, "keep_ratio": np.array(ratio, np.float32)})[0]
+        with torch.no_grad():
+            expected = model.image_encoder(torch.from_numpy(x), keep_ratio=ratio).numpy()
+        assert np.abs(got - expected).max() < 1e-3, ratio
+    if image == "zeros":
+        assert p_path_token_counts(path, x, 0.25) == [math.ceil(0.25 * side * side)] * 2
 
 
 def test_student_at_keep_one_is_sam_exported_the_same_way(vit_export, tmp_path, photo):

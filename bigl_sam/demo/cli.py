@@ -26,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--model", default="bigl_b_t", choices=names, help="model to run (default: bigl_b_t)")
     add("--checkpoint", type=Path, metavar="PATH",
-        help="its weights (default: MODEL*.pth in --weights-dir, else a student built from SAM's official files "
-             "there, else random weights)")
+        help="its weights (default: MODEL.pth, else the one MODEL*.pth, in --weights-dir; else a student built from "
+             "SAM's official files there, else random weights)")
     add("--compare", choices=names, help="also run this model (e.g. vit_h) on the same clicks")
     add("--compare-checkpoint", type=Path, metavar="PATH", help="weights of the --compare model")
     add("--keep-ratio", type=float, metavar="R",

@@ -3,11 +3,11 @@
 - encoder.onnx: `image` (1 x 3 x 1024 x 1024, SAM-preprocessed) -> `image_embeddings` (1 x 256 x 64 x 64).
   A big.LITTLE encoder also takes `keep_ratio` (a float32 scalar): the dial stays a runtime input. The
   routing plan is computed in the graph (`routing.plan_routing_in_graph`): the image's extent read off
-  the zero padding, the P-path budget ceil(keep x image tokens), every token at keep >= 1; the budget K is
-  the graph's one data-dependent size (ONNX TopK with a computed k, gathers and scatters of K tokens, one
-  attention call over K queries in global layers). Unlike PyTorch, windowed layers project keys and
-  values for every window, not only for those overlapping the image: same embeddings, a little more work
-  on padded images.
+  the zero padding (an all-zero image: the whole square), the P-path budget ceil(keep x image tokens), every
+  token at keep >= 1; the budget K is the graph's one data-dependent size (each router's ONNX TopK ranking
+  cut at K, gathers and scatters of K tokens, one attention call over K queries in global layers). Unlike
+  PyTorch, windowed layers project keys and values for every window, not only for those overlapping the
+  image: same embeddings, a little more work on padded images.
 - decoder.onnx: segment_anything's own `SamOnnxModel` (prompt encoder, mask decoder, upscaling), all four
   masks returned, the number of points dynamic: SAM's ONNX decoder interface, unchanged.
 - export.json: what was exported from which checkpoint, with which versions, and the check's results.
@@ -155,11 +155,26 @@ def _export(module, args, input_names, output_names, opset, strict: bool, dynami
             exported = torch.export.export(module, tuple(args), dynamic_shapes=dynamic, strict=strict)
             return torch.onnx.export(
                 exported, tuple(args), input_names=input_names, output_names=output_names, opset_version=opset,
-                dynamo=True, verbose=False, dynamic_shapes=dynamic,
+                dynamo=True, verbose=False, dynamic_shapes=dynamic, custom_translation_table=_translations(),
             )
     except Exception as err:  # torch.export and the ONNX translator raise many kinds; one line for the user
         first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
         raise BiglSamError(f"ONNX export of {type(module).__name__} failed: {first.strip()}") from err
+
+
+def _translations() -> dict:
+    """ONNX for the aten ops torch's translator lacks: the router's stable sort (`routing.top_slots`).
+
+    ONNX TopK over the whole axis sorts, and among equal values puts the lower index first in either
+    direction: exactly a stable sort, so onnxruntime breaks tied router scores as PyTorch does.
+    """
+    from onnxscript import opset18 as op
+
+    def stable_sort(self, stable=None, dim: int = -1, descending: bool = False):
+        length = op.Reshape(op.Gather(op.Shape(self), op.Constant(value_int=dim), axis=0), op.Constant(value_ints=[1]))
+        return op.TopK(self, length, axis=dim, largest=int(descending), sorted=1)
+
+    return {torch.ops.aten.sort.stable: stable_sort}
 
 
 def _save(program, path: Path) -> None:
