@@ -76,7 +76,8 @@ def test_presets_take_their_papers_settings():
     assert efficientvit.preset == "efficientvit" and efficientvit.select == "argmax"
     assert efficientvit.rule.correction == "distance" and not efficientvit.rule.pixel_centre
     assert not efficientvit.feed_logits and efficientvit.score_crowd
-    assert edgesam.select == "single" and edgesam.rule.correction == "random"
+    assert edgesam.select == "single" and edgesam.rule is None and not edgesam.score_crowd  # edgesam.py's steps
+    assert edgesam.to_dict()["click_rule"] is None
     assert ours.rule.correction == "area" and ours.rule.pixel_centre and ours.feed_logits
     assert Protocol(preset="efficientsam", prompt="point").rule.first == "random"
     assert Protocol(select="oracle").select == "oracle"  # --select overrides the preset's

@@ -17,8 +17,9 @@ from ..errors import BiglSamError
 from ..pretrained import choose_weights
 from ..weights import WEIGHTS_DIR_HELP
 from . import detections, interactive
-from .coco import MIN_AREA, CocoInstances
+from .coco import CocoInstances
 from .decoding import Decoding
+from .edgesam import EdgeSamMiou
 from .instances import CocoMiou
 from .masks import MaskFolders
 from .plot import plot_curves
@@ -142,8 +143,9 @@ def _job(args: argparse.Namespace):
         return detections.DetectionMasks(dataset, args.boxes, args.score_threshold, select, args.batch_size,
                                          args.max_images)
     protocol = Protocol(args.prompt, _clicks(args), args.select, args.protocol)
-    dataset = CocoInstances(args.annotations, args.images, score_crowd=protocol.score_crowd)
-    return CocoMiou(dataset, protocol, args.batch_size, args.max_images)
+    job = EdgeSamMiou if protocol.preset == "edgesam" else CocoMiou
+    dataset = CocoInstances(args.annotations, args.images, score_crowd=protocol.score_crowd, min_area=job.min_area)
+    return job(dataset, protocol, args.batch_size, args.max_images)
 
 
 def _say_which_weights(specs) -> None:
@@ -186,7 +188,8 @@ def _miou_report(job: CocoMiou, models: List[dict], results) -> tuple:
             "iou_at": "original image resolution",
             "pixels": "as stored (EXIF orientation not applied)",
             "size_bounds_area": {"small_below": SMALL_MAX_AREA, "large_from": MEDIUM_MAX_AREA},
-            "skipped_annotations": ("" if protocol.score_crowd else "iscrowd, or ") + f"area < {MIN_AREA:g}",
+            "skipped_annotations": ("" if protocol.score_crowd else "iscrowd, or ")
+                                   + f"area < {job.dataset.min_area:g}",
         },
         "dataset": {**_coco_dataset_entry(job.dataset, job.image_ids),
                     "skipped_annotations": job.dataset.skipped_annotations(job.image_ids)},

@@ -7,13 +7,15 @@ from typing import List, Optional, Tuple
 import numpy as np
 from segment_anything import SamPredictor
 
-from .coco import CocoInstances
+from .coco import MIN_AREA, CocoInstances
 from .decoding import DecoderClock, Decoding, Target, box_ious, click_ious
 from .protocol import Protocol
 from .runner import Job
 
 
 class CocoMiou(Job):
+    min_area = MIN_AREA  # the smallest annotation `area` scored (`CocoInstances`)
+
     def __init__(self, dataset: CocoInstances, protocol: Protocol, batch_size: int,
                  max_images: Optional[int] = None) -> None:
         self.dataset, self.protocol, self.batch_size = dataset, protocol, batch_size
