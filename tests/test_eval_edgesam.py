@@ -83,6 +83,14 @@ def test_centre_point_is_the_cascade_distance_maximum(mask, expected):
     assert centre_point(torch.zeros(8, 8)) == (0, 0)  # an empty mask: their argmax of all zeros
 
 
+def test_cascade_distance_adds_kornia_0_7_1_offsets():
+    """Along a row into the rectangle, step i adds i * 3 // 2 (0, 1, 3, 4, 6): kornia 0.7.1's values
+    (measured; 0.9.0 adds i and gives 0.833, 1.833, 2.833, 3.833, 4.625)."""
+    sources = F.pad(~torch.from_numpy(rectangle(30, 40, 4, 6, 24, 16)), (1, 1, 1, 1), value=True).float()
+    row = cascade_distance(sources)[12, 5:10].tolist()
+    assert row == pytest.approx([0.8327901, 1.8327901, 3.8327901, 4.8327899, 6.6251082], abs=1e-6)
+
+
 def test_draws_continue_their_global_generator_after_the_data_loader():
     with torch.random.fork_rng():
         torch.manual_seed(0)
@@ -118,7 +126,8 @@ def test_corrective_point_rule():
 
 def reference_ious(model, image, masks, boxes_xywh, prompt, rounds):
     """EdgeSAM's steps for one image (N annotations), straight: N x 1 x S x S padded frame tensors, the
-    kornia-rule distance on the whole frame, the global generator, the prompt encoder's -2 tokens zeroed."""
+    kornia-rule distance on the whole frame, the global generator, the prompt encoder's -2 tokens zeroed.
+    -> rounds x N IoUs (NaN where both masks are empty)."""
     frame = model.image_encoder.img_size
     height, width = image.shape[:2]
     h, w = ResizeLongestSide.get_preprocess_shape(height, width, frame)
@@ -143,6 +152,8 @@ def reference_ious(model, image, masks, boxes_xywh, prompt, rounds):
         points = (torch.tensor(centres, dtype=torch.float)[:, None], torch.ones(len(centres), 1))
     valid = torch.zeros(len(masks), 1, frame, frame)
     valid[..., :h, :w] = 1
+    truth = F.interpolate(gt[..., :h, :w], (height, width), mode="bilinear", align_corners=False) > 0
+    ious = []
     for step in range(rounds):
         if step > 0:
             low = logits.shape[-1]
@@ -171,10 +182,10 @@ def reference_ious(model, image, masks, boxes_xywh, prompt, rounds):
         logits, _ = model.mask_decoder(image_embeddings=embedding, image_pe=model.prompt_encoder.get_dense_pe(),
                                        sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
                                        multimask_output=False)
-    pred = F.interpolate(logits, (frame, frame), mode="bilinear", align_corners=False)[..., :h, :w]
-    pred = F.interpolate(pred, (height, width), mode="bilinear", align_corners=False) > 0
-    truth = F.interpolate(gt[..., :h, :w], (height, width), mode="bilinear", align_corners=False) > 0
-    return ((pred & truth).sum(dim=(1, 2, 3)) / (pred | truth).sum(dim=(1, 2, 3))).tolist()
+        pred = F.interpolate(logits, (frame, frame), mode="bilinear", align_corners=False)[..., :h, :w]
+        pred = F.interpolate(pred, (height, width), mode="bilinear", align_corners=False) > 0
+        ious.append(((pred & truth).sum(dim=(1, 2, 3)) / (pred | truth).sum(dim=(1, 2, 3))).tolist())
+    return ious
 
 
 def run_job(job, model, ids, done=None):
@@ -189,8 +200,10 @@ def run_job(job, model, ids, done=None):
     return records
 
 
-@pytest.mark.parametrize("prompt, clicks", [("box", 1), ("point", 1), ("clicks", 3)])
+@pytest.mark.parametrize("prompt, clicks", [("box", 1), ("point", 1), ("clicks", 2), ("clicks", 3)])
 def test_per_instance_ious_equal_edgesam_steps(data, model, prompt, clicks):
+    """`--clicks 2` is their second round of a 3-round run (scripts/eval_mIoU.sh): the third round's draws
+    move the generator before the next image."""
     dataset = CocoInstances(data["annotations"], data["images"], min_area=EdgeSamMiou.min_area)
     job = EdgeSamMiou(dataset, Protocol(prompt, clicks, preset="edgesam"), batch_size=2)
     readable = [i for i in job.image_ids if dataset.image_path(i).exists()]
@@ -205,8 +218,8 @@ def test_per_instance_ious_equal_edgesam_steps(data, model, prompt, clicks):
             anns = [a for a in coco.imgToAnns[int(image_id)] if not a["iscrowd"]]
             image = load_image(dataset.image_path(int(image_id)), exif=False)
             ious = reference_ious(model, image, [coco.annToMask(a) for a in anns], [a["bbox"] for a in anns], prompt,
-                                  clicks)
-            expected.update({a["id"]: iou for a, iou in zip(anns, ious)})
+                                  3 if prompt == "clicks" else 1)
+            expected.update({a["id"]: iou for a, iou in zip(anns, ious[clicks - 1])})
     got = {i["id"]: i["iou"] for r in records.values() for i in r["instances"]}
     unscored = [i for r in records.values() for i in r["empty_masks"]]
     assert set(got) | set(unscored) == set(expected) and len(got) >= 6

@@ -16,7 +16,9 @@ Where that differs from `SamPredictor` and from the other presets:
   reduced to that size, within the image's part of the frame; one pixel drawn uniformly from the error (a
   missed pixel is positive, a false one negative); under 10 error pixels, an ignored point whose prompt token
   is zero. The draws come from one torch generator per process, seeded 0 and advanced once as their
-  DataLoader does, in the order image, round, annotation: EdgeSAM's global generator;
+  DataLoader does, in the order image, round, annotation: EdgeSAM's global generator. Their script runs 3
+  rounds (`--refine-iter 3`) and reports each, so `--prompt clicks` draws 3 rounds (more if `--clicks` asks)
+  and scores the one after `--clicks` clicks;
 - output: the first mask token (single-mask output), no mask input; IoU at the image's resolution, and a
   ground truth and prediction both empty have none (EdgeSAM drops the NaN).
 """
@@ -38,6 +40,9 @@ SEED = 0  # torch.manual_seed(0) before their loop
 MIN_ERROR_PIXELS = 10  # fewer error pixels than this at low resolution: no corrective point
 IGNORED_LABEL = -2  # their label for "no point": the token is set to zero
 DISTANCE_SOFTNESS = 0.35  # kornia's `h`, the soft minimum of its distance transform (kernel size 3)
+# scripts/eval_mIoU.sh runs `--refine-iter 3` and reports each round: the third round's draws move the
+# generator for the next image, so they are made for `--clicks 2` too.
+SCRIPT_ROUNDS = 3
 
 
 def draw_generator() -> torch.Generator:
@@ -158,12 +163,11 @@ class EdgeSamMiou(CocoMiou):
     """`eval coco --protocol edgesam`: the job, with EdgeSAM's steps (module docstring)."""
 
     min_area = 0.0  # their loader keeps every non-crowd annotation
+    file_order = True  # their draws continue from image to image
 
     def __init__(self, dataset: CocoInstances, protocol: Protocol, batch_size: int,
                  max_images: Optional[int] = None) -> None:
-        self.dataset, self.protocol, self.batch_size = dataset, protocol, batch_size
-        self.image_ids = dataset.image_ids(max_images, file_order=True)
-        self.images_dir = dataset.images_dir
+        super().__init__(dataset, protocol, batch_size, max_images)
         self.resume([], {})
 
     @property
@@ -204,12 +208,17 @@ class EdgeSamMiou(CocoMiou):
         draws: List[int] = []
         scale = frame_pixels / low_res_pixels
         logits = self._decode(predictor, clicks, boxes, clock)
-        for _ in range(self.protocol.click_rounds - 1):
+        scored_logits = logits
+        rounds = max(self.protocol.click_rounds, SCRIPT_ROUNDS) if self.protocol.prompt == "clicks" else 1
+        for finished in range(2, rounds + 1):  # the rounds done once this one is decoded
             for k in range(len(instances)):
                 (x, y), label = corrective_point(logits[k, 0], low_truths[k], valid, self._generator, draws)
                 clicks[k].append((int(x * scale), int(y * scale), label))
             logits = self._decode(predictor, clicks, boxes, clock)
+            if finished == self.protocol.click_rounds:
+                scored_logits = logits
         self._position += 1
+        logits = scored_logits
         scored, empty = [], []
         for start in range(0, len(instances), self.batch_size):
             batch = slice(start, start + self.batch_size)

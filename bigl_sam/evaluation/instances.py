@@ -15,11 +15,12 @@ from .runner import Job
 
 class CocoMiou(Job):
     min_area = MIN_AREA  # the smallest annotation `area` scored (`CocoInstances`)
+    file_order = False  # images in id order; True: in the annotation file's
 
     def __init__(self, dataset: CocoInstances, protocol: Protocol, batch_size: int,
                  max_images: Optional[int] = None) -> None:
         self.dataset, self.protocol, self.batch_size = dataset, protocol, batch_size
-        self.image_ids: List[int] = dataset.image_ids(max_images)
+        self.image_ids: List[int] = dataset.image_ids(max_images, file_order=self.file_order)
         self.images_dir: Path = dataset.images_dir
 
     def settings(self) -> dict:
