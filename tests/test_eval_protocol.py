@@ -88,7 +88,8 @@ def test_presets_take_their_papers_settings():
     assert not efficientvit.feed_logits and efficientvit.score_crowd
     assert efficientvit.score_empty and efficientvit.inclusive_buckets and efficientvit.rule.on_exact == "corner"
     assert not ours.score_empty and not ours.inclusive_buckets and ours.rule.on_exact == "stop"
-    assert edgesam.select == "single" and edgesam.rule.correction == "random"
+    assert edgesam.select == "single" and edgesam.rule is None and not edgesam.score_crowd  # edgesam.py's steps
+    assert edgesam.to_dict()["click_rule"] is None
     assert ours.rule.correction == "area" and ours.rule.pixel_centre and ours.feed_logits
     assert Protocol(preset="efficientsam", prompt="point").rule.first == "random"
     assert Protocol(select="oracle").select == "oracle"  # --select overrides the preset's

@@ -17,8 +17,9 @@ from ..errors import BiglSamError
 from ..pretrained import choose_weights
 from ..weights import WEIGHTS_DIR_HELP
 from . import detections, interactive
-from .coco import MIN_AREA, CocoInstances
+from .coco import CocoInstances
 from .decoding import Decoding
+from .edgesam import EdgeSamMiou
 from .instances import CocoMiou
 from .masks import DATASETS, MaskFolders
 from .plot import plot_curves
@@ -153,8 +154,9 @@ def _job(args: argparse.Namespace):
     if args.score_threshold is not None:
         raise BiglSamError("--score-threshold filters the detections of --boxes: give --boxes, or leave it out")
     protocol = Protocol(args.prompt, _clicks(args), args.select, args.protocol)
-    dataset = CocoInstances(args.annotations, args.images, score_crowd=protocol.score_crowd)
-    return CocoMiou(dataset, protocol, args.batch_size, args.max_images)
+    job = EdgeSamMiou if protocol.preset == "edgesam" else CocoMiou
+    dataset = CocoInstances(args.annotations, args.images, score_crowd=protocol.score_crowd, min_area=job.min_area)
+    return job(dataset, protocol, args.batch_size, args.max_images)
 
 
 def _mask_folders(args: argparse.Namespace) -> MaskFolders:
@@ -212,7 +214,7 @@ def _miou_report(job: CocoMiou, models: List[dict], results) -> tuple:
             "pixels": "as stored (EXIF orientation not applied)",
             "size_bounds_area": {"small_max": SMALL_MAX_AREA, "large_min": MEDIUM_MAX_AREA,
                                  "bounds_in_both_buckets": protocol.inclusive_buckets},
-            "skipped_annotations": ("" if protocol.score_crowd else "iscrowd, or ") + f"area < {MIN_AREA:g}"
+            "skipped_annotations": ("" if protocol.score_crowd else "iscrowd, or ") + f"area < {job.dataset.min_area:g}"
                                    + ("" if protocol.score_empty else ", or an empty mask"),
         },
         "dataset": {**_coco_dataset_entry(job.dataset, job.image_ids),

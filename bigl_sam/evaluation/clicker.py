@@ -6,18 +6,17 @@ One simulator serves every protocol; a `ClickRule` says where they differ:
   transform of the mask padded by one background pixel, so the image edge counts as boundary; the first such
   pixel in raster order). This is RITM's first click, which is its corrective click on an empty prediction
   (SamsungLabs/ritm_interactive_segmentation, isegm/inference/clicker.py; the same code is in
-  mit-han-lab/efficientvit, applications/efficientvit_sam/sam_eval_utils.py), and EdgeSAM's `mask-center`
-  point (chongzhou96/EdgeSAM, edge_sam/utils/common.py: get_centroid_from_mask). `random` clicks a pixel of
+  mit-han-lab/efficientvit, applications/efficientvit_sam/sam_eval_utils.py). `random` clicks a pixel of
   the object drawn uniformly (EfficientSAM's point prompt as its paper describes it; its code is not public).
+  EdgeSAM's points (an approximate distance transform and random corrections, on resized masks) are not
+  this simulator's: they are in `edgesam.py`, with the rest of its protocol.
 - `correction`: where the next click goes once there is a prediction. `distance` is RITM's rule: compute the
   distance transform of the missed region (ground truth not predicted) and of the false region (predicted,
   not ground truth), both padded as above and both zero at pixels already clicked; click the larger maximum,
   positive on the missed region, negative on the false one; a tie goes to the false region. `area` compares
   the regions' pixel counts instead (a tie goes to the missed region) and clicks the larger one's interior
-  point (this project's own protocol before the presets). `random` clicks a pixel drawn uniformly from both
-  error regions together, labelled by the region it falls in (EdgeSAM's `sample_point_in_mask`, which does
-  it on the 256 x 256 low-resolution masks; here it is done at the image resolution).
-- `pixel_centre`: the prompt coordinate of pixel (x, y). RITM, EfficientViT-SAM and EdgeSAM hand SAM the
+  point (this project's own protocol before the presets).
+- `pixel_centre`: the prompt coordinate of pixel (x, y). RITM and EfficientViT-SAM hand SAM the
   integer index (x, y); SAM's coordinate frame puts that pixel's centre at (x + 0.5, y + 0.5), which is what
   `pixel_centre=True` gives (this project's own protocol).
 - `on_exact`: what happens when nothing is left to correct (the prediction is exact outside the ignore mask,
@@ -40,7 +39,7 @@ import numpy as np
 from ..errors import BiglSamError
 
 FIRST_CLICKS = ("interior", "random")
-CORRECTIONS = ("distance", "area", "random")
+CORRECTIONS = ("distance", "area")
 ON_EXACT = ("stop", "corner")
 
 
@@ -117,12 +116,6 @@ class Clicker:
         under `on_exact="stop"`, a negative click at (0, 0) under `corner`."""
         missed = self.gt & ~prediction
         false = prediction & self.counted & ~self.gt
-        if self.rule.correction == "random":
-            errors = (missed | false) & self.not_clicked
-            if not errors.any():
-                return self._nothing_to_correct()
-            x, y = self._draw(errors)
-            return self._record((x, y), bool(missed[y, x]))
         missed_distance = distance_to_boundary(missed) * self.not_clicked
         false_distance = distance_to_boundary(false) * self.not_clicked
         if self.rule.correction == "distance":

@@ -7,17 +7,20 @@ from typing import List, Optional, Tuple
 import numpy as np
 from segment_anything import SamPredictor
 
-from .coco import CocoInstances
+from .coco import MIN_AREA, CocoInstances
 from .decoding import DecoderClock, Decoding, Target, box_ious, click_ious
 from .protocol import Protocol
 from .runner import Job
 
 
 class CocoMiou(Job):
+    min_area = MIN_AREA  # the smallest annotation `area` scored (`CocoInstances`)
+    file_order = False  # images in id order; True: in the annotation file's
+
     def __init__(self, dataset: CocoInstances, protocol: Protocol, batch_size: int,
                  max_images: Optional[int] = None) -> None:
         self.dataset, self.protocol, self.batch_size = dataset, protocol, batch_size
-        self.image_ids: List[int] = dataset.image_ids(max_images)
+        self.image_ids: List[int] = dataset.image_ids(max_images, file_order=self.file_order)
         self.images_dir: Path = dataset.images_dir
 
     def settings(self) -> dict:

@@ -21,15 +21,15 @@ SIZE_BUCKETS = ("small", "medium", "large")
 
 @dataclass(frozen=True)
 class Preset:
-    """One paper's protocol. rule: the click simulator's; feed_logits: whether each click round gets the
-    previous round's low-res logits as `mask_input`; select: which output is scored unless --select says;
-    score_crowd: whether `iscrowd` annotations are scored too; score_empty: whether an annotation whose mask
-    covers no pixel is scored (IoU 0) rather than counted and left out; inclusive_buckets: whether the size
-    buckets include both bounds (an instance of exactly 32^2 or 96^2 pixels is in two buckets) rather than
-    partition the instances; prompts: the prompts it defines."""
+    """One paper's protocol. rule: the click simulator's (None: the preset has its own steps); feed_logits:
+    whether each click round gets the previous round's low-res logits as `mask_input`; select: which output
+    is scored unless --select says; score_crowd: whether `iscrowd` annotations are scored too; score_empty:
+    whether an annotation whose mask covers no pixel is scored (IoU 0) rather than counted and left out;
+    inclusive_buckets: whether the size buckets include both bounds (an instance of exactly 32^2 or 96^2
+    pixels is in two buckets) rather than partition the instances; prompts: the prompts it defines."""
 
     source: str
-    rule: ClickRule
+    rule: Optional[ClickRule]
     feed_logits: bool
     select: str
     score_crowd: bool
@@ -47,11 +47,11 @@ PRESETS = {
                            ClickRule("interior", "distance", pixel_centre=False, on_exact="corner"),
                            feed_logits=False, select="argmax", score_crowd=True, score_empty=True,
                            inclusive_buckets=True),
-    # chongzhou96/EdgeSAM evaluation/eval_mIoU.py, scripts/eval_mIoU.sh (EdgeSAM, Tab. 2-3): the first mask token
-    # (single-mask output), a point at the mask centre (distance-transform maximum), corrective points drawn at
-    # random from the error, no mask input.
-    "edgesam": Preset("chongzhou96/EdgeSAM evaluation/eval_mIoU.py", ClickRule("interior", "random", pixel_centre=False),
-                      feed_logits=False, select="single", score_crowd=False),
+    # chongzhou96/EdgeSAM evaluation/eval_mIoU.py, scripts/eval_mIoU.sh (EdgeSAM, Tab. 2-3), step by step in
+    # edgesam.py: the first mask token, a point at the mask centre, corrective points drawn at random from
+    # the low-res error, no mask input.
+    "edgesam": Preset("chongzhou96/EdgeSAM evaluation/eval_mIoU.py", None, feed_logits=False, select="single",
+                      score_crowd=False),
     # EfficientSAM (Tab. 4): one point drawn at random inside the mask; no evaluation code is public, so the
     # rest (multimask argmax, crowd not scored) is SAM's usual setting, not theirs.
     "efficientsam": Preset("EfficientSAM paper (yformer/EfficientSAM has no evaluation code)",
@@ -102,7 +102,7 @@ class Protocol:
         return self.clicks if self.prompt == "clicks" else 1
 
     @property
-    def rule(self) -> ClickRule:
+    def rule(self) -> Optional[ClickRule]:
         return PRESETS[self.preset].rule
 
     @property
@@ -123,8 +123,9 @@ class Protocol:
 
     def to_dict(self) -> dict:
         """Everything that decides a number, for results.json and the run hash."""
+        rule = None if self.rule is None else self.rule.to_dict()
         return {"preset": self.preset, "prompt": self.prompt, "clicks": self.clicks, "select": self.select,
-                "click_rule": self.rule.to_dict(), "feed_logits": self.feed_logits, "score_crowd": self.score_crowd,
+                "click_rule": rule, "feed_logits": self.feed_logits, "score_crowd": self.score_crowd,
                 "score_empty": self.score_empty, "inclusive_buckets": self.inclusive_buckets}
 
 
