@@ -3,6 +3,7 @@ file, a crash leaves the previous version in place, and a full disk is one clear
 
 import errno
 import os
+import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,6 +60,32 @@ def raise_write_error(err: BaseException, path: Path) -> None:
     if isinstance(err, OSError):
         raise BiglSamError(f"{path.parent}: cannot write {path.name} ({err.strerror or err})") from None
     raise err
+
+
+def check_writable(path: PathLike, what: str = "") -> Path:
+    """Raises the one-line `BiglSamError` that writing `path` with `atomic_write` would end in, before any
+    work starts: `path` is a folder, a parent of it is a file, or the nearest existing folder above it
+    refuses a new file (read-only, permission denied). `what` (e.g. "--json") starts the message.
+
+    Leaves nothing behind: a probe file is created and removed; missing folders are not created here
+    (`atomic_write` makes them). Returns `path` as a `Path`.
+    """
+    path = Path(path)
+    name = f"{what} {path}" if what else str(path)
+    if path.is_dir():
+        raise BiglSamError(f"{name}: is a folder, not a file")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise BiglSamError(f"{name}: {folder} is a file, not a folder")
+    try:
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.probe")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as err:
+        raise BiglSamError(f"{name}: cannot write in {folder} ({err.strerror or err})") from None
+    return path
 
 
 def atomic_write_text(path: PathLike, text: str) -> Path:

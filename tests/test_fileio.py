@@ -1,13 +1,14 @@
 """The one atomic writer: the old file survives a failed write, no temp file stays, threads never collide."""
 
 import errno
+import tempfile
 import threading
 
 import pytest
 import torch
 
 from bigl_sam.errors import BiglSamError
-from bigl_sam.fileio import atomic_write, atomic_write_text
+from bigl_sam.fileio import atomic_write, atomic_write_text, check_writable
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
@@ -88,3 +89,24 @@ def test_torch_save_on_a_disk_that_fills_up_is_one_error_naming_the_folder(tmp_p
     with pytest.raises(BiglSamError, match=f"no space left on {tmp_path} \\(writing d.pt\\)"):
         atomic_write(tmp_path / "d.pt", save)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_check_writable_names_a_folder_a_file_parent_and_a_refusing_folder(monkeypatch, tmp_path):
+    with pytest.raises(BiglSamError, match=f"^--json {tmp_path}: is a folder, not a file$"):
+        check_writable(tmp_path, "--json")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(BiglSamError, match=f"^{tmp_path}/file/a/b.json: {tmp_path}/file is a file, not a folder$"):
+        check_writable(tmp_path / "file" / "a" / "b.json")
+
+    def read_only(*args, **kwargs):  # chmod does not stop root (these tests may run as root)
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(BiglSamError, match=f"^{tmp_path}/new/out.json: cannot write in {tmp_path} \\(Read-only"):
+        check_writable(tmp_path / "new" / "out.json")
+
+
+def test_check_writable_leaves_nothing_behind(tmp_path):
+    assert check_writable(tmp_path / "new" / "out.json") == tmp_path / "new" / "out.json"
+    assert check_writable(str(tmp_path / "out.json")) == tmp_path / "out.json"
+    assert list(tmp_path.iterdir()) == []  # no probe file, and "new" is not created
