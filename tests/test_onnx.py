@@ -1,6 +1,7 @@
 """ONNX deployment: export + check, the encoder's keep-ratio dial in onnxruntime, SAM's decoder interface,
 OnnxPredictor against SamPredictor (also with torch blocked from import), and bad input."""
 
+import argparse
 import json
 import math
 import subprocess
@@ -18,6 +19,7 @@ import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 from bigl_sam import BiglSamError, SamPredictor, build_student_from_sam, load_sam  # noqa: E402
+from bigl_sam.bench import cli as bench_cli  # noqa: E402
 from bigl_sam.cli import main  # noqa: E402
 from bigl_sam.errors import KeepRatioError  # noqa: E402
 from bigl_sam.images import PIXEL_MEAN, PIXEL_STD, load_image, sam_input_array  # noqa: E402
@@ -314,11 +316,22 @@ def test_bench_times_onnxruntime_and_int8_in_the_same_rounds(tmp_path, capsys):
     (["--backend", "torch,tensorrt"], "--backend must be a comma-separated choice of torch, onnxruntime"),
     (["--backend", "onnxruntime", "--batch", "2"], "times batch 1"),
     (["--backend", "onnxruntime", "--dtype", "bfloat16"], "runs the float32 export"),
+    (["--models", "vit_test,mobilesam", "--backend", "onnxruntime"], "peers (mobilesam) are timed in PyTorch only"),
+    (["--backend", "onnxruntime", "--compile"], "--compile compiles the PyTorch encoders"),
 ])
 def test_bench_backend_arguments_are_one_line_each(capsys, extra, message):
     assert main(["bench", "--models", "bigl_test", "--clicks", "0", *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
+
+
+def test_bench_says_peers_get_torch_rows_only_beside_onnxruntime(capsys):
+    parser = argparse.ArgumentParser()
+    bench_cli.add_arguments(parser)
+    args = parser.parse_args(["--models", "bigl_test,mobilesam", "--backend", "torch,onnxruntime", "--compile"])
+    assert bench_cli.backends(args) == ["torch", "onnxruntime"]
+    out = capsys.readouterr().out.strip()
+    assert out == "note: the peers (mobilesam) have no onnxruntime rows; they are timed in PyTorch only"
 
 
 def test_missing_onnx_extra_is_one_line_for_export_and_bench(monkeypatch, tmp_path, capsys):
