@@ -90,6 +90,30 @@ def check_writable(path: PathLike, what: str = "") -> Path:
     return path
 
 
+def atomic_write_text(path: PathLike, text: str) -> Path:
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def _no_space(err: BaseException) -> bool:
+    """ENOSPC as an OSError, or as torch's `RuntimeError: [enforce fail at inline_container.cc] ...`, or
+    anything raised while handling one (torch.save's zip writer, closing after a failed write, raises
+    `unexpected pos ...` with the ENOSPC as its context)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(err)
+        if isinstance(err, RuntimeError) and ("No space left" in text or "file write failed" in text):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
 @contextmanager
 def atomic_folder(out: PathLike, waiting: Optional[Callable[[], None]] = None) -> Iterator[Path]:
     """Yields an empty folder beside `out` to fill; when the block ends without an exception, that folder
@@ -147,27 +171,3 @@ def recover_folder(out: Path) -> None:
         else:
             os.rename(leftovers["old"], out)
     shutil.rmtree(leftovers["new"], ignore_errors=True)
-
-
-def atomic_write_text(path: PathLike, text: str) -> Path:
-    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
-
-
-def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
-    return atomic_write(path, lambda f: f.write(data))
-
-
-def _no_space(err: BaseException) -> bool:
-    """ENOSPC as an OSError, or as torch's `RuntimeError: [enforce fail at inline_container.cc] ...`, or
-    anything raised while handling one (torch.save's zip writer, closing after a failed write, raises
-    `unexpected pos ...` with the ENOSPC as its context)."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        text = str(err)
-        if isinstance(err, RuntimeError) and ("No space left" in text or "file write failed" in text):
-            return True
-        err = err.__cause__ or err.__context__
-    return False
