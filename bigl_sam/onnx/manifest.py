@@ -5,7 +5,7 @@ in export.json, and records each file's size and sha256. `OnnxPredictor.from_fol
 runs anything, that export.json lists both models, that every file it lists has the recorded size, and
 that both models carry its id: an encoder of one export beside a decoder of another, or an export.json of
 a third, is refused. Reading the ids and sizes costs nothing; the sha256 is not recomputed at load (a
-ViT-H encoder is 2.5 GB; `sha256sum` checks it against export.json when a deployment wants to).
+ViT-H encoder is 2.5 GB; a deployment that wants it compares `sha256sum` with export.json).
 
 Needs no torch: the predictor imports it.
 """
