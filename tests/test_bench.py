@@ -2,7 +2,9 @@
 compiled rows, bf16, the demo click, the table, the JSON, and MACs that SDPA really costs."""
 
 import dataclasses
+import errno
 import json
+import tempfile
 import time
 
 import numpy as np
@@ -282,6 +284,15 @@ def test_bench_rejects_zero_or_negative_batch(capsys):
 def test_bench_refuses_json_folder_before_measuring(tmp_path, capsys):
     err = _bench_error(capsys, "--runs", "1", "--json", str(tmp_path))
     assert f"--json {tmp_path}: is a folder" in err
+
+
+def test_bench_refuses_a_json_it_cannot_write_before_measuring(monkeypatch, tmp_path, capsys):
+    def read_only(*args, **kwargs):  # chmod does not stop root (these tests may run as root)
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    err = _bench_error(capsys, "--runs", "1", "--json", str(tmp_path / "bench.json"))
+    assert f"--json {tmp_path / 'bench.json'}: cannot write in {tmp_path} (Read-only file system)" in err
 
 
 def test_bench_names_a_missing_image(tmp_path, capsys):

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from ..distributed import DTYPES, autocast, note_bfloat16, pick_device
 from ..errors import BiglSamError
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, check_writable
 from ..onnx.cli import ONNX_INSTALL, require_onnx_extra
 from .clicks import bench_clicks
 from .encoders import BenchEncoder, build_encoder, keep_ratios, model_names
@@ -116,7 +116,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     keep_ratios(args.keep_ratio, default=1.0)
     args.backends = backends(args)
     if args.json is not None:
-        _check_output_file(args.json)
+        check_writable(args.json, "--json")
 
 
 def backends(args: argparse.Namespace) -> List[str]:
@@ -129,6 +129,16 @@ def backends(args: argparse.Namespace) -> List[str]:
             raise BiglSamError("--quantize int8 quantises the onnxruntime encoder: add --backend onnxruntime")
         return names
     require_onnx_extra("--backend onnxruntime")
+    peers = [name for name in model_names(args.models) if name in PEERS]
+    if "torch" not in names:
+        if peers:
+            raise BiglSamError(f"--backend onnxruntime: the peers ({', '.join(peers)}) are timed in PyTorch only; "
+                               f"use --backend torch,onnxruntime to time them beside the onnxruntime rows")
+        if args.compile:
+            raise BiglSamError("--compile compiles the PyTorch encoders, and --backend onnxruntime times none; "
+                               "use --backend torch,onnxruntime --compile")
+    elif peers:
+        print(f"note: the peers ({', '.join(peers)}) have no onnxruntime rows; they are timed in PyTorch only")
     if args.batch != 1:
         raise BiglSamError(
             f"--backend onnxruntime times batch 1 (encoder.onnx takes one image), got --batch {args.batch}"
@@ -140,16 +150,6 @@ def backends(args: argparse.Namespace) -> List[str]:
         raise BiglSamError(f"--backend onnxruntime runs on the CPU; --device {args.device} would compare unlike "
                            f"rows (run it apart)")
     return names
-
-
-def _check_output_file(path: Path) -> None:
-    if path.is_dir():
-        raise BiglSamError(f"--json {path}: is a folder; give a file name, e.g. {path / 'bench.json'}")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise BiglSamError(f"--json {path}: {parent} is a file, not a folder")
-            return
 
 
 def bench_cases(
