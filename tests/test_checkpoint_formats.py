@@ -107,7 +107,8 @@ def saved_256(tmp_path_factory):
     save_checkpoint(randomize_(build_model(student), 1), folder / "student.safetensors")
     (folder / "images").mkdir()
     pixels = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(folder / "images" / "a.png")
+    for name in ("a.png", "b.png"):  # compare holds out one and keeps one for training
+        Image.fromarray(pixels).save(folder / "images" / name)
     return folder
 
 

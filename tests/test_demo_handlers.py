@@ -212,7 +212,7 @@ def test_bad_checkpoint_is_one_error_line_and_exit_code_2(tmp_path, capsys, offi
     err = capsys.readouterr().err.strip()
     assert err.startswith("bigl-sam demo: error:") and "bigl_test.pth" in err and len(err.splitlines()) == 1
     assert main(["demo", "--model", "bigl_test", "--checkpoint", str(official_checkpoint("vit_test"))]) == 2
-    assert "official SAM checkpoint" in capsys.readouterr().err
+    assert "is a SAM checkpoint, not a bigl_test student" in capsys.readouterr().err
     assert main(["demo", "--model", "vit_test", "--keep-ratio", "0.5"]) == 2
     assert main(["demo", "--model", "bigl_test", "--compare-checkpoint", str(broken)]) == 2
 

@@ -217,7 +217,7 @@ def test_models_without_checkpoint_follow_the_weights_rule(data, tmp_path, capsy
     "models_of, extra, message",
     [
         (lambda m: [("vit_x", None)], [], "unknown model 'vit_x'"),
-        (lambda m: [("bigl_test", m[0][1])], [], "official SAM checkpoint"),  # teacher weights, student name
+        (lambda m: [("bigl_test", m[0][1])], [], "is a SAM checkpoint, not a bigl_test student"),  # teacher weights, student name
         (lambda m: [("vit_test", m[1][1])], [], "holds a bigl_test model"),
         (lambda m: m[:1], ["--max-images", "0"], "--max-images must be at least 1"),
         (lambda m: m[:1], ["--keep-ratio", "1.5"], "--keep-ratio must be in (0, 1]"),

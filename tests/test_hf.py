@@ -143,7 +143,8 @@ def test_distill_compare_reads_the_teacher_folder_once(hf_tiny, tmp_path, monkey
     read = bigl_sam.checkpoint.read_safetensors
     monkeypatch.setattr(bigl_sam.checkpoint, "read_safetensors", lambda path: reads.append(path) or read(path))
     (tmp_path / "images").mkdir()
-    Image.fromarray(np.full((40, 60, 3), 90, dtype=np.uint8)).save(tmp_path / "images/a.png")
+    for name in ("a.png", "b.png"):  # compare holds out one and keeps one for training
+        Image.fromarray(np.full((40, 60, 3), 90, dtype=np.uint8)).save(tmp_path / "images" / name)
     assert main(["distill", "compare", "--teacher-from", str(folder), "--student", "bigl_test", "--images",
                  str(tmp_path / "images"), "--holdout", "1", "--keep-ratios", "1.0"]) == 0
     assert reads == [folder / "model.safetensors"]
