@@ -55,7 +55,8 @@ class MaskGenerator:
 
     `seconds` adds up, over `generate` calls, the time spent in each of `STAGES`: the image encoder, the
     prompt encoder and mask decoder, upsampling and scoring (stability, boxes, NMS, small regions), and
-    encoding (RLEs and the output form).
+    encoding (RLEs and the output form). `masks` counts the masks decoded and those upsampled (the ones
+    over `pred_iou_thresh`).
     """
 
     def __init__(
@@ -95,6 +96,7 @@ class MaskGenerator:
         self.output_mode = output_mode
         self.predictor = SamPredictor(model)
         self.seconds = dict.fromkeys(STAGES, 0.0)
+        self.masks = {"decoded": 0, "upsampled": 0}
 
     @property
     def model(self) -> Sam:
@@ -155,9 +157,11 @@ class MaskGenerator:
         low_res, iou_preds = self._decode(points, crop_size)  # (P*3) x h x w logits, P*3
         scoring = self._add(start, "decoder")
         point_of_mask = torch.as_tensor(points.repeat(3, axis=0))
+        self.masks["decoded"] += len(low_res)
         if s.pred_iou_thresh > 0.0:
             keep = iou_preds > s.pred_iou_thresh
             low_res, iou_preds, point_of_mask = low_res[keep], iou_preds[keep], point_of_mask[keep.cpu()]
+        self.masks["upsampled"] += len(low_res)
         per_chunk = max(1, CHUNK_BYTES // (4 * max(self.model.image_encoder.img_size**2, crop_size[0] * crop_size[1])))
         kept, scores, boxes, rles = [], [], [], []
         encoding = 0.0
