@@ -91,3 +91,8 @@ def test_rles_are_sams():
 def test_bad_settings_are_one_error(settings, message):
     with pytest.raises(BiglSamError, match=re.escape(message)):
         AmgSettings(**settings)
+
+
+def test_generator_refuses_what_sams_would_run_wrongly():
+    with pytest.raises(BiglSamError, match=re.escape("points_per_side must be at least 1, got 0")):
+        MaskGenerator(random_model("vit_test_256"), points_per_side=0)

@@ -81,7 +81,8 @@ class MaskGenerator:
         if output_mode not in OUTPUT_MODES:
             raise AmgSettingsError(f"output_mode must be one of {', '.join(OUTPUT_MODES)}, got {output_mode!r}")
         self.settings = AmgSettings(
-            points_per_side=points_per_side or 1, points_per_batch=points_per_batch, pred_iou_thresh=pred_iou_thresh,
+            points_per_side=AmgSettings.points_per_side if points_per_side is None else points_per_side,
+            points_per_batch=points_per_batch, pred_iou_thresh=pred_iou_thresh,
             stability_score_thresh=stability_score_thresh, stability_score_offset=stability_score_offset,
             box_nms_thresh=box_nms_thresh, crop_n_layers=crop_n_layers, crop_nms_thresh=crop_nms_thresh,
             crop_overlap_ratio=crop_overlap_ratio, crop_n_points_downscale_factor=crop_n_points_downscale_factor,
