@@ -106,3 +106,9 @@ def test_bad_settings_are_one_line(images, tmp_path, capsys, option, message):
     err = capsys.readouterr().err.strip()
     assert err == f"bigl-sam amg: error: {message}" or (message in err and len(err.splitlines()) == 1)
     assert not (tmp_path / "out").exists()
+
+
+def test_bench_checks_the_masks_against_sams(one_thread, images, capsys):
+    assert amg("--images", images, "--bench", "--max-images", "1", *FAST) == 0
+    out = capsys.readouterr().out
+    assert "same masks on 1 of 1 images" in out and "| sam |" in out and "| bigl-sam |" in out
