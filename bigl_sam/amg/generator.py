@@ -34,7 +34,6 @@ from segment_anything.utils.amg import (
     calculate_stability_score,
     coco_encode_rle,
     is_box_near_crop_edge,
-    rle_to_mask,
     uncrop_boxes_xyxy,
     uncrop_masks,
     uncrop_points,
