@@ -12,9 +12,10 @@ from bigl_sam.cli import main
 from bigl_sam.demo import render
 from bigl_sam.demo.api import segment
 from bigl_sam.demo.handlers import MAIN, TEACHER, DemoHandlers
+from bigl_sam.demo.inference import MAX_POINTS
 from bigl_sam.demo.models import load_demo_models
 from bigl_sam.demo.render import overlay_mask, routing_heat_map
-from bigl_sam.demo.session import BOX, NEGATIVE, Session
+from bigl_sam.demo.session import BOX, NEGATIVE, Prompts, Session
 from bigl_sam.errors import BiglSamError, CheckpointError
 
 
@@ -150,6 +151,13 @@ def test_user_mistakes_are_one_line_errors(student, uploaded, tmp_path):
     assert student.upload(None, uploaded).image is None
 
 
+def test_a_click_past_the_point_limit_is_refused_and_the_session_kept(student, uploaded):
+    full = uploaded.push(Prompts(points=((5.0, 5.0),) * MAX_POINTS, labels=(1,) * MAX_POINTS))
+    with pytest.raises(BiglSamError, match=f"click: {MAX_POINTS + 1} points, at most {MAX_POINTS}"):
+        student.click(full, 10, 10)
+    assert student.click(student.set_mode(full, BOX), 10, 10).prompts.corner == (10.0, 10.0)  # a box is no point
+
+
 def test_uploads_of_any_kind_become_upright_rgb(student, tmp_path, monkeypatch):
     rotated = tmp_path / "rotated.jpg"
     exif = Image.Exif()
@@ -180,6 +188,8 @@ def test_scripted_segment_reuses_the_embedding_and_answers_at_full_size(student,
     [
         ([[1, 2, 3]], None, "label 3"),
         ([[1]], None, r"point #1 is \[1\]"),
+        ("[[1, 2]]", None, "points is a str, expected a list"),
+        ([[1, 1]] * (MAX_POINTS + 1), None, f"{MAX_POINTS + 1} points, at most {MAX_POINTS}"),
         ([["a", 2]], None, "point #1 x"),
         ([], [1, 2, 3], "box is"),
         ([], None, "at least one point or a box"),

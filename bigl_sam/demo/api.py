@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import BiglSamError
 from ..images import load_image
-from .inference import Encoding, decode_click, encode_image
+from .inference import Encoding, check_point_count, decode_click, encode_image
 from .models import DemoModel
 from .render import save_mask_png, working_image
 
@@ -36,11 +36,14 @@ def segment(
 ) -> Tuple[str, dict, ApiCache]:
     """Image + prompts in original pixels -> (mask PNG path, info, cache for the client's next call).
 
-    points: [[x, y], ...] or [[x, y, label], ...] (label 1 object, 0 background; default 1);
-    box: [x0, y0, x1, y1]. The mask is the candidate with the best predicted IoU, at the image's size.
+    source: the image file's path (None: no image, an error). points: [[x, y], ...] or [[x, y, label], ...]
+    (label 1 object, 0 background; default 1), at most `inference.MAX_POINTS`; box: [x0, y0, x1, y1].
+    The mask is the candidate with the best predicted IoU, at the image's size.
     """
-    original = load_image(source)
     coords, labels = _parse_points(points)
+    if source is None:
+        raise BiglSamError("segment: no image given; send an image file with the prompts")
+    original = load_image(source)
     box = _parse_box(box)
     if not coords and box is None:
         raise BiglSamError("segment: give at least one point or a box")
@@ -82,8 +85,13 @@ def _resize_mask(mask: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
 
 
 def _parse_points(points: Optional[Sequence]) -> Tuple[List[Tuple[float, float]], List[int]]:
+    if points is None:
+        return [], []
+    if not isinstance(points, (list, tuple)):
+        raise BiglSamError(f"segment: points is a {type(points).__name__}, expected a list of [x, y] or [x, y, label]")
+    check_point_count(len(points), "segment")
     coords, labels = [], []
-    for i, point in enumerate(points or []):
+    for i, point in enumerate(points):
         if not isinstance(point, (list, tuple)) or len(point) not in (2, 3):
             raise BiglSamError(f"segment: point #{i + 1} is {point!r}, expected [x, y] or [x, y, label]")
         x, y, label = (*point, 1) if len(point) == 2 else point

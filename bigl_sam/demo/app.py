@@ -43,6 +43,23 @@ def _user_errors(fn):
     return wrapper
 
 
+def image_input(**kwargs) -> gr.Image:
+    """An image input that hands the upload on as its file's path, unopened: `bigl_sam.images.load_image` is
+    the one loader (EXIF, 16-bit, RGBA), so a corrupt file or a decompression bomb gets its one-line error
+    instead of failing inside Gradio's preprocessing, which opens every upload with PIL first. Set on the
+    instance: Gradio writes a .pyi stub beside any module that subclasses one of its components."""
+    image = gr.Image(type="filepath", image_mode=None, **kwargs)
+    opened = image.preprocess
+
+    def preprocess(payload):
+        if payload is None or payload.path is None:  # no image, or a data URL: Gradio's own handling
+            return opened(payload)
+        return payload.path
+
+    image.preprocess = preprocess
+    return image
+
+
 class Page(NamedTuple):
     """The interactive components; `outputs` are what every page event updates."""
 
@@ -76,10 +93,8 @@ def _page(handlers: DemoHandlers, examples: Sequence[Path]) -> Page:
     example_set = None
     with gr.Row():
         with gr.Column(scale=3):
-            image = gr.Image(
+            image = image_input(
                 label=f"{main.name}: click to segment",
-                type="filepath",
-                image_mode=None,  # the raw upload goes to bigl_sam.images.load_image (EXIF, 16-bit, RGBA)
                 sources=["upload", "clipboard"],
                 buttons=["download", "fullscreen"],
                 elem_id="bigl-image",
@@ -175,7 +190,7 @@ def _scripted_endpoint(fn) -> None:
     """`/segment` for gradio_client: (image, points, box, keep_ratio) -> (mask PNG, info). Its State keeps the
     last embedding per client, so repeated calls on one image skip the encoder."""
     with gr.Row(visible=False):
-        image = gr.Image(type="filepath", image_mode=None, label="image")
+        image = image_input(label="image")
         points = gr.JSON(label="points: [[x, y, label], ...] in image pixels, label 1 object / 0 background")
         box = gr.JSON(label="box: [x0, y0, x1, y1] or null")
         keep_ratio = gr.Number(label="keep_ratio (students; null: the model's)")

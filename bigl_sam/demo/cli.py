@@ -4,10 +4,13 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
-from ..distributed import DTYPES
+import torch
+
+from ..distributed import DTYPES, note_bfloat16
 from ..errors import BiglSamError
+from ..images import IMAGE_SUFFIXES
 from ..modeling.config import MODEL_CONFIGS
 from ..weights import WEIGHTS_DIR_HELP
 from .inference import compile_decoder
@@ -15,7 +18,6 @@ from .models import DemoModels, load_demo_models
 
 # The repository's own drawn examples (absent from a wheel install: then the page has none).
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "demo" / "examples"
-EXAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MAX_PORT = 65535
 
 
@@ -24,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--model", default="bigl_b_t", choices=names, help="model to run (default: bigl_b_t)")
     add("--checkpoint", type=Path, metavar="PATH",
-        help="its weights (default: MODEL*.pth in --weights-dir, else a student built from SAM's official files "
-             "there, else random weights)")
+        help="its weights (default: MODEL.pth, else the one MODEL*.pth, in --weights-dir; else a student built from "
+             "SAM's official files there, else random weights)")
     add("--compare", choices=names, help="also run this model (e.g. vit_h) on the same clicks")
     add("--compare-checkpoint", type=Path, metavar="PATH", help="weights of the --compare model")
     add("--keep-ratio", type=float, metavar="R",
@@ -35,16 +37,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"where to look for weights (default: {WEIGHTS_DIR_HELP})")
     add("--dtype", choices=tuple(DTYPES), default="float32",
         help="the image encoder's precision (bfloat16: autocast; default float32)")
-    add("--examples", type=Path, default=EXAMPLES_DIR, metavar="DIR", help="folder of example images")
+    add("--examples", type=Path, metavar="DIR",
+        help="folder of example images (default: the repository's demo/examples, where there is one)")
     add("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: the whole network)")
     add("--port", type=int, default=7860, help="port to serve on")
     add("--no-compile", action="store_true", help="skip compiling the mask decoder (faster start, slower clicks)")
 
 
-def example_images(folder: Path) -> List[Path]:
+def example_images(folder: Optional[Path] = None) -> List[Path]:
+    """The images in `folder`, a `BiglSamError` if it is missing or holds none; None: the repository's own
+    examples, or none where they are absent (a wheel install)."""
+    if folder is None:
+        return example_images(EXAMPLES_DIR) if EXAMPLES_DIR.is_dir() else []
     if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in EXAMPLE_SUFFIXES)
+        raise BiglSamError(f"--examples {folder}: no such folder")
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise BiglSamError(f"--examples {folder}: no {'/'.join(IMAGE_SUFFIXES)} images in it")
+    return images
 
 
 def _compile_decoders(models: DemoModels) -> None:
@@ -60,6 +70,8 @@ def _compile_decoders(models: DemoModels) -> None:
 def run(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= MAX_PORT:
         raise BiglSamError(f"--port must be in 0-{MAX_PORT}, got {args.port}")
+    examples = example_images(args.examples)
+    note_bfloat16(torch.device("cpu"), args.dtype)  # the demo runs on the CPU
     models = load_demo_models(
         args.model, args.checkpoint, args.compare, args.compare_checkpoint, args.keep_ratio, args.weights_dir,
         encoder_dtype=DTYPES[args.dtype],
@@ -73,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory(prefix="bigl-sam-demo-") as workdir:
         handlers = DemoHandlers(models, Path(workdir))
-        app = build_app(handlers, example_images(args.examples))
+        app = build_app(handlers, examples)
         try:
             launch(app, args.host, args.port, Path(workdir))
         except OSError as err:  # the port is taken, or the address is not this machine's

@@ -12,7 +12,7 @@ import numpy as np
 from ..amg import AmgSettings, MaskGenerator
 from ..errors import BiglSamError, check_keep_ratio
 from ..images import load_image
-from .inference import Encoding, Prediction, decode_click, encode_image
+from .inference import Encoding, Prediction, check_point_count, decode_click, encode_image
 from .models import DemoModel, DemoModels, weights_note
 from .render import color_masks, draw_prompts, overlay_mask, routing_heat_map, save_mask_png, thumbnail, working_image
 from .session import MODES, Session
@@ -60,7 +60,9 @@ class DemoHandlers:
         h, w = image.shape[:2]
         if not (0 <= x <= w and 0 <= y <= h):
             raise BiglSamError(f"click at ({x:g}, {y:g}) is outside the {_size(image)} image")
-        return self._decode(session.push(session.prompts.with_click(float(x), float(y), session.mode)))
+        prompts = session.prompts.with_click(float(x), float(y), session.mode)
+        check_point_count(len(prompts.points), "click")
+        return self._decode(session.push(prompts))
 
     def set_mode(self, session: Session, mode: str) -> Session:
         if mode not in MODES:

@@ -14,18 +14,24 @@ import torch
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
+from ..distributed import autocast
+from ..errors import BiglSamError
 from ..images import sam_input
 from ..modeling.config import check_keep_ratio
 from ..modeling.encoder import BigLittleImageEncoder, routing_map
 
 Size = Tuple[int, int]
 
+# Prompt points one decode takes. Interactive use needs a few dozen at most, and the decoder's attention
+# over the prompt tokens grows with the square of their count: unbounded, one request could take all memory.
+MAX_POINTS = 64
+
 
 @dataclass(frozen=True)
 class Encoding:
     """One image's embedding, as `SamPredictor` keeps it after `set_image`."""
 
-    features: torch.Tensor  # 1 x 256 x 64 x 64
+    features: torch.Tensor  # 1 x 256 x 64 x 64, float32, contiguous (`as_embedding`)
     original_size: Size  # (H, W) of the image
     input_size: Size  # (H, W) after resizing the long side to 1024
     routing: Optional[np.ndarray]  # h x w image tokens: share of layers that took each to the P-path; None: SAM ViT
@@ -61,7 +67,7 @@ def encode_image(
     x, input_size = sam_input(image, model.pixel_mean, model.pixel_std, encoder.img_size)
     x = x[None]
     routing, ratio = None, None
-    with torch.autocast(x.device.type, dtype=dtype, enabled=dtype != torch.float32):
+    with autocast(x.device, dtype):
         if is_student(model):
             ratio = check_keep_ratio(encoder.keep_ratio if keep_ratio is None else keep_ratio)
             features, layers = encoder.forward_with_routing(x, ratio, valid_size=input_size)
@@ -69,7 +75,15 @@ def encode_image(
         else:
             features = encoder(x)
     seconds = time.perf_counter() - start
-    return Encoding(features.float(), image.shape[:2], input_size, routing, ratio, seconds)
+    return Encoding(as_embedding(features), image.shape[:2], input_size, routing, ratio, seconds)
+
+
+def as_embedding(features: torch.Tensor) -> torch.Tensor:
+    """The one layout every embedding handed to the decoder has: float32, contiguous (a student's neck
+    returns B x 256 x 64 x 64 with channels-last strides, SAM's ViT a contiguous tensor). The compiled
+    decoder's graph is specialised to its input's strides, so the warm-up's embedding and every image's
+    must agree, whichever encoder made them."""
+    return features.to(torch.float32, memory_format=torch.contiguous_format)
 
 
 def _routing_over_image(layers, encoder: BigLittleImageEncoder, input_size: Size) -> np.ndarray:
@@ -91,6 +105,12 @@ def dense_positional_encoding(model: Sam) -> torch.Tensor:
     if encoder not in _DENSE_PE:
         _DENSE_PE[encoder] = encoder.get_dense_pe()
     return _DENSE_PE[encoder]
+
+
+def check_point_count(count: int, what: str) -> None:
+    """`count` prompt points are more than one decode takes: a `BiglSamError` naming `MAX_POINTS`."""
+    if count > MAX_POINTS:
+        raise BiglSamError(f"{what}: {count} points, at most {MAX_POINTS} are taken in one prompt")
 
 
 @torch.inference_mode()
@@ -133,8 +153,9 @@ def compile_decoder(model: Sam) -> float:
     disk). If compiling fails (no C++ compiler, say), the decoder is left eager and the error re-raised.
 
     The warm-up decodes exactly as a click does (`decode_click` on an embedding made under inference mode,
-    float32, 1 x 256 x 64 x 64, like `encode_image`'s), so the compiled graph's guards hold for the first
-    real click and it is not compiled again.
+    1 x 256 x 64 x 64 in `as_embedding`'s layout, like `encode_image`'s), so the compiled graph's guards
+    (dtype, strides, inference flag; grad mode is set by `decode_click` itself, whatever the thread) hold
+    for the first click a server's worker thread makes, and it is not compiled again.
     """
     decoder = model.mask_decoder
     decoder.forward = torch.compile(decoder.forward, dynamic=True)
@@ -154,5 +175,5 @@ def blank_encoding(model: Sam) -> Encoding:
     """An all-zero embedding of a 1024 x 1024 image, made the way `encode_image` makes one."""
     side = model.image_encoder.img_size
     grid = model.prompt_encoder.image_embedding_size
-    features = torch.zeros(1, model.prompt_encoder.embed_dim, *grid, device=model.device)
+    features = as_embedding(torch.zeros(1, model.prompt_encoder.embed_dim, *grid, device=model.device))
     return Encoding(features, (side, side), (side, side), None, None, 0.0)
