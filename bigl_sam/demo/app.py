@@ -71,6 +71,7 @@ class Page(NamedTuple):
     mode: gr.Radio
     undo: gr.Button
     clear: gr.Button
+    everything: gr.Button
     keep_ratio: gr.Slider
     outputs: List[gr.components.Component]  # state, then View's fields in order
 
@@ -113,6 +114,7 @@ def _page(handlers: DemoHandlers, examples: Sequence[Path]) -> Page:
             with gr.Row():
                 undo = gr.Button("Undo last click", elem_id="bigl-undo")
                 clear = gr.Button("Clear clicks", elem_id="bigl-clear")
+            everything = gr.Button("Everything: every mask of the image", elem_id="bigl-everything")
             keep_ratio = gr.Slider(
                 0.05,
                 1.0,
@@ -141,7 +143,8 @@ def _page(handlers: DemoHandlers, examples: Sequence[Path]) -> Page:
     shown = dict(image=image, teacher_image=teacher_image, candidates=candidates, mask_png=download,
                  status=status, routing=routing)  # fmt: skip
     outputs = [state, *(shown[name] for name in View._fields)]
-    return Page(state, image, teacher_image, candidates, example_set, mode, undo, clear, keep_ratio, outputs)
+    return Page(state, image, teacher_image, candidates, example_set, mode, undo, clear, everything, keep_ratio,
+                outputs)
 
 
 def _wire(page: Page, handlers: DemoHandlers) -> None:
@@ -179,6 +182,8 @@ def _wire(page: Page, handlers: DemoHandlers) -> None:
     page.mode.change(step(handlers.set_mode), [state, page.mode], outputs, **decoder)
     page.undo.click(step(handlers.undo), [state], outputs, **decoder)
     page.clear.click(step(handlers.clear), [state], outputs, **decoder)
+    page.everything.click(step(handlers.everything), [state, page.keep_ratio], outputs, api_name="everything",
+                          concurrency_id="encoder", concurrency_limit=ENCODER_CONCURRENCY)
 
 
 def _scripted_endpoint(fn) -> None:

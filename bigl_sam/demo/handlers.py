@@ -2,20 +2,23 @@
 turns a session into what the page shows. Gradio is not imported here: tests call these directly.
 """
 
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from ..errors import BiglSamError
+from ..amg import AmgSettings, MaskGenerator
+from ..errors import BiglSamError, check_keep_ratio
 from ..images import load_image
 from .inference import Encoding, Prediction, check_point_count, decode_click, encode_image
 from .models import DemoModel, DemoModels, weights_note
-from .render import draw_prompts, overlay_mask, routing_heat_map, save_mask_png, thumbnail, working_image
+from .render import color_masks, draw_prompts, overlay_mask, routing_heat_map, save_mask_png, thumbnail, working_image
 from .session import MODES, Session
 
 MAIN, TEACHER = "main", "teacher"
+EVERYTHING = " Everything: "  # starts the note of the last "Everything" run
 
 
 class View(NamedTuple):
@@ -33,6 +36,7 @@ class DemoHandlers:
     def __init__(self, models: DemoModels, workdir: Path) -> None:
         self.models = models
         self.workdir = Path(workdir)
+        self.everything_settings = AmgSettings()  # SAM's generator defaults
 
     def _roles(self):
         yield MAIN, self.models.main
@@ -78,6 +82,27 @@ class DemoHandlers:
             return session
         encodings = dict(session.encodings, **{MAIN: self._encode(self.models.main, session.image, keep_ratio)})
         return self._decode(replace(session, encodings=encodings))
+
+    def everything(self, session: Session, keep_ratio: Optional[float] = None) -> Session:
+        """Every mask of the image (SAM's automatic mask generator, `bigl_sam.amg`) with the main model at
+        `keep_ratio` (students; None: the model's), coloured on the image until the next click."""
+        image = _require_image(session)
+        main = self.models.main
+        encoder = main.model.image_encoder
+        model_ratio = encoder.keep_ratio if main.is_student else None
+        start = time.perf_counter()
+        try:
+            if main.is_student and keep_ratio is not None:
+                encoder.keep_ratio = check_keep_ratio(keep_ratio, "keep ratio")
+            masks = MaskGenerator(main.model, **self.everything_settings.as_kwargs()).generate(image)
+        finally:
+            if main.is_student:
+                encoder.keep_ratio = model_ratio
+        seconds = time.perf_counter() - start
+        ratio = f" at keep ratio {keep_ratio if keep_ratio is not None else model_ratio:.2f}" if main.is_student else ""
+        note = f"{session.note.split(EVERYTHING)[0]}{EVERYTHING}{len(masks)} masks in {seconds:.1f} s{ratio}."
+        picture = color_masks(image, [m["segmentation"] for m in masks])
+        return replace(session.cleared(), everything=picture, note=note)
 
     def choose(self, session: Session, index: int) -> Session:
         prediction = session.predictions.get(MAIN)
@@ -127,6 +152,8 @@ class DemoHandlers:
         if role not in session.encodings:
             return None
         prediction: Optional[Prediction] = session.predictions.get(role)
+        if prediction is None and role == MAIN and session.everything is not None:
+            return session.everything
         picture = session.image if prediction is None else overlay_mask(session.image, prediction.masks[chosen])
         return draw_prompts(picture, session.prompts)
 

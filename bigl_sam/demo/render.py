@@ -3,7 +3,7 @@ map and the mask PNG. All take and return H x W x 3 uint8 RGB arrays."""
 
 import hashlib
 from pathlib import Path
-from typing import Tuple
+from typing import Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -31,6 +31,16 @@ def overlay_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     out = np.where(mask[:, :, None], tinted, image)
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     cv2.drawContours(out, contours, -1, (255, 255, 255), _stroke(image))
+    return out
+
+
+def color_masks(image: np.ndarray, masks: Sequence[np.ndarray], seed: int = 0) -> np.ndarray:
+    """image: H x W x 3, masks: H x W bool each -> the image with each mask tinted its own random colour,
+    largest first so that small masks stay visible on top."""
+    out = image.copy()
+    colors = np.random.default_rng(seed).integers(0, 256, (len(masks), 3))
+    for mask, color in sorted(zip(masks, colors), key=lambda pair: -int(pair[0].sum())):
+        out[mask] = (out[mask] * (1 - MASK_ALPHA) + color * MASK_ALPHA).astype(np.uint8)
     return out
 
 

@@ -63,6 +63,7 @@ class Session:
     encodings: Dict[str, Encoding] = field(default_factory=dict)
     predictions: Dict[str, Prediction] = field(default_factory=dict)
     chosen: Optional[int] = None  # the candidate the user picked; None: the best predicted IoU
+    everything: Optional[np.ndarray] = None  # the image with every mask of "Everything" coloured in, until a click
 
     @property
     def prompts(self) -> Prompts:
@@ -81,4 +82,4 @@ class Session:
         return replace(self, history=self.history[:-1] or (Prompts(),), chosen=None)
 
     def cleared(self) -> "Session":
-        return replace(self, history=(Prompts(),), predictions={}, chosen=None)
+        return replace(self, history=(Prompts(),), predictions={}, chosen=None, everything=None)

@@ -1,0 +1,124 @@
+"""`bigl-sam amg --images DIR --out DIR`: every mask of every image in a folder (SAM's automatic mask
+generator, the same masks, faster: `generator.py`), written as SAM's `scripts/amg.py` writes them plus one
+COCO file (`outputs.py`). Resumes after a kill; shards over processes under `torchrun` as `eval` does.
+`--bench` instead times SAM's generator against this one on the images (`bench.py`).
+"""
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List
+
+import torch
+from tqdm import tqdm
+
+from .. import distributed
+from ..errors import BiglSamError
+from ..evaluation.runner import ModelSpec
+from ..evaluation.sharding import Shard, gather_to_main
+from ..images import IMAGE_SUFFIXES, load_image
+from ..pretrained import choose_weights
+from ..weights import WEIGHTS_DIR_HELP
+from . import bench, outputs
+from .generator import MaskGenerator
+from .settings import add_setting_arguments, settings_from_args
+
+OUTPUT_MODES = ("binary_mask", "coco_rle")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images", required=True, type=Path, help="folder of the images (not its subfolders)")
+    parser.add_argument("--out", type=Path, default=None, help="folder of the masks (resumes what it holds)")
+    parser.add_argument("--model", default="bigl_b_t", help="registry name (default bigl_b_t)")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="weights of --model; left out: the student's file in --weights-dir, else one built "
+                             "from SAM's official files there, else random weights")
+    parser.add_argument("--weights-dir", type=Path, default=None, metavar="DIR",
+                        help=f"where to look for weights (default: {WEIGHTS_DIR_HELP})")
+    parser.add_argument("--keep-ratio", type=float, default=None,
+                        help="share of tokens in the P-path, for students (default: the one their file was saved "
+                             "with)")
+    parser.add_argument("--output-mode", choices=OUTPUT_MODES, default="binary_mask",
+                        help="per image: a folder of PNG masks and metadata.csv, or a JSON of COCO RLEs (as SAM's "
+                             "scripts/amg.py); masks_coco.json for the whole folder either way")
+    parser.add_argument("--max-images", type=int, default=None, help="the first N images (by file name)")
+    parser.add_argument("--device", default=None, help="default: this rank's GPU if there is one, else cpu")
+    parser.add_argument("--dtype", choices=tuple(distributed.DTYPES), default="float32",
+                        help="bfloat16: autocast the encoder and decoder (for GPUs)")
+    parser.add_argument("--bench", action="store_true",
+                        help="time SAM's SamAutomaticMaskGenerator and this generator on the images instead "
+                             "(checks that the masks are the same); writes nothing")
+    add_setting_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    spec = ModelSpec(args.model, choose_weights(args.model, args.checkpoint, args.weights_dir), args.keep_ratio)
+    files = image_files(args.images, args.max_images)
+    if args.bench:
+        device = distributed.pick_device(args.device)
+        bench.run(spec.load(device), files, settings, args.dtype)
+        return 0
+    if args.out is None:
+        raise BiglSamError("--out is required (or --bench)")
+    names = [path.stem for path in files]
+    twins = sorted({name for name in names if names.count(name) > 1})
+    if twins:
+        raise BiglSamError(f"{args.images}: images share a name without suffix ({', '.join(twins[:3])}): their "
+                           "masks would land in one folder")
+    process = distributed.start(args.device, backend="gloo")
+    shard = Shard(process.rank, process.world_size)
+    model = spec.load(process.device)
+    recorded = {**spec.settings(model), **settings.as_kwargs(), "dtype": args.dtype, "output_mode": args.output_mode}
+    if shard.is_main:
+        outputs.check_settings(args.out, recorded)
+    distributed.barrier(process)
+    if not shard.is_main:
+        outputs.check_settings(args.out, recorded)
+    skipped = _segment(MaskGenerator(model, **settings.as_kwargs(), output_mode="uncompressed_rle"),
+                       shard.take(files), args, process)
+    skipped = gather_to_main(skipped, shard)
+    if not shard.is_main:
+        return 0
+    done = [path.stem for path in files if outputs.record_path(args.out, path.stem).is_file()]
+    if not done:
+        raise BiglSamError(f"no image could be read in {args.images}, e.g. {skipped[0]}")
+    coco = outputs.write_coco(args.out, done, skipped)
+    for reason in skipped:
+        print(f"skipped {reason}", file=sys.stderr)
+    print(f"{len(done)} of {len(files)} images segmented, {len(skipped)} skipped; wrote {coco}", file=sys.stderr)
+    return 0
+
+
+def _segment(generator: MaskGenerator, mine: List[Path], args: argparse.Namespace,
+             process: distributed.Process) -> List[str]:
+    """Segments this process's images that have no record yet; returns why images were skipped."""
+    todo = [path for path in mine if not outputs.record_path(args.out, path.stem).is_file()]
+    if len(todo) < len(mine):
+        tqdm.write(f"amg [rank {process.rank}]: {len(mine) - len(todo)} of {len(mine)} images already done in "
+                   f"{args.out}, {len(todo)} to go", file=sys.stderr)
+    skipped = []
+    autocast = torch.autocast(process.device.type, dtype=distributed.DTYPES[args.dtype],
+                              enabled=args.dtype != "float32")
+    for path in tqdm(todo, desc=f"amg [rank {process.rank}]", unit="image"):
+        try:
+            image = load_image(path)
+        except BiglSamError as err:
+            skipped.append(str(err))
+            continue
+        with autocast:
+            masks = generator.generate(image)
+        outputs.write_image(args.out, path.stem, path.name, image.shape[:2], masks, args.output_mode)
+    return skipped
+
+
+def image_files(folder: Path, max_images=None) -> List[Path]:
+    """The image files directly in `folder` (by suffix), sorted by name; the first `max_images`."""
+    if not folder.is_dir():
+        raise BiglSamError(f"--images {folder}: not a folder")
+    if max_images is not None and max_images < 1:
+        raise BiglSamError(f"--max-images must be at least 1, got {max_images}")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise BiglSamError(f"--images {folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+    return files[:max_images]

@@ -1,0 +1,84 @@
+"""The settings of segment-everything, declared once: `SamAutomaticMaskGenerator`'s constructor arguments
+and defaults, their checks, and the `bigl-sam amg` options made from them."""
+
+import argparse
+import math
+from dataclasses import dataclass, fields
+from typing import Any, Dict
+
+from segment_anything.utils.amg import generate_crop_boxes
+
+from ..errors import BiglSamError
+
+# More crops than this (crop_n_layers=3 makes 1 + 4 + 16 + 64 = 85) is refused: each crop is one more encoder
+# pass and one more point grid.
+MAX_CROPS = 85
+OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+
+
+class AmgSettingsError(BiglSamError, ValueError):
+    """A generator setting out of its range."""
+
+
+@dataclass(frozen=True)
+class AmgSettings:
+    """SAM's generator settings, with SAM's defaults (its `SamAutomaticMaskGenerator.__init__`)."""
+
+    points_per_side: int = 32
+    points_per_batch: int = 64
+    pred_iou_thresh: float = 0.88
+    stability_score_thresh: float = 0.95
+    stability_score_offset: float = 1.0
+    box_nms_thresh: float = 0.7
+    crop_n_layers: int = 0
+    crop_nms_thresh: float = 0.7
+    crop_overlap_ratio: float = 512 / 1500
+    crop_n_points_downscale_factor: int = 1
+    min_mask_region_area: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("points_per_side", "points_per_batch", "crop_n_points_downscale_factor"):
+            _check(name, getattr(self, name), int, 1, math.inf)
+        for name in ("crop_n_layers", "min_mask_region_area"):
+            _check(name, getattr(self, name), int, 0, math.inf)
+        for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "crop_nms_thresh"):
+            _check(name, getattr(self, name), float, 0.0, 1.0)
+        _check("stability_score_offset", self.stability_score_offset, float, 0.0, math.inf)
+        _check("crop_overlap_ratio", self.crop_overlap_ratio, float, 0.0, 1.0)
+        crops = sum(4**layer for layer in range(self.crop_n_layers + 1))
+        if crops > MAX_CROPS:
+            raise AmgSettingsError(f"crop_n_layers {self.crop_n_layers} makes {crops} crops per image; the limit is "
+                                   f"{MAX_CROPS} (crop_n_layers at most 3)")
+        points = self.points_per_side // self.crop_n_points_downscale_factor**self.crop_n_layers
+        if points < 1:
+            raise AmgSettingsError(
+                f"points_per_side {self.points_per_side} leaves no point in crop layer {self.crop_n_layers} "
+                f"(divided by crop_n_points_downscale_factor {self.crop_n_points_downscale_factor} per layer)")
+
+    def as_kwargs(self) -> Dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def crop_boxes(self, height: int, width: int):
+        """The crop boxes (x0, y0, x1, y1 pixels) and their layers, as SAM's generator makes them."""
+        return generate_crop_boxes((height, width), self.crop_n_layers, self.crop_overlap_ratio)
+
+
+def _check(name: str, value, kind: type, low: float, high: float) -> None:
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int and not (is_number and float(value).is_integer()):
+        raise AmgSettingsError(f"{name} must be a whole number, got {value!r}")
+    if not (is_number and low <= value <= high):  # NaN fails the comparison too
+        span = f"at least {low:g}" if high == math.inf else f"in [{low:g}, {high:g}]"
+        raise AmgSettingsError(f"{name} must be {span}, got {value!r}")
+
+
+def add_setting_arguments(parser: argparse.ArgumentParser) -> None:
+    """One `--points-per-side N` style option per setting, SAM's default as the default."""
+    group = parser.add_argument_group("generator settings (SAM's SamAutomaticMaskGenerator, same defaults)")
+    for f in fields(AmgSettings):
+        group.add_argument(f"--{f.name.replace('_', '-')}", type=f.type, default=f.default,
+                           metavar="N" if f.type is int else "X", help=f"default {f.default:g}")
+
+
+def settings_from_args(args: argparse.Namespace) -> AmgSettings:
+    return AmgSettings(**{f.name: getattr(args, f.name) for f in fields(AmgSettings)})

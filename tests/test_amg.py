@@ -1,0 +1,98 @@
+"""`bigl_sam.amg.MaskGenerator` gives segment_anything's `SamAutomaticMaskGenerator` masks, bit for bit."""
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from segment_anything import SamAutomaticMaskGenerator
+from segment_anything.utils.amg import mask_to_rle_pytorch, rle_to_mask
+
+from bigl_sam import build_model
+from bigl_sam.amg import AmgSettings, MaskGenerator
+from bigl_sam.amg.generator import masks_to_rles, rle_to_binary_mask, same_masks
+from bigl_sam.errors import BiglSamError
+from bigl_sam.modeling import get_config
+from conftest import randomize_, small_test_configs
+
+# Random weights give small logits and low predicted IoUs: thresholds under which some masks pass and some
+# do not; box NMS at 1.0 keeps distinct masks whose boxes all span the image.
+SURVIVE = dict(pred_iou_thresh=0.02, stability_score_thresh=0.6, stability_score_offset=0.02, box_nms_thresh=1.0)
+
+
+def photo(height: int = 120, width: int = 160, seed: int = 0) -> np.ndarray:
+    """A photo-like H x W x 3 uint8 image: a background, overlapping discs of flat colours, sensor noise."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[:height, :width]
+    image = np.zeros((height, width, 3), np.float32) + rng.uniform(0, 255, 3)
+    for _ in range(6):
+        y, x, radius = rng.uniform(0, height), rng.uniform(0, width), rng.uniform(10, 40)
+        image[(rows - y) ** 2 + (cols - x) ** 2 < radius**2] = rng.uniform(0, 255, 3)
+    return np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)
+
+
+_models = {}
+
+
+def random_model(name: str):
+    if name not in _models:
+        small = {config.name: config for config in small_test_configs()}
+        _models[name] = randomize_(build_model(small.get(name) or get_config(name)), 0).eval()
+    return _models[name]
+
+
+def assert_same(model, image, **settings):
+    theirs = SamAutomaticMaskGenerator(model, **settings).generate(image)
+    ours = MaskGenerator(model, **settings).generate(image)
+    assert same_masks(ours, theirs), (len(ours), len(theirs))
+    return ours
+
+
+@pytest.mark.parametrize("name", ["vit_test_256", "bigl_test_256"])
+def test_same_masks_where_masks_survive(one_thread, name):
+    ours = assert_same(random_model(name), photo(), points_per_side=8, **SURVIVE)
+    assert 0 < len(ours) < 3 * 8 * 8  # the filters both kept and dropped masks
+
+
+@pytest.mark.parametrize("name,points", [("vit_test_256", 8), ("bigl_test", 4)])
+def test_same_masks_at_sam_defaults(one_thread, name, points):
+    assert_same(random_model(name), photo(), points_per_side=points)
+
+
+def test_same_masks_with_a_crop_layer(one_thread):
+    ours = assert_same(random_model("vit_test_256"), photo(), points_per_side=4, crop_n_layers=1,
+                       crop_nms_thresh=1.0, output_mode="coco_rle", **SURVIVE)
+    assert ours  # (masks of the 4 crops all touch their crop's inner edges: SAM's crop-edge filter drops them)
+
+
+def test_same_masks_with_small_regions_removed(one_thread):
+    assert_same(random_model("bigl_test_256"), photo(seed=1), points_per_side=8, min_mask_region_area=100,
+                output_mode="uncompressed_rle", **SURVIVE)
+
+
+def test_rles_are_sams():
+    generator = torch.Generator().manual_seed(0)
+    masks = torch.rand(5, 7, 9, generator=generator) > 0.5
+    masks[0] = True
+    masks[1] = False
+    masks[2, 0, 0] = True
+    ours = masks_to_rles(masks)
+    assert ours == mask_to_rle_pytorch(masks)
+    for rle in ours:
+        assert np.array_equal(rle_to_binary_mask(rle), rle_to_mask(rle))
+
+
+@pytest.mark.parametrize("settings,message", [
+    (dict(pred_iou_thresh=-0.1), "pred_iou_thresh must be in [0, 1]"),
+    (dict(points_per_side=0), "points_per_side must be at least 1"),
+    (dict(crop_n_layers=4), "makes 341 crops per image; the limit is 85"),
+    (dict(points_per_batch=2.5), "points_per_batch must be a whole number"),
+])
+def test_bad_settings_are_one_error(settings, message):
+    with pytest.raises(BiglSamError, match=re.escape(message)):
+        AmgSettings(**settings)
+
+
+def test_generator_refuses_what_sams_would_run_wrongly():
+    with pytest.raises(BiglSamError, match=re.escape("points_per_side must be at least 1, got 0")):
+        MaskGenerator(random_model("vit_test_256"), points_per_side=0)
