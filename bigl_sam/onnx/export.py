@@ -226,9 +226,17 @@ def check_export(model: Sam, folder: Path, ratios: Sequence[float]) -> dict:
             diffs[key] = _max_abs(got, expected)
             if diffs[key] > EMBEDDING_TOLERANCE:
                 failures.append(f"{key}: embeddings differ by {diffs[key]:.3g} (tolerance {EMBEDDING_TOLERANCE:g})")
-        features = expected  # the last ratio's embeddings (1.0 for students)
-        torch_decoder = SamOnnxModel(model, return_single_mask=False).eval()
-        previous = None
+        check_decoder(model, decoder, expected, diffs, failures)  # the last ratio's embeddings (1.0 for students)
+    return check_report(diffs, failures)
+
+
+def check_decoder(model: Sam, decoder, features: torch.Tensor, diffs: Dict[str, float], failures: List[str]) -> None:
+    """Adds the max abs difference onnxruntime (`decoder`, a session) vs PyTorch per prompt kind of
+    `CHECK_PROMPTS` on `features` (1 x 256 x 64 x 64) to `diffs`, and a line per kind beyond the tolerance
+    to `failures`."""
+    torch_decoder = SamOnnxModel(model, return_single_mask=False).eval()
+    previous = None
+    with torch.no_grad():
         for kind, (points, labels, box, use_mask) in CHECK_PROMPTS.items():
             args = _decoder_inputs(features, points, labels, box, CHECK_IMAGE_HW, previous if use_mask else None)
             expected_outputs = torch_decoder(*args)
@@ -238,6 +246,10 @@ def check_export(model: Sam, folder: Path, ratios: Sequence[float]) -> dict:
                 failures.append(f"decoder with {kind}: outputs differ by {diffs[f'decoder:{kind}']:.3g} "
                                 f"(tolerance {DECODER_TOLERANCE:g})")
             previous = expected_outputs[2][:, :1]
+
+
+def check_report(diffs: Dict[str, float], failures: List[str]) -> dict:
+    """export.json's "check" entry."""
     return {
         "max_abs_diff": {k: float(f"{v:.3g}") for k, v in diffs.items()},
         "tolerance": {"embeddings": EMBEDDING_TOLERANCE, "decoder": DECODER_TOLERANCE},
