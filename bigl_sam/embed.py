@@ -70,8 +70,10 @@ def run(args: argparse.Namespace) -> int:
         "keep_ratio": keep_ratio_of(model),
         "dtype": args.dtype,
     }
+    # Every rank checks every record, so that a folder of another run stops all of them alike.
+    done = {path.name for path in images if _done(args.out, path.name, settings)}
     mine = shard.take(images)
-    todo = [path for path in mine if not _done(args.out, path.name, settings)]
+    todo = [path for path in mine if path.name not in done]
     if len(todo) < len(mine):
         tqdm.write(f"embed [rank {shard.rank}]: {len(mine) - len(todo)} of {len(mine)} images already in {args.out}, "
                    f"{len(todo)} to go", file=sys.stderr)
