@@ -37,8 +37,9 @@ from .export import (
     check_image,
     check_report,
     export_decoder,
+    write_manifest,
 )
-from .interface import DECODER_FILE, DEFAULT_KEEP_RATIO_KEY, EMBEDDING_OUTPUT, ENCODER_FILE, MANIFEST_FILE
+from .interface import DECODER_FILE, DEFAULT_KEEP_RATIO_KEY, EMBEDDING_OUTPUT, ENCODER_FILE
 from .predictor import open_session
 
 CONFIG_FILE = "config.yaml"
@@ -113,10 +114,7 @@ def export_anylabeling(
         "versions": _versions(),
         "check": check,
     }
-    atomic_write_text(out / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
-    if not check["passed"]:
-        raise BiglSamError(f"export check failed: {check['failures'][0]} (files kept in {out} for inspection)")
-    return manifest
+    return write_manifest(out, manifest)
 
 
 def export_rgb_encoder(model: Sam, keep_ratio: Optional[float], path: Path, opset: int = DEFAULT_OPSET) -> None:

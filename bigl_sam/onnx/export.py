@@ -111,7 +111,13 @@ def export_onnx(
         "versions": _versions(),
         "check": check,
     }
+    return write_manifest(out, manifest)
+
+
+def write_manifest(out: Path, manifest: dict) -> dict:
+    """Writes export.json (`manifest`, with its "check") into `out`, then raises if the check failed."""
     atomic_write_text(out / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
+    check = manifest["check"]
     if not check["passed"]:
         raise BiglSamError(f"export check failed: {check['failures'][0]} (files kept in {out} for inspection)")
     return manifest
