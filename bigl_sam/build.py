@@ -1,5 +1,6 @@
 """Builders: a config name -> a `segment_anything.modeling.Sam`, like SAM's own `sam_model_registry`."""
 
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Callable, Dict, Optional, Union
@@ -7,13 +8,15 @@ from typing import Callable, Dict, Optional, Union
 import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-from .checkpoint import check_student_config, load_state_dict_into, read_weights
+from .checkpoint import ModelWeights, as_weights, check_config, load_state_dict_into
 from .errors import CheckpointError
 from .images import PIXEL_MEAN, PIXEL_STD
 from .modeling import BigLittleConfig, BigLittleImageEncoder, SamVitConfig, get_config
-from .modeling.config import MODEL_CONFIGS, ModelConfig, infer_sam_vit_name
+from .modeling.config import MODEL_CONFIGS, ModelConfig
 
 PathLike = Union[str, Path]
+# A model file's path, or the file read already (`checkpoint.read_model`): a command reads each file once.
+Checkpoint = Union[PathLike, ModelWeights]
 
 
 def build_model(config: ModelConfig) -> Sam:
@@ -64,86 +67,85 @@ def _sam_vit_encoder(config: SamVitConfig) -> ImageEncoderViT:
     )
 
 
-def build_sam(name: str, checkpoint: Optional[PathLike] = None) -> Sam:
-    """`sam_model_registry[name](checkpoint)`: SAM keys load official SAM files, bigl keys student files."""
+def build_sam(name: str, checkpoint: Optional[Checkpoint] = None) -> Sam:
+    """`sam_model_registry[name](checkpoint)`: SAM keys load SAM files (official, transformers, or
+    `save_checkpoint`'s), bigl keys student files."""
     model = build_model(get_config(name))
     if checkpoint is None:
         return model
-    config, state = read_weights(checkpoint)
-    if config is not None:
-        check_student_config(config, model.config, checkpoint)
-        model.image_encoder.keep_ratio = config.keep_ratio  # the ratio the file was saved with
-    elif isinstance(model.config, BigLittleConfig):
+    weights = as_weights(checkpoint)
+    if isinstance(model.config, BigLittleConfig) and not weights.is_student:
         raise CheckpointError(
-            f"{checkpoint}: is an official SAM checkpoint, not a {name} student; start a student from it "
+            f"{weights.source}: is a SAM checkpoint, not a {name} student; start a student from it "
             f"with bigl_sam.build_student_from_sam({name!r}, encoder_checkpoint=..., decoder_checkpoint=...)"
         )
-    load_state_dict_into(model, state, checkpoint)
+    if weights.config is not None:
+        check_config(weights.config, model.config, weights.source)
+    if weights.is_student:
+        model.image_encoder.keep_ratio = weights.config.keep_ratio  # the ratio the file was saved with
+    load_state_dict_into(model, weights.state, weights.source)
     return model
 
 
-def load_sam(checkpoint: PathLike) -> Sam:
-    """Rebuilds whatever model `checkpoint` holds: a bigl-sam student (its config travels with it) or an
-    official SAM ViT-B/L/H file (its size is read off the weights)."""
-    config, state = read_weights(checkpoint)
-    if config is None:
-        config = MODEL_CONFIGS[infer_sam_vit_name(state, checkpoint)]
-    model = build_model(config)
-    load_state_dict_into(model, state, checkpoint)
+def load_sam(checkpoint: Checkpoint) -> Sam:
+    """Rebuilds whatever model `checkpoint` holds: a bigl-sam student (its config travels with it), a SAM
+    ViT-B/L/H (official file: its size is read off the weights; transformers folder: off its config.json)."""
+    weights = as_weights(checkpoint)
+    model = build_model(weights.architecture())
+    load_state_dict_into(model, weights.state, weights.source)
     return model
 
 
 def build_student_from_sam(
-    name: str, encoder_checkpoint: Optional[PathLike], decoder_checkpoint: Optional[PathLike] = None
+    name: str, encoder_checkpoint: Optional[Checkpoint], decoder_checkpoint: Optional[Checkpoint] = None
 ) -> Sam:
     """A fresh student: P-path, patch/position embedding and neck from the SAM checkpoint of the matching
     size; prompt encoder and mask decoder from `decoder_checkpoint` (the teacher's; defaults to the
-    encoder's file). Router and E-path start fresh, the E-path with a zero residual scale.
+    encoder's file). Router and E-path start fresh, the E-path with a zero residual scale. Either
+    checkpoint may be any SAM file `load_sam` reads, or one read already.
     """
     config = get_config(name)
     if not isinstance(config, BigLittleConfig):
         raise CheckpointError(f"{name} is not a big.LITTLE student; known students: {', '.join(_students())}")
-    encoder_state = _read_official(encoder_checkpoint) if encoder_checkpoint is not None else None
-    if encoder_state is not None:
-        _check_p_path_size(encoder_state, config, encoder_checkpoint)
-    if decoder_checkpoint is None or decoder_checkpoint == encoder_checkpoint:
-        decoder_checkpoint, decoder_state = encoder_checkpoint, encoder_state
-    else:
-        decoder_state = _read_official(decoder_checkpoint)
+    encoder = _sam_weights(encoder_checkpoint) if encoder_checkpoint is not None else None
+    if encoder is not None:
+        _check_p_path_size(encoder, config)
+    same = decoder_checkpoint is None or decoder_checkpoint == encoder_checkpoint  # a ModelWeights: the same object
+    decoder = encoder if same else _sam_weights(decoder_checkpoint)
     model = build_model(config)
-    if encoder_state is not None:
-        part = _part(encoder_state, "image_encoder", encoder_checkpoint)
-        load_state_dict_into(model.image_encoder, part, encoder_checkpoint, fresh=(".router.", ".little."))
-    if decoder_state is not None:
-        for name in ("prompt_encoder", "mask_decoder"):
-            part = _part(decoder_state, name, decoder_checkpoint)
-            load_state_dict_into(getattr(model, name), part, decoder_checkpoint)
+    if encoder is not None:
+        part = _part(encoder, "image_encoder")
+        load_state_dict_into(model.image_encoder, part, encoder.source, fresh=(".router.", ".little."))
+    if decoder is not None:
+        for module in ("prompt_encoder", "mask_decoder"):
+            load_state_dict_into(getattr(model, module), _part(decoder, module), decoder.source)
     return model
 
 
-def _read_official(checkpoint: PathLike) -> Dict[str, torch.Tensor]:
-    config, state = read_weights(checkpoint)
-    if config is not None:
-        raise CheckpointError(f"{checkpoint}: is a bigl-sam student, expected an official SAM checkpoint")
-    return state
+def _sam_weights(checkpoint: Checkpoint) -> ModelWeights:
+    weights = as_weights(checkpoint)
+    if weights.is_student:
+        raise CheckpointError(f"{weights.source}: is a bigl-sam student, expected a SAM checkpoint")
+    return weights
 
 
-def _check_p_path_size(state: Dict[str, torch.Tensor], config: BigLittleConfig, checkpoint: PathLike) -> None:
-    """The SAM file a P-path starts from must be of the P-path's size (read off its weights)."""
-    found = infer_sam_vit_name(state, checkpoint)
-    if found != config.init_from:
-        students = [n for n in _students() if MODEL_CONFIGS[n].init_from == found]
-        hint = f"use {' or '.join(students)}" if students else "no student starts from it"
-        raise CheckpointError(
-            f"{checkpoint}: holds a SAM {found}, but {config.name}'s P-path is a {config.init_from} ({hint})"
-        )
+def _check_p_path_size(weights: ModelWeights, config: BigLittleConfig) -> None:
+    """The SAM file a P-path starts from must be of the P-path's size."""
+    vit = weights.architecture()
+    if vit.name == config.init_from or replace(vit, name=config.p_path.name) == config.p_path:
+        return
+    students = [n for n in _students() if MODEL_CONFIGS[n].init_from == vit.name]
+    hint = f"use {' or '.join(students)}" if students else "no student starts from it"
+    raise CheckpointError(
+        f"{weights.source}: holds a SAM {vit.name}, but {config.name}'s P-path is a {config.init_from} ({hint})"
+    )
 
 
-def _part(state: Dict[str, torch.Tensor], module: str, checkpoint: PathLike) -> Dict[str, torch.Tensor]:
+def _part(weights: ModelWeights, module: str) -> Dict[str, torch.Tensor]:
     prefix = module + "."
-    part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    part = {k[len(prefix):]: v for k, v in weights.state.items() if k.startswith(prefix)}
     if not part:
-        raise CheckpointError(f"{checkpoint}: has no {prefix}* keys; not a SAM checkpoint")
+        raise CheckpointError(f"{weights.source}: has no {prefix}* keys; not a SAM checkpoint")
     return part
 
 
@@ -152,7 +154,7 @@ def _students():
 
 
 def _registry_entry(name: str) -> Callable[..., Sam]:
-    def builder(checkpoint: Optional[PathLike] = None) -> Sam:
+    def builder(checkpoint: Optional[Checkpoint] = None) -> Sam:
         return build_sam(name, checkpoint)
 
     builder.__name__ = f"build_{name}"

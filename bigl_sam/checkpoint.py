@@ -1,29 +1,43 @@
 """Reading, checking and writing checkpoints.
 
-Two layouts are understood:
+`read_model(path)` reads any model file once, by one reader per format, into one `ModelWeights`: the
+architecture, the state dict under segment_anything's names, and where it came from. The builders
+(`bigl_sam.build`) take a `ModelWeights` or a path. Formats:
 - official SAM files: a flat state dict (`image_encoder.*`, `prompt_encoder.*`, `mask_decoder.*`);
-- bigl-sam students: `{"format": FORMAT, "config": {...}, "model": <flat state dict as above>}`.
-Everything is read with `weights_only=True`: a checkpoint is data, never code.
+- files `save_checkpoint` writes: `.pth`, `{"format": FORMAT, "config": {...}, "model": <flat state dict>}`,
+  or `.safetensors`, the flat state dict with FORMAT and the config (keep ratio included) in its metadata;
+- Hugging Face transformers' `SamModel.save_pretrained` folders (`config.json` and one or sharded
+  `.safetensors`, or `pytorch_model.bin`), and bare `.safetensors` files in transformers' or the official
+  layout (`hf_layout` renames transformers' keys).
+Nothing is unpickled but tensors (`weights_only=True`; safetensors holds no code): a checkpoint is data.
 """
 
+import json
 import pickle
 import re
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, Iterable, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
+from . import hf_layout
 from .errors import CheckpointError
-from .fileio import atomic_write
-from .modeling.config import BigLittleConfig, ModelConfig, config_from_dict, config_to_dict
+from .fileio import atomic_write, atomic_write_bytes
+from .modeling.config import (
+    MODEL_CONFIGS, BigLittleConfig, ModelConfig, config_from_dict, config_to_dict, infer_sam_vit_name,
+)
 
 FORMAT = "bigl-sam/1"
 PathLike = Union[str, Path]
 SHOWN_KEYS = 3
 NOT_A_CHECKPOINT = "not a PyTorch checkpoint (corrupt or another format)"
+SAFETENSORS = ".safetensors"
+HF_CONFIG, HF_WEIGHTS, HF_INDEX, HF_PICKLE = (
+    "config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+)
 # What torch's weights-only unpickler says when a pickle asks for an object it does not allow (code).
 _FORBIDDEN_OBJECT = re.compile(
     r"GLOBAL (\S+)|Can only (?:create new object|build) .*but got (\S+(?: '[^']*'>)?)|unrecognized function (\S+)"
@@ -75,13 +89,116 @@ def _first_sentence(err: Exception) -> str:
     return "" if not sentence or "weights_only" in sentence else f": {sentence}"
 
 
-def read_weights(path: PathLike) -> Tuple[Optional[ModelConfig], Dict[str, torch.Tensor]]:
-    """A model file's config (None for an official SAM file, which carries none) and its flat state dict,
-    checked to map parameter names to tensors."""
-    state = read_checkpoint(path)
-    config, weights = (None, state) if state.get("format") != FORMAT else _split_student_checkpoint(state, path)
-    _check_state_dict(weights, path)
-    return config, weights
+@dataclass(frozen=True, eq=False)
+class ModelWeights:
+    """One model file, read once.
+
+    config: the architecture when the file names it (a student's or a saved SAM ViT's config, or the SAM ViT
+        a transformers `config.json` describes); None for a bare official-layout state dict.
+    state: the weights under segment_anything's names (a student's router and E-path too).
+    source: where they came from (the path), for messages.
+    """
+
+    config: Optional[ModelConfig]
+    state: Dict[str, torch.Tensor]
+    source: str
+
+    @property
+    def is_student(self) -> bool:
+        return isinstance(self.config, BigLittleConfig)
+
+    def architecture(self) -> ModelConfig:
+        """The config, else the official SAM ViT read off the weights' width and depth."""
+        return self.config if self.config is not None else MODEL_CONFIGS[infer_sam_vit_name(self.state, self.source)]
+
+
+def read_model(path: PathLike) -> ModelWeights:
+    """Any model file or transformers folder (module docstring), each file read once, checked to map
+    parameter names to tensors; a bad one is one `CheckpointError` naming it."""
+    path = Path(path)
+    if path.is_dir():
+        config, state = _read_hf_folder(path)
+    elif path.suffix == SAFETENSORS:
+        config, state = _split_safetensors(*read_safetensors(path), path)
+    else:
+        state = read_checkpoint(path)
+        config, state = (None, state) if state.get("format") != FORMAT else _split_student_checkpoint(state, path)
+    _check_state_dict(state, path)
+    if not isinstance(config, BigLittleConfig):
+        state = hf_layout.to_official(state, path) if hf_layout.is_hf_layout(state) else state
+    return ModelWeights(config, state, str(path))
+
+
+def as_weights(checkpoint: Union[PathLike, ModelWeights]) -> ModelWeights:
+    """`checkpoint` itself when it was read already, else the file read."""
+    return checkpoint if isinstance(checkpoint, ModelWeights) else read_model(checkpoint)
+
+
+class ModelReader:
+    """`read_model` for a command that names one file in several roles (teacher, P-path, decoder): each
+    file is read once, when first asked for; dropping the reader drops what it read."""
+
+    def __init__(self) -> None:
+        self._read: Dict[Path, ModelWeights] = {}
+
+    def __call__(self, path: PathLike) -> ModelWeights:
+        key = Path(path).resolve()
+        if key not in self._read:
+            self._read[key] = read_model(path)
+        return self._read[key]
+
+
+def read_safetensors(path: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
+    """The tensors and the metadata of one `.safetensors` file (the format holds no code)."""
+    from safetensors import safe_open
+
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return {key: f.get_tensor(key) for key in f.keys()}, dict(f.metadata() or {})
+    except PermissionError:
+        raise CheckpointError(f"{path}: permission denied") from None
+    except Exception as err:  # safetensors' own error type for a cut or garbled file; OSError for the rest
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: not a readable safetensors file ({reason})") from None
+
+
+def _split_safetensors(state: dict, metadata: Dict[str, str], path: Path) -> Tuple[Optional[ModelConfig], dict]:
+    if metadata.get("format") != FORMAT:
+        return None, state
+    try:
+        return config_from_dict(json.loads(metadata["config"])), state
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: bigl-sam checkpoint with a broken config ({err})") from None
+
+
+def _read_hf_folder(folder: Path) -> Tuple[ModelConfig, dict]:
+    """A transformers `save_pretrained` folder: the SAM ViT of its config.json and its weights."""
+    config_file = folder / HF_CONFIG
+    if not config_file.is_file():
+        raise CheckpointError(
+            f"{folder}: is a directory without {HF_CONFIG}, not a checkpoint file nor a transformers "
+            f"save_pretrained folder"
+        )
+    vit = hf_layout.vit_config_from_hf(_read_json(config_file), config_file)
+    if (folder / HF_WEIGHTS).is_file():
+        return vit, read_safetensors(folder / HF_WEIGHTS)[0]
+    if (folder / HF_INDEX).is_file():
+        state = {}
+        for name in hf_layout.hf_weight_files(_read_json(folder / HF_INDEX), folder / HF_INDEX):
+            state.update(read_safetensors(folder / name)[0])
+        return vit, state
+    if (folder / HF_PICKLE).is_file():
+        return vit, read_checkpoint(folder / HF_PICKLE)
+    raise CheckpointError(f"{folder}: has {HF_CONFIG} but none of {HF_WEIGHTS}, {HF_INDEX}, {HF_PICKLE}")
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise CheckpointError(f"{path}: not readable JSON ({err})") from None
 
 
 def _split_student_checkpoint(state: dict, path: PathLike) -> Tuple[ModelConfig, dict]:
@@ -102,7 +219,7 @@ def _check_state_dict(weights: dict, path: PathLike) -> None:
             raise CheckpointError(f"{path}: {key} is not a tensor ({type(value).__name__})")
 
 
-def check_student_config(found: ModelConfig, wanted: ModelConfig, path: PathLike) -> None:
+def check_config(found: ModelConfig, wanted: ModelConfig, path: PathLike) -> None:
     """The registry key names an architecture; a checkpoint of another one is an error, not a surprise."""
     if found.name != wanted.name:
         raise CheckpointError(f"{path}: holds a {found.name} model, not {wanted.name}")
@@ -159,10 +276,17 @@ def _describe(module: nn.Module) -> str:
 
 def save_checkpoint(model: nn.Module, path: PathLike) -> Path:
     """Writes a student (or any model built here) with its config, atomically: temp file, fsync, rename.
-    A student's config carries the keep ratio its encoder has now, which it loads with again."""
+    A student's config carries the keep ratio its encoder has now, which it loads with again.
+    `*.safetensors`: the weights with FORMAT and the config (JSON) in the file's metadata; else a `.pth`."""
     config = model.config
     if isinstance(config, BigLittleConfig):
         config = replace(config, keep_ratio=model.image_encoder.keep_ratio)
+    if Path(path).suffix == SAFETENSORS:
+        from safetensors.torch import save
+
+        tensors = {key: value.detach().contiguous() for key, value in model.state_dict().items()}
+        metadata = {"format": FORMAT, "config": json.dumps(config_to_dict(config))}
+        return atomic_write_bytes(path, save(tensors, metadata=metadata))
     payload = {"format": FORMAT, "config": config_to_dict(config), "model": model.state_dict()}
     return atomic_save(payload, path)
 

@@ -2,9 +2,10 @@
 precisions the commands offer (`--dtype`)."""
 
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.distributed as dist
@@ -13,7 +14,7 @@ from .errors import BiglSamError
 
 # Ranks wait for each other at the end of a cache shard list or a checkpoint; that can take long.
 BARRIER_TIMEOUT = timedelta(hours=6)
-# --dtype of bench, eval and demo: float32, or bfloat16 under torch.autocast.
+# --dtype of bench, eval, demo, the distill cache and compare: float32, or bfloat16 under torch.autocast.
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -60,6 +61,27 @@ def pick_device(name: Optional[str] = None) -> torch.device:
     if device.index >= count:
         raise BiglSamError(f"--device {name}: only {count} GPUs here (cuda:0..cuda:{count - 1})")
     return device
+
+
+def autocast(device: torch.device, dtype: Union[str, torch.dtype]):
+    """The one precision context of every command: `dtype` (a `DTYPES` name or a torch dtype) other than
+    float32 runs the block under `torch.autocast` on `device`; float32 runs it as it is."""
+    dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+
+def note_bfloat16(device: torch.device, dtype: Union[str, torch.dtype]) -> None:
+    """Says on stderr, in one line, when bfloat16 is asked for on a CPU without native bfloat16 (no
+    AVX512-BF16, no AMX): torch then emulates it, slower than float32, not faster."""
+    dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    if dtype == torch.bfloat16 and device.type == "cpu" and not has_native_bfloat16():
+        print(f"note: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native bfloat16 (AVX512-BF16 "
+              "or AMX): bfloat16 runs emulated, slower than float32", file=sys.stderr)
+
+
+def has_native_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX tiles)."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def start(device: Optional[str] = None, backend: Optional[str] = None) -> Process:

@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 from typing import List
 
-import torch
 from segment_anything import SamPredictor
 from tqdm import tqdm
 
@@ -63,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         raise BiglSamError(f"--keep-ratio: {args.model} is SAM's own encoder, only big.LITTLE students route tokens")
     if shard.is_main:
         print(spec.weights.describe(), file=sys.stderr)
+        distributed.note_bfloat16(process.device, args.dtype)
     settings = {
         "model": args.model,
         "weights": spec.weights.describe(),
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
             skipped.append({"file": path.name, "reason": str(err)})
             tqdm.write(f"skipped {path.name}: {err}", file=sys.stderr)
             continue
-        with torch.autocast(process.device.type, dtype=distributed.DTYPES[args.dtype], enabled=args.dtype != "float32"):
+        with distributed.autocast(process.device, args.dtype):
             predictor.set_image(image)
         features = predictor.get_image_embedding().float().cpu().numpy()
         record = {"image": path.name, "original_size": list(predictor.original_size),

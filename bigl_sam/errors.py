@@ -23,6 +23,11 @@ class KeepRatioError(BiglSamError, ValueError):
     """A keep ratio that is not a number in (0, 1] (a bool, a string and NaN are not)."""
 
 
+class PromptError(BiglSamError, ValueError):
+    """A prompt (points, labels, box, mask input) that is not finite numbers of the right shape, a label
+    the decoder does not know, or no prompt at all."""
+
+
 def check_keep_ratio(ratio: float, what: str = "keep ratio") -> float:
     """`ratio` as a float if it is a share of tokens the P-path can take: a real number in (0, 1].
     A bool, a string, a tensor or NaN is a `KeepRatioError` naming the value and its type."""

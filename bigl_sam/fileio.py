@@ -1,13 +1,15 @@
 """The one way files are written here: atomically (temp file, fsync, rename), so a reader never sees half a
-file, a crash leaves the previous version in place, and a full disk is one clear error."""
+file, a crash leaves the previous version in place, and a full disk is one clear error. A folder of files
+that belong together (an ONNX export) is replaced as a whole the same way (`atomic_folder`)."""
 
 import errno
 import os
+import shutil
 import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, Union
+from typing import BinaryIO, Callable, Iterator, Optional, Union
 
 from .errors import BiglSamError
 
@@ -110,3 +112,62 @@ def _no_space(err: BaseException) -> bool:
             return True
         err = err.__cause__ or err.__context__
     return False
+
+
+@contextmanager
+def atomic_folder(out: PathLike, waiting: Optional[Callable[[], None]] = None) -> Iterator[Path]:
+    """Yields an empty folder beside `out` to fill; when the block ends without an exception, that folder
+    replaces `out` as a whole, else it is removed and `out` keeps what it held. Callers check first that
+    what `out` holds is theirs to replace; a symlink's target is replaced, the link kept.
+
+    A second writer of the same `out` waits for the first (`waiting()` is called once, to say so): an
+    exclusive lock on `.NAME.lock` beside `out` is held for the whole block, and the OS releases it when a
+    process dies. The swap is two renames (`out` to `.NAME.old`, the new folder to `out`), then the old
+    copy is removed; a writer killed between the two renames leaves `out` missing and the old folder
+    complete as `.NAME.old`, and the next writer puts it back before it starts (as it removes a
+    half-written `.NAME.new`). OSErrors become one-line `BiglSamError`s naming the folder.
+    """
+    import fcntl  # here, not at the top: POSIX only, and the rest of this module runs anywhere
+
+    out = Path(os.path.realpath(out))
+    leftovers = folder_leftovers(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(out.parent / f".{out.name}.lock", "a")
+    except OSError as err:
+        raise_write_error(err, out)
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting is not None:
+                waiting()
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            recover_folder(out)
+            leftovers["new"].mkdir()
+            yield leftovers["new"]
+            if out.exists():
+                os.rename(out, leftovers["old"])
+            os.rename(leftovers["new"], out)
+            shutil.rmtree(leftovers["old"], ignore_errors=True)
+        except BaseException as err:
+            shutil.rmtree(leftovers["new"], ignore_errors=True)
+            raise_write_error(err, out)
+
+
+def folder_leftovers(out: Path) -> dict:
+    """The names `atomic_folder` uses beside `out`: "new" (being filled) and "old" (being replaced)."""
+    return {kind: out.with_name(f".{out.name}.{kind}") for kind in ("new", "old")}
+
+
+def recover_folder(out: Path) -> None:
+    """Undoes what a writer killed inside `atomic_folder(out)` left: the old folder goes back to `out` if
+    the swap stopped halfway, and a half-written new folder is removed. Call holding the lock."""
+    leftovers = folder_leftovers(out)
+    if leftovers["old"].exists():
+        if out.exists():
+            shutil.rmtree(leftovers["old"])
+        else:
+            os.rename(leftovers["old"], out)
+    shutil.rmtree(leftovers["new"], ignore_errors=True)

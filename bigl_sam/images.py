@@ -11,8 +11,8 @@ stored orientation.
 Size limits, so that a hostile or broken file is one error line instead of a crash or gigabytes of memory:
 - at most `MAX_PIXELS` (150 megapixels, 450 MB as 8-bit RGB), read from the file's header before anything
   is decoded (a "decompression bomb" costs nothing);
-- the loader refuses images thinner than 1:`MAX_ASPECT` (64): scaled to SAM's 1024-pixel input, their
-  short side would not fill one 16-pixel patch;
+- the loader (and `OnnxPredictor.set_image`, for arrays) refuses images thinner than 1:`MAX_ASPECT`
+  (64): scaled to SAM's 1024-pixel input, their short side would not fill one 16-pixel patch;
 - `sam_input` refuses any array whose short side would be scaled below one pixel (thinner than
   1:img_size); SAM's `ResizeLongestSide` would make it 0 pixels. Whatever the loader accepts passes here,
   also after a distillation crop (it keeps about half of each side or more: the aspect changes by ~2x).
@@ -76,9 +76,10 @@ def load_image(source: Union[str, Path, Image.Image], exif: bool = True, max_pix
         raise BiglSamError(f"{path}: not a readable image ({err})") from None
 
 
-def check_size(height: int, width: int, source, max_pixels: int, max_aspect: float) -> None:
+def check_size(height: int, width: int, source, max_pixels: int = MAX_PIXELS, max_aspect: float = MAX_ASPECT) -> None:
     """A `BiglSamError` naming `source`, its width x height and the limit, for an image over `max_pixels`
-    or with its long side more than `max_aspect` times its short side."""
+    or with its long side more than `max_aspect` times its short side. The defaults are the rule for every
+    image a user hands over (`load_image`, `OnnxPredictor.set_image`)."""
     if height * width > max_pixels:
         raise BiglSamError(
             f"{source}: {width} x {height} = {height * width:,} pixels, too large for SAM (limit {max_pixels:,} pixels)"

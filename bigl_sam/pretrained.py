@@ -1,12 +1,14 @@
 """One rule for which weights a model runs with when no checkpoint is given; the demo, `eval` and
 `bigl_sam.load_student` all follow it:
 
-1. a student checkpoint for that name in the weights folder (`NAME*.pth`, the last by name);
+1. a student checkpoint for that name in the weights folder: `NAME.pth`, else the one `NAME*.pth` there
+   (several, and no `NAME.pth`, are an error that lists them);
 2. else SAM's official files (names and sizes from the manifest): a student's P-path from the file of the
    P-path's size (`sam_vit_b_01ec64.pth` for `bigl_b_t`), its prompt encoder and mask decoder from its
    teacher's file (`sam_vit_h_4b8939.pth`) if that is there, else from the same file; SAM's own models
    load their own file;
-3. else random weights, said loudly.
+3. else random weights, said loudly, with why (nothing found, or a weights folder that is missing or no
+   folder).
 
 A student built from the official files has a random router and a zero E-path: at keep ratio 1.0 it is
 exactly its SAM, below that it degrades until it is distilled. So it starts at keep ratio 1.0.
@@ -24,7 +26,7 @@ from segment_anything.modeling import Sam
 from .build import build_model, build_sam, build_student_from_sam
 from .errors import BiglSamError
 from .modeling import BigLittleConfig, get_config
-from .weights import KnownCheckpoint, check_size, read_manifest, weights_dir
+from .weights import KnownCheckpoint, check_size, folder_problem, read_manifest, weights_dir
 
 PathLike = Union[str, Path]
 CHECKPOINT, OFFICIAL, RANDOM = "checkpoint", "official", "random"
@@ -37,7 +39,7 @@ class WeightsChoice:
 
     kind: CHECKPOINT (files: the checkpoint), OFFICIAL (files: P-path file, then prompt encoder/decoder file;
     for SAM's own models just its file) or RANDOM (files: none; `wanted`: the official files that would
-    give real weights).
+    give real weights; `folder_problem`: why the folder could not be searched, if that is why).
     """
 
     name: str
@@ -45,6 +47,7 @@ class WeightsChoice:
     folder: Path
     files: Tuple[Path, ...] = ()
     wanted: Tuple[str, ...] = ()
+    folder_problem: Optional[str] = None
 
     @property
     def random(self) -> bool:
@@ -72,8 +75,13 @@ class WeightsChoice:
                 f"{decoder}); untrained router: at keep ratio 1.0, its default, it is exactly SAM "
                 f"{sam_vit_label(self.name)}"
             )
-        looked_for = ([f"{self.name}*.pth"] if self.is_student else []) + list(self.wanted)
-        return f"{self.name}: RANDOM WEIGHTS (none of {', '.join(looked_for)} in {self.folder})"
+        looked_for = ", ".join(([f"{self.name}*.pth"] if self.is_student else []) + list(self.wanted))
+        if not looked_for:
+            return f"{self.name}: RANDOM WEIGHTS (no checkpoint given, and the manifest names no official file for it)"
+        if self.folder_problem:
+            where = f"weights folder {self.folder} {self.folder_problem}"
+            return f"{self.name}: RANDOM WEIGHTS ({where}; looked for {looked_for})"
+        return f"{self.name}: RANDOM WEIGHTS (none of {looked_for} in {self.folder})"
 
 
 def sam_vit_label(name: str) -> str:
@@ -90,27 +98,41 @@ def choose_weights(
     manifest: Optional[PathLike] = None,
 ) -> WeightsChoice:
     """The rule (module docstring), applied to the files in `folder` (default: `weights.weights_dir()`);
-    an explicit `checkpoint` always wins. Reads no weights; an official file of the wrong size is an error."""
+    an explicit `checkpoint` always wins. Reads no weights; an official file of the wrong size, and several
+    student files without the exact name, are errors."""
     config = get_config(name)
     folder = weights_dir(None if folder is None else Path(folder))
     if checkpoint is not None:
         return WeightsChoice(name, CHECKPOINT, folder, (Path(checkpoint),))
     student = isinstance(config, BigLittleConfig)
-    if student and folder.is_dir():
-        found = sorted(p for p in folder.glob(f"{name}*.pth") if p.is_file())
-        if found:
-            return WeightsChoice(name, CHECKPOINT, folder, (found[-1],))
+    problem = folder_problem(folder)
+    student_file = _student_file(name, folder) if student and problem is None else None
+    if student_file is not None:
+        return WeightsChoice(name, CHECKPOINT, folder, (student_file,))
     known = read_manifest(None if manifest is None else Path(manifest))
     encoder_entry = _official_entry(known, config.init_from if student else config.name)
     decoder_entry = _official_entry(known, config.teacher) if student else None
     wanted = tuple(dict.fromkeys(e.name for e in (encoder_entry, decoder_entry) if e is not None))
-    encoder_file = _present(encoder_entry, folder)
+    encoder_file = None if problem else _present(encoder_entry, folder)
     if encoder_file is None:
-        return WeightsChoice(name, RANDOM, folder, wanted=wanted)
+        return WeightsChoice(name, RANDOM, folder, wanted=wanted, folder_problem=problem)
     if not student:
         return WeightsChoice(name, OFFICIAL, folder, (encoder_file,))
     decoder_file = _present(decoder_entry, folder) or encoder_file
     return WeightsChoice(name, OFFICIAL, folder, (encoder_file, decoder_file))
+
+
+def _student_file(name: str, folder: Path) -> Optional[Path]:
+    """`NAME.pth` in `folder`, else the one `NAME*.pth` there (None if there is none)."""
+    exact = folder / f"{name}.pth"
+    if exact.is_file():
+        return exact
+    found = sorted(p for p in folder.glob(f"{name}*.pth") if p.is_file())
+    if len(found) > 1:
+        raise BiglSamError(f"{name}: {len(found)} student checkpoints in {folder} and none named {name}.pth "
+                           f"({', '.join(p.name for p in found)}); rename the one to use to {name}.pth, or give it "
+                           f"as the checkpoint")
+    return found[0] if found else None
 
 
 def _official_entry(known: Dict[str, KnownCheckpoint], model: str) -> Optional[KnownCheckpoint]:

@@ -10,6 +10,7 @@ never under the final name.
 """
 
 import argparse
+import errno
 import hashlib
 import json
 import os
@@ -48,6 +49,20 @@ def weights_dir(override: Optional[Path] = None) -> Path:
         return Path(os.environ["BIGL_SAM_WEIGHTS"])
     cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(cache) / "bigl-sam" / "weights"
+
+
+def folder_problem(folder: Path) -> Optional[str]:
+    """Why `folder` cannot be searched for weights ("does not exist", "is a file, not a folder", ...), or
+    None when it can."""
+    try:
+        os.listdir(folder)
+    except FileNotFoundError:
+        return "is a broken symlink" if folder.is_symlink() else "does not exist"
+    except NotADirectoryError:
+        return "is a file, not a folder"
+    except OSError as err:
+        return "is a symlink loop" if err.errno == errno.ELOOP else f"cannot be read ({err.strerror})"
+    return None
 
 
 def read_manifest(path: Optional[Path] = None) -> Dict[str, KnownCheckpoint]:

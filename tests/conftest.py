@@ -23,12 +23,28 @@ def empty_weights_dir(tmp_path_factory):
         yield folder
 
 
+@pytest.fixture(autouse=True)
+def small_matmul_reference(monkeypatch):
+    """bench's matmul reference at a tiny size in tests: where bfloat16 is emulated, the real one takes
+    seconds per call."""
+    monkeypatch.setattr("bigl_sam.bench.measure.REFERENCE_MATMUL", (64, 64, 64))
+
+
 def randomize_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     """Perturbs every parameter (SAM zero-initialises the position terms, which would hide bugs)."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for param in model.parameters():
             param.add_(0.02 * torch.randn(param.shape, generator=generator))
+    return model
+
+
+def tie_every_score_(model):
+    """Zeroes every router's weights: all tokens of an image score alike, in every layer and on any image
+    (as every token of a flat image does where the position embedding is zero, as SAM initialises it), so
+    which tokens take the P-path is decided by the order among equal scores alone."""
+    for block in model.image_encoder.blocks:
+        block.router.weight.data.zero_()
     return model
 
 

@@ -2,7 +2,9 @@
 compiled rows, bf16, the demo click, the table, the JSON, and MACs that SDPA really costs."""
 
 import dataclasses
+import errno
 import json
+import tempfile
 import time
 
 import numpy as np
@@ -15,8 +17,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from bigl_sam import SamPredictor, build_model
 from bigl_sam.bench import clicks, inputs
 from bigl_sam.bench.cli import _forward
-from bigl_sam.bench.measure import CPU_SDPA_FLOPS, Case, measure
-from bigl_sam.bench.report import Row, add_ratios
+from bigl_sam.bench.measure import CPU_SDPA_FLOPS, Case, matmul_speed, measure
+from bigl_sam.bench.report import Row, add_ratios, add_throughput
 from bigl_sam.cli import main
 from bigl_sam.modeling import get_config
 
@@ -42,6 +44,10 @@ def test_bench_rows_and_json(tmp_path, capsys):
     assert routed["gmacs"] < dense["gmacs"]
     assert dense["vs_dense_latency"] == 1.0
     assert routed["vs_sam_gmacs"] == routed["gmacs"] / sam["gmacs"]
+    matmul = json.loads(out.read_text())["settings"]["matmul"]["gmacs_per_s"]
+    assert routed["gmacs_per_s"] == pytest.approx(routed["gmacs"] / (routed["latency_ms"] / 1e3))
+    assert routed["of_matmul"] == pytest.approx(routed["gmacs_per_s"] / matmul["float32"])
+    assert "| GMAC/s | of matmul |" in table and "matmul's speed in the same run (float32 " in table
 
 
 def test_bench_rejects_unknown_model(capsys):
@@ -107,6 +113,21 @@ def test_ratios_compare_rows_of_the_same_input_and_mode():
     assert (routed.vs_sam_gmacs, routed.vs_sam_latency, routed.vs_dense_latency) == (0.4, 0.6, 0.5)
     assert (square.vs_sam_gmacs, square.vs_sam_latency, square.vs_dense_latency) == (0.3, 0.25, None)
     assert (compiled.vs_sam_latency, compiled.vs_dense_latency) == (0.8, None)
+
+
+def test_throughput_is_set_against_the_matmul_of_the_rows_dtype():
+    rows = [Row("bigl_test", 0.25, "640x480", False, 1.0, 6.0, 200.0, [200.0]),
+            Row("bigl_test", 0.25, "640x480", False, 1.0, 6.0, 100.0, [100.0], backend="onnxruntime"),
+            Row("bigl_test", 0.25, "640x480", False, 1.0, 6.0, 50.0, [50.0], backend="onnxruntime int8")]
+    add_throughput(rows, {"shape": "64x64x64", "gmacs_per_s": {"float32": 120.0, "bfloat16": 240.0}}, 2, "bfloat16")
+    assert [r.gmacs_per_s for r in rows] == [60.0, 120.0, 240.0]  # 2 images of 6 GMACs per latency
+    assert [r.of_matmul for r in rows] == [0.25, 1.0, None]  # torch in bfloat16, onnxruntime in float32
+
+
+def test_matmul_reference_times_each_dtype():
+    speeds = matmul_speed(CPU, {"float32": torch.float32, "bfloat16": torch.bfloat16})
+    assert speeds["shape"] == "64x64x64" and set(speeds["gmacs_per_s"]) == {"float32", "bfloat16"}
+    assert all(speed > 0 for speed in speeds["gmacs_per_s"].values())
 
 
 def _recording_case(name, log, compiled=False, first_call_s=0.0):
@@ -263,6 +284,15 @@ def test_bench_rejects_zero_or_negative_batch(capsys):
 def test_bench_refuses_json_folder_before_measuring(tmp_path, capsys):
     err = _bench_error(capsys, "--runs", "1", "--json", str(tmp_path))
     assert f"--json {tmp_path}: is a folder" in err
+
+
+def test_bench_refuses_a_json_it_cannot_write_before_measuring(monkeypatch, tmp_path, capsys):
+    def read_only(*args, **kwargs):  # chmod does not stop root (these tests may run as root)
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    err = _bench_error(capsys, "--runs", "1", "--json", str(tmp_path / "bench.json"))
+    assert f"--json {tmp_path / 'bench.json'}: cannot write in {tmp_path} (Read-only file system)" in err
 
 
 def test_bench_names_a_missing_image(tmp_path, capsys):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bigl_sam import SamPredictor, build_model, load_sam, sam_model_registry
+from bigl_sam import SamPredictor, build_model, distributed, load_sam, sam_model_registry
 from bigl_sam.checkpoint import read_checkpoint
 from bigl_sam.cli import main
 from bigl_sam.distill.augment import augment, augmentation_seed
@@ -167,10 +167,13 @@ def test_unreadable_image_is_skipped_and_listed_unless_strict(images, official_c
     assert "broken.png: not a readable image" in capsys.readouterr().err
 
 
-def test_teacher_precision_is_recorded_and_fixed_for_reruns(images, official_checkpoint, tmp_path, capsys):
+def test_teacher_precision_is_recorded_and_fixed_for_reruns(images, official_checkpoint, tmp_path, capsys,
+                                                            monkeypatch):
     args = ["distill", "cache", "--teacher-checkpoint", str(official_checkpoint("vit_test")), "--images", str(images),
             "--out", str(tmp_path / "cache")]
+    monkeypatch.setattr(distributed, "has_native_bfloat16", lambda: False)
     assert main([*args, "--dtype", "bfloat16"]) == 0
+    assert capsys.readouterr().err.count("has no native bfloat16") == 1  # said once, at start-up
     assert read_checkpoint(tmp_path / "cache" / "settings.pt")["dtype"] == "bfloat16"
     assert TeacherCache(tmp_path / "cache").embedding(0).isfinite().all()
     assert main(args) == 2

@@ -199,6 +199,9 @@ def test_compare_measures_embedding_error_and_mask_agreement(official_checkpoint
     assert main([*args, "--keep-ratios", "0.5", "--baseline", str(tmp_path / "again.json")]) == 0
     row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| bigl_test | 0.5 |")]
     assert row[0].split(" | ")[3] == "-"  # no baseline at keep 0.5
+    # the kept teacher outputs are float32 ones: a bfloat16 compare must not reuse them
+    assert main([*args, "--keep-ratios", "0.5", "--dtype", "bfloat16"]) == 2
+    assert "made for another teacher file, other images or --dtype" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

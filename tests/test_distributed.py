@@ -80,3 +80,31 @@ def test_cpu_and_garbage(two_gpus, monkeypatch):
     assert distributed.pick_device(None) == torch.device("cpu")
     with pytest.raises(BiglSamError, match="no CUDA GPU is available here"):
         distributed.pick_device("cuda")
+
+
+@pytest.mark.parametrize("dtype", ["float32", torch.float32])
+def test_float32_runs_without_autocast(dtype):
+    with distributed.autocast(torch.device("cpu"), dtype):
+        assert not torch.is_autocast_enabled("cpu")
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", torch.bfloat16])
+def test_bfloat16_runs_under_autocast(dtype):
+    with distributed.autocast(torch.device("cpu"), dtype):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("native, dtype, device, says", [
+    (False, "bfloat16", "cpu", True), (True, "bfloat16", "cpu", False), (False, "float32", "cpu", False),
+    (False, torch.bfloat16, "cuda", False),
+], ids=["emulated", "native", "float32", "gpu"])
+def test_one_start_up_line_only_for_emulated_bfloat16(monkeypatch, capsys, native, dtype, device, says):
+    monkeypatch.setattr(distributed, "has_native_bfloat16", lambda: native)
+    distributed.note_bfloat16(torch.device(device), dtype)
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == (1 if says else 0)
+    if says:
+        assert "no native bfloat16" in lines[0] and "slower than float32" in lines[0]

@@ -97,15 +97,12 @@ def test_ignore_band_is_in_neither_error_region():
     assert not positive and x < 4 and y < 4
 
 
-def test_random_rules_are_seeded_per_object():
+def test_random_first_click_is_seeded_per_object():
     gt = rectangle(30, 30, 5, 5, 25, 25)
-    rule = ClickRule("random", "random")
-    first = [Clicker(gt, rule, seed=s).first() for s in (7, 7, 8)]
-    assert first[0] == first[1] and all(gt[c.y, c.x] and c.positive for c in first)
-    pred = rectangle(30, 30, 5, 5, 25, 15) | rectangle(30, 30, 0, 26, 4, 30)  # misses the bottom, adds a corner
-    clicks = [Clicker(gt, rule, seed=s).next(pred) for s in range(40)]
-    assert all(c.positive == bool(gt[c.y, c.x]) and gt[c.y, c.x] != pred[c.y, c.x] for c in clicks)
-    assert {c.positive for c in clicks} == {True, False}  # both regions get drawn
+    rule = ClickRule("random", "distance")
+    first = [Clicker(gt, rule, seed=s).first() for s in range(40)]
+    assert first[:3] == [Clicker(gt, rule, seed=s).first() for s in range(3)]
+    assert all(gt[c.y, c.x] and c.positive for c in first) and len(set(first)) > 20
 
 
 def test_offset_is_the_pixel_centre_only_when_asked():

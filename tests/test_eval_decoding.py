@@ -10,11 +10,12 @@ from bigl_sam.evaluation.clicker import ClickRule, interior_point
 from bigl_sam.evaluation.coco import CocoInstances
 from bigl_sam.evaluation.decoding import DecoderClock, Decoding, Target, box_ious, click_ious
 from bigl_sam.evaluation.interactive import number_of_clicks, summarize
-from bigl_sam.evaluation.protocol import PRESETS
+from bigl_sam.evaluation.protocol import PRESETS, RITM_RULE
 from bigl_sam.images import load_image
 from eval_coco_data import make_coco_dataset, rectangle
 
-RITM = PRESETS["efficientvit"].rule
+RITM = RITM_RULE
+EFFICIENTVIT = PRESETS["efficientvit"].rule
 OURS = PRESETS["ours"].rule
 
 
@@ -72,7 +73,7 @@ def record_calls(predictor, monkeypatch) -> list:
     return calls
 
 
-@pytest.mark.parametrize("rule, feed_logits", [(RITM, False), (OURS, True)], ids=["efficientvit", "ours"])
+@pytest.mark.parametrize("rule, feed_logits", [(EFFICIENTVIT, False), (OURS, True)], ids=["efficientvit", "ours"])
 def test_clicks_accumulate_at_the_rules_coordinates(predictor, instances, monkeypatch, rule, feed_logits):
     calls = record_calls(predictor, monkeypatch)
     decoder_time = clock()
@@ -97,9 +98,9 @@ class PerfectAfter:
         self.objects, self.perfect_after = objects, perfect_after
         self.original_size = size
         self.device = torch.device("cpu")
-        self.transform = self  # apply_coords_torch: identity, so clicks arrive as pixel coordinates
+        self.transform = self  # apply_coords: identity, so clicks arrive as pixel coordinates
 
-    def apply_coords_torch(self, coords, original_size):
+    def apply_coords(self, coords, original_size):
         return coords
 
     def predict_torch(self, coords, labels, boxes=None, mask_input=None, multimask_output=True):

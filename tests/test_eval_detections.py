@@ -71,7 +71,7 @@ def test_segmentation_results_and_ap_are_written(first_run, data):
     assert all(v is None or 0.0 <= v <= 100.0 for v in model["ap"].values())
     results = json.loads(Path(model["segmentation_results"]).read_text())
     assert len(results) == model["masks"] == len(detections_for(data)) - 2  # one below threshold, one on the missing file
-    assert {"image_id", "category_id", "score", "segmentation", "bbox"} <= set(results[0])
+    assert set(results[0]) == {"image_id", "category_id", "score", "segmentation"}  # no bbox: areas are the masks'
     assert report["dataset"]["detections_sha256"] and report["protocol"]["score_threshold"] == 0.1
     assert model["skipped_images"][0]["file"] == "missing.png"
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from bigl_sam.errors import BiglSamError
-from bigl_sam.evaluation.protocol import PRESETS, Protocol, box_xywh_to_xyxy, mask_iou, size_bucket
+from bigl_sam.evaluation.protocol import PRESETS, Protocol, box_xywh_to_xyxy, mask_iou, size_buckets
 from eval_coco_data import rectangle
 
 
@@ -24,9 +24,10 @@ def test_mask_iou_broadcasts_over_batch_and_outputs():
     assert torch.equal(mask_iou(pred, gt[:, None]), expected)
 
 
-def test_two_empty_masks_match():
+def test_two_empty_masks_match_unless_told_otherwise():
     empty = torch.zeros(4, 4, dtype=torch.bool)
     assert mask_iou(empty, empty).item() == 1.0
+    assert mask_iou(empty, empty, both_empty=0.0).item() == 0.0  # EfficientViT-SAM's intersection / (union + 1e-7)
 
 
 @pytest.mark.parametrize(
@@ -34,7 +35,16 @@ def test_two_empty_masks_match():
     [(0, "small"), (32**2 - 1, "small"), (32**2, "medium"), (96**2 - 0.5, "medium"), (96**2, "large"), (1e6, "large")],
 )
 def test_size_buckets_use_coco_bounds(area, bucket):
-    assert size_bucket(area) == bucket
+    assert size_buckets(area) == (bucket,)
+
+
+@pytest.mark.parametrize(
+    "area, buckets",
+    [(32**2 - 1, ("small",)), (32**2, ("small", "medium")), (96**2 - 1, ("medium",)), (96**2, ("medium", "large"))],
+)
+def test_inclusive_buckets_count_a_bound_in_both(area, buckets):
+    """EfficientViT-SAM's `get_iou_metric` keeps `area <= 32**2` as small and `32**2 <= area <= 96**2` as medium."""
+    assert size_buckets(area, inclusive=True) == buckets
 
 
 def test_box_xywh_to_xyxy():
@@ -76,7 +86,10 @@ def test_presets_take_their_papers_settings():
     assert efficientvit.preset == "efficientvit" and efficientvit.select == "argmax"
     assert efficientvit.rule.correction == "distance" and not efficientvit.rule.pixel_centre
     assert not efficientvit.feed_logits and efficientvit.score_crowd
-    assert edgesam.select == "single" and edgesam.rule.correction == "random"
+    assert efficientvit.score_empty and efficientvit.inclusive_buckets and efficientvit.rule.on_exact == "corner"
+    assert not ours.score_empty and not ours.inclusive_buckets and ours.rule.on_exact == "stop"
+    assert edgesam.select == "single" and edgesam.rule is None and not edgesam.score_crowd  # edgesam.py's steps
+    assert edgesam.to_dict()["click_rule"] is None
     assert ours.rule.correction == "area" and ours.rule.pixel_centre and ours.feed_logits
     assert Protocol(preset="efficientsam", prompt="point").rule.first == "random"
     assert Protocol(select="oracle").select == "oracle"  # --select overrides the preset's

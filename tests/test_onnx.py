@@ -1,11 +1,14 @@
 """ONNX deployment: export + check, the encoder's keep-ratio dial in onnxruntime, SAM's decoder interface,
 OnnxPredictor against SamPredictor (also with torch blocked from import), and bad input."""
 
+import argparse
 import json
 import math
+import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +20,17 @@ pytest.importorskip("onnxruntime")
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
-from bigl_sam import BiglSamError, SamPredictor, build_student_from_sam, load_sam  # noqa: E402
+from bigl_sam import BiglSamError, SamPredictor, build_model, build_student_from_sam, load_sam  # noqa: E402
+from bigl_sam.bench import cli as bench_cli  # noqa: E402
 from bigl_sam.cli import main  # noqa: E402
-from bigl_sam.errors import KeepRatioError  # noqa: E402
+from bigl_sam.errors import KeepRatioError, PromptError  # noqa: E402
 from bigl_sam.images import PIXEL_MEAN, PIXEL_STD, load_image, sam_input_array  # noqa: E402
 from bigl_sam.onnx import OnnxPredictor  # noqa: E402
 from bigl_sam.onnx.export import export_encoder, export_onnx  # noqa: E402
+from bigl_sam.onnx.interface import EXPORT_ID_KEY, OPSETS  # noqa: E402
 from bigl_sam.weights import sha256_of  # noqa: E402
+
+from conftest import SMALL_IMG_SIZE, randomize_, small_test_configs, tie_every_score_  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RATIOS = (0.25, 0.5, 1.0)
@@ -47,7 +54,9 @@ def photo(tmp_path_factory) -> Path:
 def vit_export(tmp_path_factory, official_checkpoint):
     checkpoint = official_checkpoint("vit_test")
     folder = tmp_path_factory.mktemp("vit_export")
-    assert main(["export", "onnx", "--model", "vit_test", "--checkpoint", str(checkpoint), "--out", str(folder)]) == 0
+    # the newest opset the exporter writes (bigl_export has the default, the oldest)
+    args = ["--model", "vit_test", "--checkpoint", str(checkpoint), "--out", str(folder), "--opset", str(OPSETS[-1])]
+    assert main(["export", "onnx", *args]) == 0
     return folder, checkpoint
 
 
@@ -62,7 +71,11 @@ def bigl_export(tmp_path_factory, student_checkpoint):
 def test_export_writes_both_files_and_a_passed_check(vit_export):
     folder, checkpoint = vit_export
     manifest = json.loads((folder / "export.json").read_text())
-    assert manifest["model"] == "vit_test" and manifest["keep_ratio"] is None
+    assert manifest["model"] == "vit_test" and manifest["keep_ratio"] is None and manifest["opset"] == OPSETS[-1]
+    assert [o.version for o in onnx.load(str(folder / "encoder.onnx")).opset_import if o.domain == ""] == [OPSETS[-1]]
+    assert sorted(manifest["files"]) == ["decoder.onnx", "encoder.onnx"]
+    assert manifest["files"]["encoder.onnx"] == {"bytes": (folder / "encoder.onnx").stat().st_size,
+                                                 "sha256": sha256_of(folder / "encoder.onnx", progress=False)}
     assert manifest["checkpoint"] == {"path": str(checkpoint), "sha256": sha256_of(checkpoint, progress=False)}
     assert manifest["check"]["passed"] and not manifest["check"]["failures"]
     diffs = manifest["check"]["max_abs_diff"]
@@ -116,12 +129,15 @@ def test_student_encoder_matches_torch_at_two_ratios_and_all_tokens(bigl_export,
 
 
 def p_path_token_counts(encoder_path: Path, x: np.ndarray, ratio: float):
-    """Runs encoder.onnx with every router TopK's indices exposed: how many tokens each P-path took."""
+    """Runs encoder.onnx with the cut of every router's TopK ranking exposed: how many tokens each P-path
+    took."""
     model = onnx.load(str(encoder_path))
-    router_topks = [node.output[1] for node in model.graph.node if node.op_type == "TopK"]
-    model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in router_topks)
+    rankings = {node.output[1] for node in model.graph.node if node.op_type == "TopK"}
+    cuts = [node.output[0] for node in model.graph.node if node.op_type == "Slice" and node.input[0] in rankings]
+    assert len(cuts) == len(rankings)
+    model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in cuts)
     session = ort.InferenceSession(model.SerializeToString())
-    outputs = session.run(router_topks, {"image": x, "keep_ratio": np.array(ratio, np.float32)})
+    outputs = session.run(cuts, {"image": x, "keep_ratio": np.array(ratio, np.float32)})
     return [out.shape[-1] for out in outputs]
 
 
@@ -131,6 +147,36 @@ def test_dial_sets_the_number_of_tokens_the_p_path_runs_on(bigl_export, photo):
         counts = p_path_token_counts(bigl_export[0] / "encoder.onnx", x, ratio)
         expected = 64 * 64 if ratio == 1.0 else math.ceil(ratio * 48 * 64)  # 1.0: every token, as in PyTorch
         assert counts == [expected] * 2, (ratio, counts)  # bigl_test has two layers
+
+
+@pytest.fixture(scope="module")
+def tied_export(tmp_path_factory):
+    """A 256 px bigl_test whose router scores all tie (`tie_every_score_`), exported -> (model, its path)."""
+    model = tie_every_score_(randomize_(build_model(small_test_configs()[1]), seed=2)).eval()
+    path = tmp_path_factory.mktemp("tied_export") / "encoder.onnx"
+    export_encoder(model.image_encoder, path)
+    return model, path
+
+
+@pytest.mark.parametrize("image", ["flat", "zeros"])
+def test_tied_scores_and_all_zero_images_match_torch_at_every_ratio(tied_export, image):
+    """Among equal router scores ONNX TopK takes the lower index first, and so must PyTorch (torch.topk did
+    not, and a flat image's embeddings differed). An all-zero image is the whole square in the graph too."""
+    model, path = tied_export
+    side = SMALL_IMG_SIZE // 16
+    if image == "flat":
+        mean, std = model.pixel_mean.flatten().tolist(), model.pixel_std.flatten().tolist()
+        x = sam_input_array(np.full((480, 640, 3), 128, np.uint8), mean, std, SMALL_IMG_SIZE)[0][None]
+    else:
+        x = np.zeros((1, 3, SMALL_IMG_SIZE, SMALL_IMG_SIZE), np.float32)
+    session = ort.InferenceSession(str(path))
+    for ratio in RATIOS:
+        got = session.run(None, {"image": x, "keep_ratio": np.array(ratio, np.float32)})[0]
+        with torch.no_grad():
+            expected = model.image_encoder(torch.from_numpy(x), keep_ratio=ratio).numpy()
+        assert np.abs(got - expected).max() < 1e-3, ratio
+    if image == "zeros":
+        assert p_path_token_counts(path, x, 0.25) == [math.ceil(0.25 * side * side)] * 2
 
 
 def test_student_at_keep_one_is_sam_exported_the_same_way(vit_export, tmp_path, photo):
@@ -314,11 +360,22 @@ def test_bench_times_onnxruntime_and_int8_in_the_same_rounds(tmp_path, capsys):
     (["--backend", "torch,tensorrt"], "--backend must be a comma-separated choice of torch, onnxruntime"),
     (["--backend", "onnxruntime", "--batch", "2"], "times batch 1"),
     (["--backend", "onnxruntime", "--dtype", "bfloat16"], "runs the float32 export"),
+    (["--models", "vit_test,mobilesam", "--backend", "onnxruntime"], "peers (mobilesam) are timed in PyTorch only"),
+    (["--backend", "onnxruntime", "--compile"], "--compile compiles the PyTorch encoders"),
 ])
 def test_bench_backend_arguments_are_one_line_each(capsys, extra, message):
     assert main(["bench", "--models", "bigl_test", "--clicks", "0", *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
+
+
+def test_bench_says_peers_get_torch_rows_only_beside_onnxruntime(capsys):
+    parser = argparse.ArgumentParser()
+    bench_cli.add_arguments(parser)
+    args = parser.parse_args(["--models", "bigl_test,mobilesam", "--backend", "torch,onnxruntime", "--compile"])
+    assert bench_cli.backends(args) == ["torch", "onnxruntime"]
+    out = capsys.readouterr().out.strip()
+    assert out == "note: the peers (mobilesam) have no onnxruntime rows; they are timed in PyTorch only"
 
 
 def test_missing_onnx_extra_is_one_line_for_export_and_bench(monkeypatch, tmp_path, capsys):
@@ -333,6 +390,213 @@ def test_missing_onnx_extra_is_one_line_for_export_and_bench(monkeypatch, tmp_pa
     expected = 'needs the onnx extra (missing onnxscript): pip install -e ".[onnx]"'
     assert len(lines) == 2 and all(expected in line for line in lines)
     assert not (tmp_path / "encoder.onnx").exists()
+
+
+def folder_bytes(folder: Path) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def copy_export_files(monkeypatch, sources):
+    """Replaces the two ONNX exports by copies of fixture files, stamped with the new export id: `sources`
+    maps id(model) to the export folder its files come from. The folder handling and the check stay real."""
+    import bigl_sam.onnx.export as export
+
+    def stamped(source: Path, path: Path, export_id: str) -> None:
+        model = onnx.load(str(source))
+        for prop in model.metadata_props:
+            if prop.key == EXPORT_ID_KEY:
+                prop.value = export_id
+        onnx.save(model, str(path))
+
+    monkeypatch.setattr(export, "export_encoder", lambda encoder, path, opset, export_id: stamped(
+        sources[id(encoder)] / "encoder.onnx", path, export_id))
+    monkeypatch.setattr(export, "export_decoder", lambda model, path, opset, export_id: stamped(
+        sources[id(model)] / "decoder.onnx", path, export_id))
+
+
+def test_an_interrupted_export_leaves_the_previous_export_whole(monkeypatch, tmp_path, vit_export, bigl_export):
+    import bigl_sam.onnx.export as export
+
+    out = tmp_path / "out"
+    shutil.copytree(vit_export[0], out)
+    before = folder_bytes(out)
+    student = load_sam(bigl_export[1])
+    copy_export_files(monkeypatch, {id(student.image_encoder): bigl_export[0]})
+
+    def killed(*args):  # the new encoder.onnx is written, then the user presses Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export, "export_decoder", killed)
+    with pytest.raises(KeyboardInterrupt):
+        export_onnx(student, out)
+    assert folder_bytes(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.lock", "out"]
+    assert not OnnxPredictor.from_folder(out).has_keep_ratio  # still the complete SAM export
+
+
+def test_a_failed_check_leaves_the_previous_export_and_keeps_the_new_files_apart(monkeypatch, tmp_path, vit_export,
+                                                                                   bigl_export):
+    import bigl_sam.onnx.export as export
+
+    out = tmp_path / "out"
+    shutil.copytree(vit_export[0], out)
+    before = folder_bytes(out)
+    student = load_sam(bigl_export[1])
+    copy_export_files(monkeypatch, {id(student.image_encoder): bigl_export[0], id(student): bigl_export[0]})
+    failed = {"passed": False, "failures": ["encoder@0.25: embeddings differ by 0.5 (tolerance 0.001)"]}
+    monkeypatch.setattr(export, "check_export", lambda *args: failed)
+    with pytest.raises(BiglSamError, match=f"differ by 0.5 .*{out} is unchanged; the new files are in {out}.failed"):
+        export_onnx(student, out)
+    assert folder_bytes(out) == before
+    assert sorted(p.name for p in (tmp_path / "out.failed").iterdir()) == ["decoder.onnx", "encoder.onnx", "export.json"]
+
+
+def test_two_exports_to_one_folder_at_once_both_land_whole(monkeypatch, tmp_path, vit_export, bigl_export):
+    """The second waits for the first instead of checking the first one's half-written files."""
+    import bigl_sam.onnx.export as export
+
+    out, started, waiting = tmp_path / "out", threading.Event(), threading.Event()
+    sam, student = load_sam(vit_export[1]), load_sam(bigl_export[1])
+    copy_export_files(monkeypatch, {id(sam.image_encoder): vit_export[0], id(sam): vit_export[0],
+                                    id(student.image_encoder): bigl_export[0], id(student): bigl_export[0]})
+    copy_encoder = export.export_encoder
+
+    def slow_encoder(encoder, path, opset, export_id):
+        if encoder is sam.image_encoder:  # the first export holds the folder's lock here
+            started.set()
+            waiting.wait(60)
+        copy_encoder(encoder, path, opset, export_id)
+
+    monkeypatch.setattr(export, "export_encoder", slow_encoder)
+    first = []
+    thread = threading.Thread(target=lambda: first.append(export_onnx(sam, out)))
+    thread.start()
+    assert started.wait(60)
+    second = export_onnx(student, out, waiting=waiting.set)
+    thread.join()
+    assert waiting.is_set() and first[0]["check"]["passed"] and second["check"]["passed"]
+    assert json.loads((out / "export.json").read_text())["export_id"] == second["export_id"]
+    assert OnnxPredictor.from_folder(out).has_keep_ratio  # the student's complete export, the last one in
+
+
+def test_from_folder_refuses_files_that_export_json_does_not_describe(tmp_path, vit_export, bigl_export):
+    sam_folder, student_folder = vit_export[0], bigl_export[0]
+
+    def mixed(name: str, **files) -> Path:
+        folder = tmp_path / name
+        shutil.copytree(student_folder, folder)
+        for file, source in files.items():
+            shutil.copy(source / file, folder / file)
+        return folder
+
+    cases = {
+        "sam_encoder": (dict(**{"encoder.onnx": sam_folder}), r"encoder\.onnx: \d+ bytes, export\.json records"),
+        "sam_decoder": (dict(**{"decoder.onnx": sam_folder}), r"decoder\.onnx: \d+ bytes, export\.json records"),
+        "sam_manifest": (dict(**{"export.json": sam_folder}), r"\.onnx: \d+ bytes, export\.json records"),
+    }
+    for name, (files, message) in cases.items():
+        with pytest.raises(BiglSamError, match=message) as err:
+            OnnxPredictor.from_folder(mixed(name, **files))
+        assert "\n" not in str(err.value)
+    # A decoder of the same size (one model exported twice has them): the export ids tell them apart.
+    same_size = mixed("same_size", **{"decoder.onnx": sam_folder})
+    manifest = json.loads((same_size / "export.json").read_text())
+    manifest["files"]["decoder.onnx"]["bytes"] = (same_size / "decoder.onnx").stat().st_size
+    (same_size / "export.json").write_text(json.dumps(manifest))
+    with pytest.raises(BiglSamError, match="come from two different exports"):
+        OnnxPredictor.from_folder(same_size)
+    with pytest.raises(BiglSamError, match="come from two different exports"):
+        OnnxPredictor(student_folder / "encoder.onnx", sam_folder / "decoder.onnx")
+    stale = mixed("stale")
+    manifest = json.loads((stale / "export.json").read_text())
+    (stale / "export.json").write_text(json.dumps(dict(manifest, keep_ratio=None)))
+    with pytest.raises(BiglSamError, match="describes an encoder without a keep-ratio input, unlike"):
+        OnnxPredictor.from_folder(stale)
+    manifest["export_id"] = "0" * 32
+    (stale / "export.json").write_text(json.dumps(manifest))
+    with pytest.raises(BiglSamError, match=r"encoder\.onnx: not the file export\.json describes"):
+        OnnxPredictor.from_folder(stale)
+    del manifest["files"]
+    (stale / "export.json").write_text(json.dumps(manifest))
+    with pytest.raises(BiglSamError, match="does not list encoder.onnx and decoder.onnx with their sizes"):
+        OnnxPredictor.from_folder(stale)
+    (stale / "export.json").unlink()
+    with pytest.raises(BiglSamError, match=r"export\.json: not found"):
+        OnnxPredictor.from_folder(stale)
+
+
+def test_an_encoder_of_another_embedding_shape_is_refused(tmp_path, vit_export):
+    """SAM-family encoders all give 1 x 256 x 64 x 64; a model of another shape cannot feed the decoder."""
+    image = onnx.helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, [1, 3, 1024, 1024])
+    out = onnx.helper.make_tensor_value_info("image_embeddings", onnx.TensorProto.FLOAT, [1, 256, 32, 32])
+    pool = onnx.helper.make_node("AveragePool", ["image"], ["pooled"], kernel_shape=[32, 32], strides=[32, 32])
+    project = onnx.helper.make_node("Conv", ["pooled", "weight"], ["image_embeddings"])
+    weight = onnx.numpy_helper.from_array(np.ones((256, 3, 1, 1), np.float32), "weight")
+    graph = onnx.helper.make_graph([pool, project], "small", [image], [out], [weight])
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)]), tmp_path / "e.onnx")
+    with pytest.raises(BiglSamError, match=r"gives image_embeddings of shape \[1, 256, 32, 32\], .* takes \[1, 256, 64"):
+        OnnxPredictor(tmp_path / "e.onnx", vit_export[0] / "decoder.onnx")
+
+
+@pytest.mark.parametrize("opset", ["0", "5", "17", "24", "99"])
+def test_cli_refuses_an_opset_the_exporter_cannot_write(tmp_path, capsys, opset):
+    assert main(["export", "onnx", "--model", "vit_test", "--out", str(tmp_path / "x"), "--opset", opset]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"bigl-sam export: error: --opset must be 18 to 23 (the opsets torch's exporter writes these " \
+                  f"models at, and onnxruntime runs), got {opset}"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_refuses_an_out_that_is_a_file_or_holds_other_files(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["export", "onnx", "--model", "vit_test", "--out", str(tmp_path / "notes.txt")]) == 2
+    assert main(["export", "onnx", "--model", "vit_test", "--out", str(tmp_path)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0] == f"bigl-sam export: error: {tmp_path / 'notes.txt'}: is a file; give a folder for the export " \
+                       f"(new, empty, or an earlier export)"
+    assert lines[1].startswith(f"bigl-sam export: error: {tmp_path}: holds 1 file(s) of no export (e.g. notes.txt)")
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"] and (tmp_path / "notes.txt").read_text() == "mine"
+
+
+BAD_PROMPTS = [
+    (dict(point_coords=[[10.0, float("nan")]], point_labels=[1]), "point_coords must be finite, got 1 NaN"),
+    (dict(point_coords=[[10.0, float("inf")]], point_labels=[1]), "point_coords must be finite"),
+    (dict(box=[10.0, 20.0, float("nan"), 90.0]), "box must be finite"),
+    (dict(box=[10.0, 20.0, 30.0]), r"box must be 4 numbers \(x0, y0, x1, y1\), got shape \(3,\)"),
+    (dict(point_coords=[[10.0, 20.0]], point_labels=[7]), r"point_labels must be -1, 0, 1, 2, 3 .*got \[7.0\]"),
+    (dict(point_coords=[[10.0, 20.0]], point_labels=[0.5]), r"point_labels must be -1, 0, 1, 2, 3"),
+    (dict(point_coords=np.zeros((0, 2)), point_labels=np.zeros(0)), "needs at least one point .* or a box"),
+    (dict(), "needs at least one point"),
+    (dict(point_coords=[["a", "b"]], point_labels=[1]), "point_coords must be numbers, got <U1 values"),
+    (dict(point_coords=[[1.0, 2.0], [3.0]], point_labels=[1, 1]), "point_coords must be an array of numbers"),
+    (dict(point_coords=[[1.0, 2.0, 3.0]], point_labels=[1]), r"point_coords must be N x 2 and point_labels N"),
+    (dict(point_coords=[[1.0, 2.0]], point_labels=[1, 0]), r"got \(1, 2\) and \(2,\)"),
+    (dict(point_labels=[1]), "point_coords and point_labels must be given together"),
+    (dict(box=[1.0, 2.0, 30.0, 40.0], mask_input=np.full((1, 256, 256), np.nan)), "mask_input must be finite"),
+    (dict(box=[1.0, 2.0, 30.0, 40.0], mask_input=np.zeros((256, 256))), r"mask_input must be 1 x 256 x 256"),
+]
+
+
+def test_bad_prompts_are_one_prompt_error_line_each(vit_export):
+    predictor = OnnxPredictor.from_folder(vit_export[0])
+    predictor.set_image(np.full((60, 80, 3), 128, np.uint8))
+    for prompt, message in BAD_PROMPTS:
+        with pytest.raises(PromptError, match=message) as err:
+            predictor.predict(**prompt)
+        assert "\n" not in str(err.value), prompt
+    for prompt in (dict(point_coords=np.zeros((0, 2)), point_labels=np.zeros(0), box=[1, 2, 30, 40]),
+                   dict(point_coords=[[5, 6], [1, 2], [30, 40]], point_labels=[1, 2, 3])):  # SAM's ONNX labels
+        masks, scores, _ = predictor.predict(**prompt)
+        assert masks.shape == (3, 60, 80) and np.isfinite(scores).all()
+
+
+def test_set_image_takes_the_aspect_ratios_load_image_takes(vit_export):
+    """One rule (`images.check_size`): 1:64 at most, for a file and for an array alike."""
+    predictor = OnnxPredictor.from_folder(vit_export[0])
+    with pytest.raises(BiglSamError, match=r"image: 650 x 10 pixels, too thin for SAM \(aspect ratio limit 1:64\)"):
+        predictor.set_image(np.zeros((10, 650, 3), np.uint8))
+    predictor.set_image(np.zeros((10, 640, 3), np.uint8))
+    assert predictor.input_size == (16, 1024)
 
 
 def test_onnx_predictor_set_from_a_stored_embedding_predicts_as_after_set_image(bigl_export, photo, tmp_path):

@@ -7,6 +7,7 @@ from conftest import official_weights_folder
 
 import bigl_sam
 from bigl_sam import build_sam, load_student, save_checkpoint
+from bigl_sam.cli import main
 from bigl_sam.errors import BiglSamError
 from bigl_sam.evaluation.runner import ModelSpec
 from bigl_sam.pretrained import CHECKPOINT, OFFICIAL, RANDOM, choose_weights
@@ -131,3 +132,40 @@ def test_keep_ratio_saved_is_the_keep_ratio_loaded(tmp_path, folders):
     assert spec.settings(spec.load(torch.device("cpu")))["keep_ratio"] == 0.6
     explicit = ModelSpec("bigl_test", choose_weights("bigl_test", path), keep_ratio=0.3)
     assert explicit.load(torch.device("cpu")).image_encoder.keep_ratio == 0.3
+
+
+def test_the_exact_student_name_wins_and_a_real_ambiguity_is_refused(tmp_path, capsys, student_checkpoint, folders):
+    """`bigl_test_init.pth` (as the README names a student fresh from SAM) sorted after `bigl_test.pth` and
+    shadowed it."""
+    (tmp_path / "bigl_test.pth").write_bytes(student_checkpoint("bigl_test", seed=1).read_bytes())
+    (tmp_path / "bigl_test_init.pth").write_bytes(student_checkpoint("bigl_test", seed=2).read_bytes())
+    assert choose_weights("bigl_test", None, tmp_path, folders["manifest"]).files == (tmp_path / "bigl_test.pth",)
+    (tmp_path / "bigl_test.pth").unlink()
+    assert choose_weights("bigl_test", None, tmp_path).files == (tmp_path / "bigl_test_init.pth",)  # the only one
+    (tmp_path / "bigl_test_v2.pth").write_bytes(b"")
+    with pytest.raises(BiglSamError) as refused:
+        load_student("bigl_test", tmp_path, folders["manifest"])
+    message = str(refused.value)
+    assert "\n" not in message and "bigl_test_init.pth, bigl_test_v2.pth" in message and "bigl_test.pth" in message
+    # the commands refuse it in one line, before reading any data
+    code = main(["eval", "coco", "--images", str(tmp_path / "none"), "--annotations", str(tmp_path / "none.json"),
+                 "--model", "bigl_test", "--weights-dir", str(tmp_path)])
+    assert code == 2 and capsys.readouterr().err.strip() == f"bigl-sam eval: error: {message}"
+
+
+def test_random_weights_say_why(tmp_path, folders):
+    """An empty list of files looked for, and folders that cannot be searched, each get their own words."""
+    assert choose_weights("vit_test", None, folders["empty"]).describe() == (
+        "vit_test: RANDOM WEIGHTS (no checkpoint given, and the manifest names no official file for it)"
+    )
+    (tmp_path / "a_file").write_bytes(b"")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    problems = {"nowhere": "does not exist", "a_file": "is a file, not a folder", "loop": "is a symlink loop",
+                "dangling": "is a broken symlink"}
+    for name, problem in problems.items():
+        for model in ("bigl_test", "vit_test"):
+            choice = choose_weights(model, None, tmp_path / name, folders["manifest"])
+            assert choice.random and choice.folder_problem == problem
+        expected = f"weights folder {tmp_path / name} {problem}; looked for bigl_test*.pth, {OFFICIAL_TEST_FILE})"
+        assert choose_weights("bigl_test", None, tmp_path / name, folders["manifest"]).describe().endswith(expected)

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import torch
 import torch._dynamo
+from torch.utils.flop_counter import FlopCounterMode
 from segment_anything.modeling.image_encoder import Block as SamBlock
 
 from bigl_sam import build_model
+from bigl_sam.bench.measure import CPU_SDPA_FLOPS
 from bigl_sam.images import sam_input
 from bigl_sam.modeling import get_config, routing_map
 from bigl_sam.modeling.attention import Attention
@@ -16,7 +18,7 @@ from bigl_sam.modeling.blocks import BigLittleBlock
 from bigl_sam.modeling.config import BigLittleConfig, config_from_dict, config_to_dict
 from bigl_sam.modeling.routing import plan_routing, router_log_scores, score_gate, token_extents
 
-from conftest import randomize_
+from conftest import SMALL_IMG_SIZE, randomize_, small_test_configs, tie_every_score_
 
 GRID = 64
 
@@ -220,3 +222,67 @@ def test_files_from_before_the_field_keep_their_global_little_path():
     old = config_to_dict(get_config("bigl_b_t"))
     del old["little_attn"], old["little_window_size"]
     assert config_from_dict(old).little_attn == "match"
+
+
+
+def macs(forward) -> float:
+    """Multiply-accumulates of one call, counted as `bigl-sam bench` counts them."""
+    with FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOPS) as counter:
+        forward()
+    return counter.get_total_flops() / 2
+
+
+@pytest.fixture(scope="module")
+def small_student():
+    """A 256 px bigl_test (16 x 16 tokens: one whole 14 x 14 window and partial ones per side)."""
+    model = randomize_(build_model(small_test_configs()[1]), seed=3)
+    for block in model.image_encoder.blocks:
+        block.little.scale.data.fill_(0.3)
+    return model.eval()
+
+
+def small_input(model, image: np.ndarray) -> torch.Tensor:
+    """An H x W x 3 uint8 image preprocessed for the 256 px model: 1 x 3 x 256 x 256."""
+    return sam_input(image, model.pixel_mean, model.pixel_std, SMALL_IMG_SIZE)[0][None]
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("keep_ratio", [0.25, 0.5, 1.0])
+def test_an_all_zero_input_runs_and_costs_what_a_square_image_costs(small_student, keep_ratio):
+    """Warm-up, tracing and FLOP-counting inputs are zeros: with no padding to read, the extent is the whole
+    square (it was 0 x 0, and the windowed layers had no window to attend in)."""
+    encoder, side = small_student.image_encoder, SMALL_IMG_SIZE // 16
+    zeros = torch.zeros(1, 3, SMALL_IMG_SIZE, SMALL_IMG_SIZE)
+    square = small_input(small_student, np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8))
+    budget = side * side if keep_ratio == 1.0 else math.ceil(keep_ratio * side * side)
+    for keep in (keep_ratio, torch.tensor(keep_ratio)):  # planned on the host, and in the graph (ONNX)
+        out, routing = encoder.forward_with_routing(zeros, keep)
+        assert out.shape == (1, 256, side, side) and torch.isfinite(out).all()
+        assert all(index is None or (index.shape == (1, budget) and (index >= 0).all()) for index in routing)
+        assert macs(lambda: encoder.forward_with_routing(zeros, keep)) == macs(
+            lambda: encoder.forward_with_routing(square, keep)
+        )
+
+
+def test_a_valid_size_without_pixels_is_refused():
+    with pytest.raises(ValueError, match="at least 1 x 1"):
+        token_extents(torch.zeros(1, 3, 64, 64), 16, valid_size=(0, 64))
+
+
+@torch.no_grad()
+def test_tied_router_scores_go_to_the_lower_index_first(small_student):
+    """torch.topk ordered ties as it liked, ONNX TopK takes the lower index first; now both do, alone and
+    in a batch, planned on the host or in the graph."""
+    tied = build_model(small_test_configs()[1])
+    tied.load_state_dict(small_student.state_dict())
+    encoder = tie_every_score_(tied).eval().image_encoder
+    x = small_input(tied, np.full((480, 640, 3), 128, np.uint8))  # 12 x 16 image tokens: raster 0..191
+    budget = math.ceil(0.25 * 12 * 16)
+    alone, routing = encoder.forward_with_routing(x, keep_ratio=0.25)
+    assert all(torch.equal(index[0], torch.arange(budget)) for index in routing)
+    other = small_input(tied, np.random.default_rng(4).integers(0, 256, (300, 300, 3), dtype=np.uint8))
+    for b, batch in enumerate([torch.cat([x, other]), torch.cat([other, x])]):
+        for keep in (0.25, torch.tensor(0.25)):
+            batched, batch_routing = encoder.forward_with_routing(batch, keep_ratio=keep)
+            torch.testing.assert_close(batched[b : b + 1], alone, atol=1e-5, rtol=1e-5)
+            assert all(torch.equal(index[b, :budget], torch.arange(budget)) for index in batch_routing)

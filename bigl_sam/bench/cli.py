@@ -15,16 +15,16 @@ from typing import List, Optional
 import torch
 from tqdm import tqdm
 
-from ..distributed import DTYPES, pick_device
+from ..distributed import DTYPES, autocast, note_bfloat16, pick_device
 from ..errors import BiglSamError
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, check_writable
 from ..onnx.cli import ONNX_INSTALL, require_onnx_extra
 from .clicks import bench_clicks
 from .encoders import BenchEncoder, build_encoder, keep_ratios, model_names
 from .inputs import DEFAULT_SIZE, BenchInput, bench_inputs, encoder_input
-from .measure import Case, measure
+from .measure import Case, matmul_speed, measure
 from .peers import PEERS, PEERS_INSTALL
-from .report import format_table, report, rows_from, settings
+from .report import add_throughput, format_table, report, rows_from, settings
 
 DEFAULT_MODELS = "vit_b,vit_l,vit_h,bigl_b_t,bigl_l_s,bigl_h_b"
 BACKENDS = ("torch", "onnxruntime")
@@ -88,13 +88,16 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
+    note_bfloat16(device, args.dtype)
     encoders = [build_encoder(name, args.keep_ratio, device) for name in names]
     cases = bench_cases(encoders, inputs, args, device)
     measure(cases, args.runs, args.warmup, args.batch, device)
+    matmul = matmul_speed(device, DTYPES)
     rows = rows_from(cases, {e.name: e.params_m for e in encoders})
+    add_throughput(rows, matmul, args.batch, args.dtype)
     failed = [case for case in cases if case.compile_error is not None]
     clicks = bench_clicks(args.clicks, args.compile_decoder) if args.clicks > 0 else {}
-    run_settings = settings(args, device, [item.label for item in inputs])
+    run_settings = settings(args, device, [item.label for item in inputs], matmul)
     print(format_table(rows, failed, clicks, run_settings))
     if args.json:
         atomic_write_text(args.json, json.dumps(report(rows, failed, clicks, run_settings), indent=2) + "\n")
@@ -113,7 +116,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     keep_ratios(args.keep_ratio, default=1.0)
     args.backends = backends(args)
     if args.json is not None:
-        _check_output_file(args.json)
+        check_writable(args.json, "--json")
 
 
 def backends(args: argparse.Namespace) -> List[str]:
@@ -126,6 +129,16 @@ def backends(args: argparse.Namespace) -> List[str]:
             raise BiglSamError("--quantize int8 quantises the onnxruntime encoder: add --backend onnxruntime")
         return names
     require_onnx_extra("--backend onnxruntime")
+    peers = [name for name in model_names(args.models) if name in PEERS]
+    if "torch" not in names:
+        if peers:
+            raise BiglSamError(f"--backend onnxruntime: the peers ({', '.join(peers)}) are timed in PyTorch only; "
+                               f"use --backend torch,onnxruntime to time them beside the onnxruntime rows")
+        if args.compile:
+            raise BiglSamError("--compile compiles the PyTorch encoders, and --backend onnxruntime times none; "
+                               "use --backend torch,onnxruntime --compile")
+    elif peers:
+        print(f"note: the peers ({', '.join(peers)}) have no onnxruntime rows; they are timed in PyTorch only")
     if args.batch != 1:
         raise BiglSamError(
             f"--backend onnxruntime times batch 1 (encoder.onnx takes one image), got --batch {args.batch}"
@@ -137,16 +150,6 @@ def backends(args: argparse.Namespace) -> List[str]:
         raise BiglSamError(f"--backend onnxruntime runs on the CPU; --device {args.device} would compare unlike "
                            f"rows (run it apart)")
     return names
-
-
-def _check_output_file(path: Path) -> None:
-    if path.is_dir():
-        raise BiglSamError(f"--json {path}: is a folder; give a file name, e.g. {path / 'bench.json'}")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise BiglSamError(f"--json {path}: {parent} is a file, not a folder")
-            return
 
 
 def bench_cases(
@@ -202,7 +205,7 @@ def _forward(module: torch.nn.Module, x: torch.Tensor, keep_ratio: Optional[floa
     kwargs = {} if keep_ratio is None else {"keep_ratio": keep_ratio}
 
     def forward():
-        with torch.autocast(x.device.type, dtype=dtype, enabled=dtype != torch.float32):
+        with autocast(x.device, dtype):
             return module(x, **kwargs)
 
     return forward

@@ -7,7 +7,7 @@ alike; each row reports its median.
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -20,6 +20,11 @@ CPU_SDPA_FLOPS = {
         lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v)
     )
 }
+
+# The machine's limit each row is set against: a matmul of ViT-B's MLP over the P-path tokens of a 1024 x 1024
+# input at keep 0.25 (M x K x N), timed in float32 and bfloat16 in the same run as the rows.
+REFERENCE_MATMUL = (1024, 768, 3072)
+REFERENCE_SECONDS = 2.0  # timed calls per dtype go on until this much time has passed (at most 5)
 
 
 @dataclass
@@ -114,3 +119,19 @@ def _timed_ms(forward: Callable[[], object], device: torch.device) -> float:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def matmul_speed(device: torch.device, dtypes: Dict[str, torch.dtype]) -> dict:
+    """{"shape": "MxKxN", "gmacs_per_s": {dtype name: GMAC/s}} of REFERENCE_MATMUL: per dtype one warm-up
+    call, then the best of up to 5 timed calls (the machine's speed, not its load)."""
+    m, k, n = REFERENCE_MATMUL
+    speeds = {}
+    for name, dtype in dtypes.items():
+        a, b = torch.randn(m, k, device=device, dtype=dtype), torch.randn(k, n, device=device, dtype=dtype)
+        a @ b
+        times_ms: List[float] = []
+        while len(times_ms) < 5 and sum(times_ms) < REFERENCE_SECONDS * 1e3:
+            times_ms.append(_timed_ms(lambda: a @ b, device))
+        speeds[name] = m * k * n / (min(times_ms) / 1e3) / 1e9
+    return {"shape": f"{m}x{k}x{n}", "gmacs_per_s": speeds}

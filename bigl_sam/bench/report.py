@@ -27,6 +27,8 @@ class Row:
     vs_dense_latency: Optional[float] = None
     backend: str = "torch"  # or "onnxruntime", "onnxruntime int8"
     max_abs_diff: Optional[float] = None  # int8 rows: embeddings vs the float32 onnxruntime row
+    gmacs_per_s: Optional[float] = None  # achieved: GMACs of the batch over its median latency
+    of_matmul: Optional[float] = None  # gmacs_per_s over the same-run matmul speed in the row's dtype
 
     @property
     def label(self) -> str:
@@ -65,19 +67,31 @@ def add_ratios(rows: List[Row]) -> None:
             row.vs_dense_latency = row.latency_ms / dense.latency_ms
 
 
+def add_throughput(rows: List[Row], matmul: dict, batch: int, dtype: str) -> None:
+    """Fills each row's achieved GMAC/s and its share of the matmul reference (`measure.matmul_speed`) in
+    the dtype it computes in: `dtype` for torch rows, float32 for onnxruntime, none for int8."""
+    for row in rows:
+        row.gmacs_per_s = row.gmacs * batch / (row.latency_ms / 1e3)
+        row_dtype = {"torch": dtype, "onnxruntime": "float32"}.get(row.backend)
+        if row_dtype in matmul["gmacs_per_s"]:
+            row.of_matmul = row.gmacs_per_s / matmul["gmacs_per_s"][row_dtype]
+
+
 def format_table(rows: List[Row], failed: List[Case], clicks: Dict[str, float], settings: dict) -> str:
     header = (
-        "| model | input | params (M) | GMACs | GMACs vs SAM | latency (ms) | latency vs SAM | lat/MAC | vs dense |"
+        "| model | input | params (M) | GMACs | GMACs vs SAM | latency (ms) | latency vs SAM | lat/MAC | vs dense "
+        "| GMAC/s | of matmul |"
     )
     quantized = any(r.max_abs_diff is not None for r in rows)
     if quantized:
         header += " int8 max abs diff |"
-    lines = [header, "|" + "---|" * (10 if quantized else 9)]
+    lines = [header, "|" + "---|" * (12 if quantized else 11)]
     for r in rows:
         lat_per_mac = r.vs_sam_latency / r.vs_sam_gmacs if r.vs_sam_gmacs else None
         cells = [
             r.label, r.input, f"{r.params_m:.1f}", f"{r.gmacs:.1f}", _ratio(r.vs_sam_gmacs), f"{r.latency_ms:.0f}",
             _ratio(r.vs_sam_latency), _ratio(lat_per_mac), _ratio(r.vs_dense_latency),
+            "" if r.gmacs_per_s is None else f"{r.gmacs_per_s:.1f}", "" if r.of_matmul is None else f"{r.of_matmul:.0%}",
         ]
         if quantized:
             cells.append("" if r.max_abs_diff is None else f"{r.max_abs_diff:.3g}")
@@ -112,7 +126,7 @@ def _ratio(value: Optional[float]) -> str:
     return "" if value is None else f"{value:.2f}"
 
 
-def settings(args, device: torch.device, inputs: List[str]) -> dict:
+def settings(args, device: torch.device, inputs: List[str], matmul: dict) -> dict:
     return {
         "device": str(device),
         "device_name": _device_name(device),
@@ -125,6 +139,7 @@ def settings(args, device: torch.device, inputs: List[str]) -> dict:
         "backends": list(args.backends),
         "torch": torch.__version__,
         "onnxruntime": _onnxruntime_version() if "onnxruntime" in args.backends else None,
+        "matmul": matmul,
     }
 
 
@@ -133,6 +148,8 @@ def settings_line(s: dict) -> str:
         f"device {s['device']} ({s['device_name']}), {s['threads']} threads, batch {s['batch']}, {s['dtype']}, "
         f"median of {s['runs']} interleaved rounds after {s['warmup']} warm-up, torch {s['torch']}"
         + (f", onnxruntime {s['onnxruntime']} (CPU)" if s["onnxruntime"] else "")
+        + f"; `of matmul`: share of a {s['matmul']['shape']} matmul's speed in the same run ("
+        + ", ".join(f"{dtype} {speed:.1f} GMAC/s" for dtype, speed in s["matmul"]["gmacs_per_s"].items()) + ")"
     )
 
 

@@ -6,7 +6,9 @@ import tempfile
 from pathlib import Path
 from typing import List, Optional
 
-from ..distributed import DTYPES
+import torch
+
+from ..distributed import DTYPES, note_bfloat16
 from ..errors import BiglSamError
 from ..images import IMAGE_SUFFIXES
 from ..modeling.config import MODEL_CONFIGS
@@ -24,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--model", default="bigl_b_t", choices=names, help="model to run (default: bigl_b_t)")
     add("--checkpoint", type=Path, metavar="PATH",
-        help="its weights (default: MODEL*.pth in --weights-dir, else a student built from SAM's official files "
-             "there, else random weights)")
+        help="its weights (default: MODEL.pth, else the one MODEL*.pth, in --weights-dir; else a student built from "
+             "SAM's official files there, else random weights)")
     add("--compare", choices=names, help="also run this model (e.g. vit_h) on the same clicks")
     add("--compare-checkpoint", type=Path, metavar="PATH", help="weights of the --compare model")
     add("--keep-ratio", type=float, metavar="R",
@@ -69,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= MAX_PORT:
         raise BiglSamError(f"--port must be in 0-{MAX_PORT}, got {args.port}")
     examples = example_images(args.examples)
+    note_bfloat16(torch.device("cpu"), args.dtype)  # the demo runs on the CPU
     models = load_demo_models(
         args.model, args.checkpoint, args.compare, args.compare_checkpoint, args.keep_ratio, args.weights_dir,
         encoder_dtype=DTYPES[args.dtype],

@@ -14,6 +14,7 @@ import torch
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
+from ..distributed import autocast
 from ..errors import BiglSamError
 from ..images import sam_input
 from ..modeling.config import check_keep_ratio
@@ -66,7 +67,7 @@ def encode_image(
     x, input_size = sam_input(image, model.pixel_mean, model.pixel_std, encoder.img_size)
     x = x[None]
     routing, ratio = None, None
-    with torch.autocast(x.device.type, dtype=dtype, enabled=dtype != torch.float32):
+    with autocast(x.device, dtype):
         if is_student(model):
             ratio = check_keep_ratio(encoder.keep_ratio if keep_ratio is None else keep_ratio)
             features, layers = encoder.forward_with_routing(x, ratio, valid_size=input_size)

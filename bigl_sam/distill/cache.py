@@ -35,7 +35,6 @@ from .augment import augment, augmentation_seed
 SETTINGS = "settings.pt"
 INDEX = "index.pt"
 SKIPPED = "skipped.txt"
-CACHE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # the teacher's precision (autocast)
 OPEN_SHARDS = 8  # memory-mapped shards kept open by one reader
 
 
@@ -86,9 +85,11 @@ def build_cache(
     `dtype` "bfloat16" runs the teacher under bf16 autocast (embeddings are stored as float16 either way).
     An image that cannot be read is skipped, named on stderr and in skipped.txt; `strict` stops instead.
     """
-    if dtype not in CACHE_DTYPES:
-        raise BiglSamError(f"--dtype {dtype}: expected {' or '.join(CACHE_DTYPES)}")
+    if dtype not in distributed.DTYPES:
+        raise BiglSamError(f"--dtype {dtype}: expected {' or '.join(distributed.DTYPES)}")
     process = distributed.start(device)
+    if process.is_main:
+        distributed.note_bfloat16(process.device, dtype)
     try:
         items = plan(list_images(images_root), augment_count)
         settings = {
@@ -104,12 +105,12 @@ def build_cache(
         shards = [items[start : start + shard_size] for start in range(0, len(items), shard_size)]
         todo = [n for n in range(process.rank, len(shards), process.world_size) if not _is_complete(out, n)]
         teacher = teacher.to(process.device).eval()
-        autocast = torch.autocast(process.device.type, dtype=CACHE_DTYPES[dtype], enabled=dtype != "float32")
+        precision = distributed.autocast(process.device, dtype)
         total = sum(len(shards[n]) for n in todo)
         with tqdm(total=total, desc=f"teacher (rank {process.rank})", unit="img") as progress:
             for number in todo:
                 _write_shard(
-                    teacher, images_root, shards[number], shard_path(out, number), batch_size, autocast, strict, progress
+                    teacher, images_root, shards[number], shard_path(out, number), batch_size, precision, strict, progress
                 )
         distributed.barrier(process)
         if process.is_main:

@@ -3,10 +3,13 @@
 import argparse
 from pathlib import Path
 
+import torch
+
+from .. import distributed
 from ..build import build_sam, load_sam
 from ..errors import BiglSamError
 from ..fileio import check_writable
-from .cache import CACHE_DTYPES, SKIPPED, build_cache, read_index, verify_cache
+from .cache import SKIPPED, build_cache, read_index, verify_cache
 from .compare import compare, read_json, table, write_json
 from .data import LOSS_REGIONS
 from .train import TrainConfig, train
@@ -33,7 +36,7 @@ def _add_cache_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--augment", type=int, default=0, help="augmented copies per image besides the original")
     parser.add_argument("--shard-size", type=int, default=64, help="embeddings per shard file")
     parser.add_argument("--batch", type=int, default=4, help="images per teacher forward pass")
-    parser.add_argument("--dtype", choices=CACHE_DTYPES, default="float32", help="teacher precision (bfloat16: autocast)")
+    parser.add_argument("--dtype", choices=tuple(distributed.DTYPES), default="float32", help="teacher precision (bfloat16: autocast)")
     parser.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of skipping it")
     parser.add_argument("--device", help="default: this process's GPU if there is one, else cpu")
     parser.add_argument("--verify", action="store_true", help="only check the shards of --out against the index")
@@ -93,6 +96,8 @@ def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     add("--teacher-outputs", type=Path, help="file keeping the teacher's embeddings and masks: written once, "
         "then read (compare before and after training without running the teacher twice)")
     add("--json", type=Path, help="also write the rows as JSON here")
+    add("--dtype", choices=tuple(distributed.DTYPES), default="float32",
+        help="teacher and students in float32, or under bfloat16 autocast")
 
 
 def _ratios(text: str):
@@ -128,8 +133,9 @@ def _run_compare(args: argparse.Namespace) -> int:
         check_writable(args.json, "--json")
     if args.teacher_outputs and not args.teacher_outputs.is_file():  # written once the teacher ran
         check_writable(args.teacher_outputs, "--teacher-outputs")
+    distributed.note_bfloat16(torch.device("cpu"), args.dtype)
     rows = compare(args.teacher_from, args.student, args.images, args.holdout, args.keep_ratios, args.init_from,
-                   args.seed, baseline, args.teacher_outputs)
+                   args.seed, baseline, args.teacher_outputs, args.dtype)
     print(table(rows))
     if args.json:
         write_json(rows, args.json)

@@ -21,7 +21,8 @@ import torch
 from segment_anything import SamPredictor
 from tqdm import tqdm
 
-from ..checkpoint import atomic_save, read_checkpoint
+from ..checkpoint import ModelReader, atomic_save, read_checkpoint
+from ..distributed import autocast
 from ..errors import BiglSamError
 from ..evaluation.protocol import mask_iou
 from ..fileio import atomic_write_text
@@ -46,11 +47,17 @@ def prompts(height: int, width: int) -> Dict[str, List[np.ndarray]]:
 
 
 @torch.no_grad()
-def outputs(predictor: SamPredictor, image: np.ndarray, keep_ratio=None) -> dict:
-    """Embedding (1 x C x G x G) and one mask per fixed prompt (H x W bool) of one model on one image."""
+def outputs(predictor: SamPredictor, image: np.ndarray, keep_ratio=None, dtype: str = "float32") -> dict:
+    """Embedding (1 x C x G x G, float32) and one mask per fixed prompt (H x W bool) of one model on one
+    image; `dtype` bfloat16 runs encoder and decoder under autocast (as `eval --dtype`)."""
     encoder = predictor.model.image_encoder
     if keep_ratio is not None:
         encoder.keep_ratio = keep_ratio
+    with autocast(predictor.device, dtype):
+        return _outputs(predictor, image)
+
+
+def _outputs(predictor: SamPredictor, image: np.ndarray) -> dict:
     predictor.set_image(image)
     masks = {}
     for kind, items in prompts(*image.shape[:2]).items():
@@ -61,7 +68,7 @@ def outputs(predictor: SamPredictor, image: np.ndarray, keep_ratio=None) -> dict
             else:
                 mask, _, _ = predictor.predict(point_coords=item[None], point_labels=np.ones(1), multimask_output=False)
             masks[kind].append(torch.from_numpy(mask[0]))
-    return {"embedding": predictor.features.clone(), "masks": masks}
+    return {"embedding": predictor.features.float(), "masks": masks}
 
 
 def compare(
@@ -74,22 +81,27 @@ def compare(
     seed: int = 0,
     baseline: Optional[List[dict]] = None,
     teacher_outputs: Optional[Path] = None,
+    dtype: str = "float32",
 ) -> List[dict]:
     """One row per (student, keep ratio): rel_error, box_iou, point_iou (means over the images), removed.
     Students given by name are built as `distill train --seed SEED` builds them. `teacher_outputs`: a file
-    that keeps the teacher's embeddings and masks (written on the first run, read on the next ones)."""
+    that keeps the teacher's embeddings and masks (written on the first run, read on the next ones). `dtype`:
+    teacher and students run in float32, or under bfloat16 autocast."""
     for ratio in keep_ratios:
         check_keep_ratio(ratio, "--keep-ratios")
     listed = list_images(images)
     image_ids = [listed[i] for i in split_holdout(listed, holdout)[1]]
-    targets = _teacher_outputs(teacher_from, images, image_ids, teacher_outputs)
-    models = [SamPredictor(build_student(spec, init_from or teacher_from, teacher_from, seed)) for spec in students]
+    read = ModelReader()  # the teacher's file is also the students' P-path and decoder: read once
+    targets = _teacher_outputs(teacher_from, images, image_ids, teacher_outputs, read, dtype)
+    models = [SamPredictor(build_student(spec, init_from or teacher_from, teacher_from, seed, read))
+              for spec in students]
+    del read  # the weights it read now live in the models
     sums: Dict[tuple, Dict[str, float]] = {}
     for image_id, target in zip(tqdm(image_ids, desc="students", unit="img"), targets):
         image = load_image(images / image_id)
         for spec, predictor in zip(students, models):
             for ratio in keep_ratios:
-                got = outputs(predictor, image, ratio)
+                got = outputs(predictor, image, ratio, dtype)
                 error = (got["embedding"] - target["embedding"]).norm() / target["embedding"].norm()
                 row = sums.setdefault((spec, ratio), {"rel_error": 0.0, "box_iou": 0.0, "point_iou": 0.0})
                 row["rel_error"] += error.item() / len(image_ids)
@@ -107,17 +119,21 @@ def compare(
     return rows
 
 
-def _teacher_outputs(teacher_from: str, images: Path, image_ids: List[str], path: Optional[Path]) -> List[dict]:
-    """The teacher's `outputs` for each image, from `path` when it holds those of the same teacher file and
-    images, else computed (and saved to `path` if given)."""
+def _teacher_outputs(
+    teacher_from: str, images: Path, image_ids: List[str], path: Optional[Path], read: ModelReader, dtype: str
+) -> List[dict]:
+    """The teacher's `outputs` for each image, from `path` when it holds those of the same teacher file,
+    images and dtype, else computed (and saved to `path` if given)."""
     key = {"teacher": str(Path(teacher_from).resolve()), "images": [str((images / i).resolve()) for i in image_ids]}
+    if dtype != "float32":  # files written before --dtype hold float32 outputs
+        key["dtype"] = dtype
     if path is not None and Path(path).is_file():
         saved = read_checkpoint(path)
         if saved.get("key") != key:
-            raise BiglSamError(f"--teacher-outputs {path}: made for another teacher file or other images")
+            raise BiglSamError(f"--teacher-outputs {path}: made for another teacher file, other images or --dtype")
         return saved["outputs"]
-    teacher = SamPredictor(load_sam_teacher(teacher_from))
-    targets = [outputs(teacher, load_image(images / i)) for i in tqdm(image_ids, desc="teacher", unit="img")]
+    teacher = SamPredictor(load_sam_teacher(read(teacher_from)))
+    targets = [outputs(teacher, load_image(images / i), dtype=dtype) for i in tqdm(image_ids, desc="teacher", unit="img")]
     if path is not None:
         atomic_save({"key": key, "outputs": targets}, path)
     return targets

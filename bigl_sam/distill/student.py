@@ -2,27 +2,36 @@
 which of its parameters learn."""
 
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from segment_anything.modeling import Sam
 
 from ..build import build_student_from_sam, load_sam
+from ..checkpoint import ModelWeights, read_model
 from ..errors import BiglSamError
 from ..modeling.config import MODEL_CONFIGS, BigLittleConfig, SamVitConfig
 
 
-def build_student(student: str, init_from: Optional[str], decoder_from: Optional[str], seed: int) -> Sam:
+def build_student(
+    student: str,
+    init_from: Optional[str],
+    decoder_from: Optional[str],
+    seed: int,
+    read: Callable[[str], ModelWeights] = read_model,
+) -> Sam:
     """`student` a registry name: a fresh student, P-path from `init_from` (None: random), prompt encoder and
     mask decoder from `decoder_from`, router and E-path drawn from `seed` (the same on every process, in
-    every rerun, and in `distill compare`); or a bigl-sam student checkpoint to continue distilling."""
+    every rerun, and in `distill compare`); or a bigl-sam student checkpoint to continue distilling.
+    `read` reads the SAM files (a `checkpoint.ModelReader` reads a file named twice once)."""
     if Path(student).is_file():
         model = load_sam(student)
         if not isinstance(model.config, BigLittleConfig):
             raise BiglSamError(f"--student {student}: holds {model.config.name}, not a big.LITTLE student")
         return model
     torch.manual_seed(seed)
-    return build_student_from_sam(student, init_from, decoder_from)
+    encoder = read(init_from) if init_from else None
+    return build_student_from_sam(student, encoder, read(decoder_from) if decoder_from else None)
 
 
 def student_for(sam: SamVitConfig, source: str) -> str:

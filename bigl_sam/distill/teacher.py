@@ -13,7 +13,8 @@ from typing import List, Sequence, Tuple
 import torch
 from segment_anything.modeling import Sam
 
-from ..build import load_sam
+from ..build import Checkpoint, load_sam
+from ..checkpoint import as_weights
 from ..errors import BiglSamError, CheckpointError
 from ..modeling.config import BigLittleConfig
 from .cache import TeacherCache, list_images
@@ -43,9 +44,10 @@ class CachedTeacher:
 
 
 class OnlineTeacher:
-    def __init__(self, checkpoint: str, images_root: str) -> None:
-        sam = load_sam_teacher(checkpoint)
-        self.where = str(checkpoint)
+    def __init__(self, checkpoint: Checkpoint, images_root: str) -> None:
+        weights = as_weights(checkpoint)
+        sam = load_sam_teacher(weights)
+        self.where = weights.source
         self.config = sam.config
         self.encoder = sam.image_encoder.requires_grad_(False).eval()
         self.images_root = Path(images_root)
@@ -68,13 +70,14 @@ class OnlineTeacher:
         return self.encoder(images).float()
 
 
-def load_sam_teacher(checkpoint: str) -> Sam:
-    """A SAM ViT of any size from a SAM-layout file (official flat state dict, or a bigl-sam file of a SAM
-    ViT); anything else is one `CheckpointError`."""
-    model = load_sam(checkpoint)
+def load_sam_teacher(checkpoint: Checkpoint) -> Sam:
+    """A SAM ViT of any size from any SAM file `load_sam` reads (official, transformers, or a bigl-sam file
+    of a SAM ViT); a student is one `CheckpointError`."""
+    weights = as_weights(checkpoint)
+    model = load_sam(weights)
     if isinstance(model.config, BigLittleConfig):
         raise CheckpointError(
-            f"{checkpoint}: holds the big.LITTLE student {model.config.name}, not a SAM model; "
+            f"{weights.source}: holds the big.LITTLE student {model.config.name}, not a SAM model; "
             f"--teacher-from takes a SAM-layout checkpoint (the one the student starts from)"
         )
     return model

@@ -28,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from .. import distributed
+from ..checkpoint import ModelReader
 from ..errors import BiglSamError
 from .data import LOSS_REGIONS, collate, loss_region
 from .losses import embedding_loss, mask_loss
@@ -97,10 +98,15 @@ def train(cfg: TrainConfig) -> Path:
 
 def _train(cfg: TrainConfig, process: distributed.Process) -> Path:
     out = Path(cfg.out)
-    teacher = OnlineTeacher(cfg.teacher_from, cfg.images) if cfg.teacher_from else CachedTeacher(cfg.cache)
+    read = ModelReader()  # --teacher-from, --init-from and --decoder-from are most often one file
+    teacher = OnlineTeacher(read(cfg.teacher_from), cfg.images) if cfg.teacher_from else CachedTeacher(cfg.cache)
     cfg = resolve(cfg, teacher)
     state = load_state(out, identity(cfg), process) if cfg.resume else refuse_overwrite(out)
-    model = student_from_state(state) if state else build_student(cfg.student, cfg.init_from, cfg.decoder_from, cfg.seed)
+    if state:
+        model = student_from_state(state)
+    else:
+        model = build_student(cfg.student, cfg.init_from, cfg.decoder_from, cfg.seed, read)
+    del read  # the weights it read now live in the models
     check_fits(model, teacher)
     model.to(process.device)
     teacher.to(process.device)
@@ -114,7 +120,10 @@ def _train(cfg: TrainConfig, process: distributed.Process) -> Path:
     heldout = teacher.dataset(heldout_items, model)
     log = RunLog(out, start_step) if process.is_main else None
     progress = tqdm(total=cfg.steps, initial=start_step, desc="distill", unit="step", disable=not process.is_main)
-    autocast = amp_context(cfg.amp, process.device)
+    dtype = amp_dtype(cfg.amp, process.device)
+    if process.is_main:
+        distributed.note_bfloat16(process.device, dtype)
+    autocast = distributed.autocast(process.device, dtype)
     with progress:
         for step, batch in zip(range(start_step, cfg.steps), loader):
             row = train_step(model, trainer, teacher, optimizer, batch, step, cfg, process, autocast)
@@ -224,9 +233,10 @@ def adamw(encoder: torch.nn.Module, weight_decay: float) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=0.0, betas=(0.9, 0.999))
 
 
-def amp_context(amp: str, device: torch.device):
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype:
+    """--amp as the dtype the student and teacher run in: auto is bfloat16 on GPU, float32 on CPU."""
     use_bf16 = amp == "bf16" or (amp == "auto" and device.type == "cuda")
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
+    return torch.bfloat16 if use_bf16 else torch.float32
 
 
 def check_config(cfg: TrainConfig) -> None:

@@ -8,6 +8,6 @@ the three jobs, each with its report.
 """
 
 from .clicker import Click, Clicker, ClickRule, interior_point
-from .protocol import PRESETS, Protocol, mask_iou, size_bucket
+from .protocol import PRESETS, Protocol, mask_iou, size_buckets
 
-__all__ = ["Click", "Clicker", "ClickRule", "PRESETS", "Protocol", "interior_point", "mask_iou", "size_bucket"]
+__all__ = ["Click", "Clicker", "ClickRule", "PRESETS", "Protocol", "interior_point", "mask_iou", "size_buckets"]

@@ -17,10 +17,11 @@ from ..errors import BiglSamError
 from ..pretrained import choose_weights
 from ..weights import WEIGHTS_DIR_HELP
 from . import detections, interactive
-from .coco import MIN_AREA, CocoInstances
+from .coco import CocoInstances
 from .decoding import Decoding
+from .edgesam import EdgeSamMiou
 from .instances import CocoMiou
-from .masks import MaskFolders
+from .masks import DATASETS, MaskFolders
 from .plot import plot_curves
 from .protocol import DEFAULT_PRESET, MEDIUM_MAX_AREA, PRESETS, PROMPTS, RITM_RULE, SELECTIONS, SMALL_MAX_AREA, Protocol
 from .report import differences, markdown_table, summarize, write_json
@@ -85,6 +86,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = clicks.add_mutually_exclusive_group(required=True)
     source.add_argument("--masks", type=Path, help="folder of object masks, matched to --images by file stem")
     source.add_argument("--annotations", type=Path, help="or a COCO instances JSON")
+    clicks.add_argument("--dataset", choices=tuple(DATASETS), default=None,
+                        help="a benchmark's mask rule, as RITM reads it (sets --ignore-value and --union)")
     clicks.add_argument("--ignore-value", type=int, default=None, help="mask value that counts nowhere (GrabCut: 128)")
     clicks.add_argument("--union", action="store_true", help="one object of all mask values, not one per value")
     clicks.add_argument("--max-clicks", type=int, default=interactive.DEFAULT_MAX_CLICKS)
@@ -105,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
     shard = Shard(process.rank, process.world_size)
     if shard.is_main:
         _say_which_weights(specs)
+        distributed.note_bfloat16(process.device, args.dtype)
     with tempfile.TemporaryDirectory(prefix="bigl-sam-eval-") as scratch:
         out_dir = args.out if args.out is not None else Path(scratch)
         evaluation = Evaluation(job, out_dir, shard, process.device, args.dtype)
@@ -133,7 +137,9 @@ def _job(args: argparse.Namespace):
             raise BiglSamError("--ignore-value and --union read mask values of --masks; with --annotations each "
                                "annotation is one object: leave them out")
         if args.masks is not None:
-            dataset = MaskFolders(args.images, args.masks, args.ignore_value, args.union)
+            dataset = _mask_folders(args)
+        elif args.dataset is not None:
+            raise BiglSamError(f"--dataset {args.dataset} is a rule for mask folders: give --masks, not --annotations")
         else:
             dataset = CocoInstances(args.annotations, args.images)
         return interactive.ClickCurves(dataset, Decoding(args.select, args.feed_logits), args.max_clicks,
@@ -148,8 +154,19 @@ def _job(args: argparse.Namespace):
     if args.score_threshold is not None:
         raise BiglSamError("--score-threshold filters the detections of --boxes: give --boxes, or leave it out")
     protocol = Protocol(args.prompt, _clicks(args), args.select, args.protocol)
-    dataset = CocoInstances(args.annotations, args.images, score_crowd=protocol.score_crowd)
-    return CocoMiou(dataset, protocol, args.batch_size, args.max_images)
+    job = EdgeSamMiou if protocol.preset == "edgesam" else CocoMiou
+    dataset = CocoInstances(args.annotations, args.images, score_crowd=protocol.score_crowd, min_area=job.min_area)
+    return job(dataset, protocol, args.batch_size, args.max_images)
+
+
+def _mask_folders(args: argparse.Namespace) -> MaskFolders:
+    """The mask folders under --dataset's rule, or under --ignore-value and --union."""
+    if args.dataset is None:
+        return MaskFolders(args.images, args.masks, args.ignore_value, args.union)
+    if args.ignore_value is not None or args.union:
+        raise BiglSamError(f"--dataset {args.dataset} sets the mask rule: leave out --ignore-value and --union")
+    preset = DATASETS[args.dataset]
+    return MaskFolders(args.images, args.masks, preset.ignore_value, preset.union, preset.object_above)
 
 
 def _say_which_weights(specs) -> None:
@@ -184,10 +201,10 @@ def _coco_dataset_entry(dataset: CocoInstances, image_ids) -> dict:
 
 
 def _miou_report(job: CocoMiou, models: List[dict], results) -> tuple:
-    models = [{**model, **summarize(records)} for model, records in zip(models, results)]
+    protocol = job.protocol
+    models = [{**model, **summarize(records, protocol.inclusive_buckets)} for model, records in zip(models, results)]
     for model in models[1:]:
         model["miou_minus_reference"] = differences(model, models[0])
-    protocol = job.protocol
     report = {
         "protocol": {
             **protocol.to_dict(),
@@ -195,8 +212,10 @@ def _miou_report(job: CocoMiou, models: List[dict], results) -> tuple:
             "multimask_output": protocol.select != "single",
             "iou_at": "original image resolution",
             "pixels": "as stored (EXIF orientation not applied)",
-            "size_bounds_area": {"small_below": SMALL_MAX_AREA, "large_from": MEDIUM_MAX_AREA},
-            "skipped_annotations": ("" if protocol.score_crowd else "iscrowd, or ") + f"area < {MIN_AREA:g}",
+            "size_bounds_area": {"small_max": SMALL_MAX_AREA, "large_min": MEDIUM_MAX_AREA,
+                                 "bounds_in_both_buckets": protocol.inclusive_buckets},
+            "skipped_annotations": ("" if protocol.score_crowd else "iscrowd, or ") + f"area < {job.dataset.min_area:g}"
+                                   + ("" if protocol.score_empty else ", or an empty mask"),
         },
         "dataset": {**_coco_dataset_entry(job.dataset, job.image_ids),
                     "skipped_annotations": job.dataset.skipped_annotations(job.image_ids)},
@@ -226,8 +245,9 @@ def _interactive_report(args, job: "interactive.ClickCurves", models: List[dict]
     entries = [{**model, **interactive.summarize(records, job.max_clicks)} for model, records in zip(models, results)]
     if isinstance(job.dataset, MaskFolders):
         dataset = {"images": str(job.dataset.images_dir), "masks": str(job.dataset.masks_dir),
+                   "preset": args.dataset, "preset_source": None if args.dataset is None else DATASETS[args.dataset].source,
                    "ignore_value": job.dataset.ignore_value, "union": job.dataset.union,
-                   "selected_images": len(job.image_ids)}
+                   "object_above": job.dataset.object_above, "selected_images": len(job.image_ids)}
     else:
         dataset = _coco_dataset_entry(job.dataset, job.image_ids)
     report = {
@@ -260,6 +280,7 @@ def _command_line(args: argparse.Namespace) -> str:
             words += ["--select", args.select]
     else:
         words += ["--masks", str(args.masks)] if args.masks is not None else ["--annotations", str(args.annotations)]
+        words += ["--dataset", args.dataset] if args.dataset is not None else []
         if args.ignore_value is not None:
             words += ["--ignore-value", str(args.ignore_value)]
         words += ["--union"] if args.union else []

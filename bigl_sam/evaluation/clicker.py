@@ -6,20 +6,24 @@ One simulator serves every protocol; a `ClickRule` says where they differ:
   transform of the mask padded by one background pixel, so the image edge counts as boundary; the first such
   pixel in raster order). This is RITM's first click, which is its corrective click on an empty prediction
   (SamsungLabs/ritm_interactive_segmentation, isegm/inference/clicker.py; the same code is in
-  mit-han-lab/efficientvit, applications/efficientvit_sam/sam_eval_utils.py), and EdgeSAM's `mask-center`
-  point (chongzhou96/EdgeSAM, edge_sam/utils/common.py: get_centroid_from_mask). `random` clicks a pixel of
+  mit-han-lab/efficientvit, applications/efficientvit_sam/sam_eval_utils.py). `random` clicks a pixel of
   the object drawn uniformly (EfficientSAM's point prompt as its paper describes it; its code is not public).
+  EdgeSAM's points (an approximate distance transform and random corrections, on resized masks) are not
+  this simulator's: they are in `edgesam.py`, with the rest of its protocol.
 - `correction`: where the next click goes once there is a prediction. `distance` is RITM's rule: compute the
   distance transform of the missed region (ground truth not predicted) and of the false region (predicted,
   not ground truth), both padded as above and both zero at pixels already clicked; click the larger maximum,
   positive on the missed region, negative on the false one; a tie goes to the false region. `area` compares
   the regions' pixel counts instead (a tie goes to the missed region) and clicks the larger one's interior
-  point (this project's own protocol before the presets). `random` clicks a pixel drawn uniformly from both
-  error regions together, labelled by the region it falls in (EdgeSAM's `sample_point_in_mask`, which does
-  it on the 256 x 256 low-resolution masks; here it is done at the image resolution).
-- `pixel_centre`: the prompt coordinate of pixel (x, y). RITM, EfficientViT-SAM and EdgeSAM hand SAM the
+  point (this project's own protocol before the presets).
+- `pixel_centre`: the prompt coordinate of pixel (x, y). RITM and EfficientViT-SAM hand SAM the
   integer index (x, y); SAM's coordinate frame puts that pixel's centre at (x + 0.5, y + 0.5), which is what
   `pixel_centre=True` gives (this project's own protocol).
+- `on_exact`: what happens when nothing is left to correct (the prediction is exact outside the ignore mask,
+  or every error pixel is clicked). `stop`: no click, the mask keeps its result. `corner`: a negative click
+  at pixel (0, 0), which is what RITM's clicker code does there (both maxima are 0, so it takes the first
+  pixel of the false region's all-zero distance map); EfficientViT-SAM's evaluation runs that click. Under
+  `corner` an empty object mask is clicked too: its first click is that negative one.
 
 Pixels under an ignore mask (GrabCut's 128-valued band) are in neither error region, as in RITM's `get_iou`
 and clicker. Random draws come from a generator seeded per instance, so a click sequence is the same
@@ -35,7 +39,8 @@ import numpy as np
 from ..errors import BiglSamError
 
 FIRST_CLICKS = ("interior", "random")
-CORRECTIONS = ("distance", "area", "random")
+CORRECTIONS = ("distance", "area")
+ON_EXACT = ("stop", "corner")
 
 
 class Click(NamedTuple):
@@ -49,12 +54,15 @@ class ClickRule:
     first: str = "interior"
     correction: str = "distance"
     pixel_centre: bool = False
+    on_exact: str = "stop"
 
     def __post_init__(self) -> None:
         if self.first not in FIRST_CLICKS:
             raise BiglSamError(f"unknown first click {self.first!r}; choose one of {', '.join(FIRST_CLICKS)}")
         if self.correction not in CORRECTIONS:
             raise BiglSamError(f"unknown correction {self.correction!r}; choose one of {', '.join(CORRECTIONS)}")
+        if self.on_exact not in ON_EXACT:
+            raise BiglSamError(f"unknown on_exact {self.on_exact!r}; choose one of {', '.join(ON_EXACT)}")
 
     @property
     def offset(self) -> float:
@@ -84,15 +92,15 @@ def interior_point(mask: np.ndarray):
 class Clicker:
     """The clicks on one object: `first()`, then `next(prediction)` after each decoder round.
 
-    gt: H x W bool object mask; ignore: H x W bool pixels that count nowhere (None: none); seed: for the
-    random rules.
+    gt: H x W bool object mask (empty only under `on_exact="corner"` with an `interior` first click);
+    ignore: H x W bool pixels that count nowhere (None: none); seed: for the random rules.
     """
 
     def __init__(self, gt: np.ndarray, rule: ClickRule, ignore: Optional[np.ndarray] = None, seed: int = 0) -> None:
         self.rule = rule
         self.counted = np.ones_like(gt, dtype=bool) if ignore is None else ~ignore
         self.gt = gt & self.counted
-        if not self.gt.any():
+        if not self.gt.any() and (rule.on_exact == "stop" or rule.first == "random"):
             raise ValueError("Clicker on an empty object mask")
         self.not_clicked = np.ones_like(gt, dtype=bool)
         self.rng = np.random.default_rng(seed)
@@ -103,16 +111,11 @@ class Clicker:
         return self.next(np.zeros_like(self.gt))
 
     def next(self, prediction: np.ndarray) -> Optional[Click]:
-        """The click that corrects `prediction` (H x W bool) most by the rule; None when nothing is left to
-        correct (the prediction equals the object outside the ignore mask, or every error pixel is clicked)."""
+        """The click that corrects `prediction` (H x W bool) most by the rule. When nothing is left to correct
+        (the prediction equals the object outside the ignore mask, or every error pixel is clicked): None
+        under `on_exact="stop"`, a negative click at (0, 0) under `corner`."""
         missed = self.gt & ~prediction
         false = prediction & self.counted & ~self.gt
-        if self.rule.correction == "random":
-            errors = (missed | false) & self.not_clicked
-            if not errors.any():
-                return None
-            x, y = self._draw(errors)
-            return self._record((x, y), bool(missed[y, x]))
         missed_distance = distance_to_boundary(missed) * self.not_clicked
         false_distance = distance_to_boundary(false) * self.not_clicked
         if self.rule.correction == "distance":
@@ -121,9 +124,12 @@ class Clicker:
             positive = missed.sum() >= false.sum()
         distance = missed_distance if positive else false_distance
         if distance.max() <= 0:
-            return None
+            return self._nothing_to_correct()
         y, x = np.unravel_index(int(np.argmax(distance)), distance.shape)
         return self._record((int(x), int(y)), bool(positive))
+
+    def _nothing_to_correct(self) -> Optional[Click]:
+        return None if self.rule.on_exact == "stop" else self._record((0, 0), False)
 
     def _draw(self, region: np.ndarray):
         ys, xs = np.nonzero(region)

@@ -1,6 +1,7 @@
 """A COCO instances file, read with pycocotools: which images to evaluate and their instances as masks.
 
-Annotations with `area < 1`, and crowd annotations unless the protocol scores them, are counted, not scored.
+Annotations with `area < 1` (unless the protocol sets another `min_area`), and crowd annotations unless the
+protocol scores them, are counted, not scored.
 Every image entry and annotation is checked when the file is read, so a malformed one is one error line
 naming its id before any work starts.
 """
@@ -36,19 +37,21 @@ class Instance:
 class CocoInstances:
     """The annotations of `annotations_path` for the images under `images_dir`."""
 
-    def __init__(self, annotations_path, images_dir, score_crowd: bool = False) -> None:
+    def __init__(self, annotations_path, images_dir, score_crowd: bool = False, min_area: float = MIN_AREA) -> None:
         self.annotations_path = Path(annotations_path)
         self.images_dir = Path(images_dir)
-        self.score_crowd = score_crowd
+        self.score_crowd, self.min_area = score_crowd, min_area
         if not self.images_dir.is_dir():
             raise BiglSamError(f"{self.images_dir}: image folder not found")
         self.coco = _read_coco(self.annotations_path)
         self.sha256 = sha256_of(self.annotations_path, progress=False)
 
-    def image_ids(self, max_images: Optional[int] = None, with_instances: bool = True) -> List[int]:
+    def image_ids(self, max_images: Optional[int] = None, with_instances: bool = True,
+                  file_order: bool = False) -> List[int]:
         """The ids of images (with at least one scored instance, unless `with_instances` is False), in id
-        order, the first `max_images` of them."""
-        ids = sorted(i for i in self.coco.imgs if not with_instances or any(self._is_scored(a) for a in self._annotations(i)))
+        order (or in the file's, with `file_order`), the first `max_images` of them."""
+        ids = [i for i in self.coco.imgs if not with_instances or any(self._is_scored(a) for a in self._annotations(i))]
+        ids = ids if file_order else sorted(ids)
         if max_images is not None:
             if max_images < 1:
                 raise BiglSamError(f"--max-images must be at least 1, got {max_images}")
@@ -71,6 +74,10 @@ class CocoInstances:
         info = self.coco.imgs[image_id]
         return int(info["height"]), int(info["width"])
 
+    def box_xywh(self, ann_id: int) -> List[float]:
+        """An annotation's `bbox` field as it is written: [x, y, width, height]."""
+        return self.coco.anns[ann_id]["bbox"]
+
     def instances(self, image_id: int) -> List[Instance]:
         """The scored instances of one image, masks rasterised at the annotated image size."""
         return [self._instance(a) for a in self._annotations(image_id) if self._is_scored(a)]
@@ -89,7 +96,7 @@ class CocoInstances:
     def _skip_reason(self, ann: dict) -> Optional[str]:
         if ann.get("iscrowd", 0) and not self.score_crowd:
             return "iscrowd"
-        if float(ann.get("area", 0.0)) < MIN_AREA:
+        if float(ann.get("area", 0.0)) < self.min_area:
             return "area_below_1"
         return None
 

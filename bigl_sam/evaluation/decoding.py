@@ -1,7 +1,9 @@
 """Decoding all prompts of one encoded image in batches: boxes, or click sessions driven by the simulated user.
 
 The predictor holds one image's embedding (`SamPredictor.set_image`); every call here only runs the prompt
-encoder and mask decoder (`predict_torch`) on B prompts at once. The time spent in the decoder is added to
+encoder and mask decoder (`predict_torch`) on B prompts at once. Prompt coordinates are scaled to SAM's
+input frame as `SamPredictor.predict` scales them (in float64, then handed over as float32), so a batch
+gets the coordinates that one `predict` call per prompt would. The time spent in the decoder is added to
 `DecoderClock.seconds`, so that a report can split the rest (the click simulator and the IoU) from it.
 """
 
@@ -34,11 +36,13 @@ class DecoderClock:
 
 @dataclass(frozen=True)
 class Decoding:
-    """How each round is decoded. select: argmax | oracle | single; feed_logits: the previous round's
-    low-res logits of the chosen mask go back in as `mask_input`."""
+    """How each round is decoded and scored. select: argmax | oracle | single; feed_logits: the previous
+    round's low-res logits of the chosen mask go back in as `mask_input`; both_empty_iou: the IoU when the
+    ground truth and the mask are both empty (`mask_iou`)."""
 
     select: str = "argmax"
     feed_logits: bool = False
+    both_empty_iou: float = 1.0
 
 
 @dataclass
@@ -56,8 +60,8 @@ def box_masks(
     gt: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """boxes: B x 4 XYXY pixels -> B x H x W bool chosen masks (`gt`, B x H x W, only for `oracle`)."""
+    boxes = predictor.transform.apply_boxes(np.asarray(boxes, dtype=np.float64), predictor.original_size)
     boxes = torch.as_tensor(boxes, dtype=torch.float, device=predictor.device)
-    boxes = predictor.transform.apply_boxes_torch(boxes, predictor.original_size)
     masks, _ = _decode(predictor, decoding, clock, gt, boxes=boxes)
     return masks
 
@@ -69,7 +73,7 @@ def box_ious(predictor, targets: Sequence[Target], boxes: np.ndarray, decoding: 
         batch = targets[start : start + batch_size]
         gt, counted = _ground_truth(predictor, batch)
         masks = box_masks(predictor, boxes[start : start + batch_size], decoding, clock, gt)
-        ious.extend(mask_iou(masks, gt, counted).tolist())
+        ious.extend(mask_iou(masks, gt, counted, decoding.both_empty_iou).tolist())
     return ious
 
 
@@ -90,7 +94,7 @@ def _click_session(predictor, batch: Sequence[Target], rule: ClickRule, rounds: 
     clickers = [Clicker(t.mask, rule, t.ignore, t.seed) for t in batch]
     clicks = [[clicker.first()] for clicker in clickers]
     masks, logits = _decode(predictor, decoding, clock, gt, clicks=clicks, offset=rule.offset)
-    ious = [mask_iou(masks, gt, counted)]
+    ious = [mask_iou(masks, gt, counted, decoding.both_empty_iou)]
     for _ in range(rounds - 1):
         done = np.zeros(len(batch), dtype=bool)
         host_masks = masks.cpu().numpy()
@@ -104,7 +108,7 @@ def _click_session(predictor, batch: Sequence[Target], rule: ClickRule, rounds: 
         keep = torch.from_numpy(done).to(masks.device)
         masks = torch.where(keep[:, None, None], masks, new_masks)
         logits = torch.where(keep[:, None, None, None], logits, new_logits)
-        ious.append(mask_iou(masks, gt, counted))
+        ious.append(mask_iou(masks, gt, counted, decoding.both_empty_iou))
     return torch.stack(ious, dim=1).cpu().numpy()
 
 
@@ -144,7 +148,7 @@ def _decode(
 
 def _click_tensors(predictor: SamPredictor, clicks: List[list], offset: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """B lists of (x, y, label) pixel clicks -> B x N x 2 input-frame coordinates, B x N labels."""
-    table = torch.tensor([[tuple(map(int, c)) for c in row] for row in clicks], dtype=torch.float,
-                         device=predictor.device)
-    coords = predictor.transform.apply_coords_torch(table[..., :2] + offset, predictor.original_size)
-    return coords, table[..., 2].long()
+    table = np.array([[tuple(map(int, c)) for c in row] for row in clicks], dtype=np.int64)
+    coords = predictor.transform.apply_coords(table[..., :2] + offset, predictor.original_size)
+    return (torch.as_tensor(coords, dtype=torch.float, device=predictor.device),
+            torch.as_tensor(table[..., 2], device=predictor.device))

@@ -5,7 +5,10 @@ Each detection above `--score-threshold` becomes a box prompt; its mask is kept 
 (compressed RLE) with the detection's image, category and score; pycocotools' COCOeval (segm) scores all of
 them against the annotations. As in mit-han-lab/efficientvit, applications/efficientvit_sam/
 eval_efficientvit_sam_model.py (`run_box_from_detector`): multimask output, the argmax of the predicted IoU,
-and COCOeval with its default settings (maxDets 1/10/100).
+and COCOeval with its default settings (maxDets 1/10/100). A segmentation result carries no `bbox`, as
+detectron2 and EfficientViT-SAM (`sam_eval_utils.evaluate_predictions_on_coco`) drop it before `loadRes`:
+with a `bbox`, pycocotools sets the result's `area` to the box's w x h, and APs / APm / APl would then sort
+the detections by box area instead of mask area.
 """
 
 import contextlib
@@ -32,6 +35,7 @@ from .report import rate, time_split, time_split_cell
 from .runner import Job
 
 AP_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # COCOeval.stats[0:6], x100
+SEGMENTATION_KEYS = ("image_id", "category_id", "score")  # of the detection, kept in its segmentation result
 
 
 def read_detections(path: Path, dataset: CocoInstances, score_threshold: float) -> Dict[int, List[dict]]:
@@ -113,11 +117,12 @@ class DetectionMasks(Job):
         results = []
         for start in range(0, len(dets), self.batch_size):
             batch = dets[start : start + self.batch_size]
-            boxes = np.array([box_xywh_to_xyxy(d["bbox"]) for d in batch], dtype=np.float32)
+            boxes = np.array([box_xywh_to_xyxy(d["bbox"]) for d in batch], dtype=np.float64)
             masks = box_masks(predictor, boxes, self.decoding, clock).cpu().numpy()
             for det, mask in zip(batch, masks):
                 rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-                results.append({**det, "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")}})
+                segmentation = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+                results.append({key: det[key] for key in SEGMENTATION_KEYS} | {"segmentation": segmentation})
         return {"segmentations": results}
 
 
@@ -127,12 +132,14 @@ def segmentation_results(records: Sequence[dict]) -> List[dict]:
 
 
 def coco_ap(dataset: CocoInstances, results: List[dict], image_ids: Sequence[int]) -> Dict[str, Optional[float]]:
-    """COCOeval segm AP, AP50, AP75, APs, APm, APl (x100) of `results` on `image_ids`; COCOeval's printout
-    is not shown. None for all when there is no result, and for a size range without ground truth."""
+    """COCOeval segm AP, AP50, AP75, APs, APm, APl (x100) of `results` on `image_ids`, each result's area
+    that of its mask (a `bbox` is dropped, as in the module docstring); COCOeval's printout is not shown.
+    None for all when there is no result, and for a size range without ground truth."""
     if not results:
         return {metric: None for metric in AP_METRICS}
+    masks_only = [{key: value for key, value in result.items() if key != "bbox"} for result in results]
     with contextlib.redirect_stdout(io.StringIO()):
-        detections = dataset.coco.loadRes(copy.deepcopy(results))
+        detections = dataset.coco.loadRes(copy.deepcopy(masks_only))
         evaluation = COCOeval(dataset.coco, detections, "segm")
         evaluation.params.imgIds = list(image_ids)
         evaluation.evaluate()

@@ -44,7 +44,7 @@ class ClickCurves(Job):
         data = self.dataset
         if isinstance(data, MaskFolders):
             source = {"masks": "folders", "ignore_value": data.ignore_value, "union": data.union,
-                      "stems": data.stems}
+                      "object_above": data.object_above, "stems": data.stems}
         else:
             source = {"annotations_sha256": data.sha256}
         return {"job": "interactive", "click_rule": RITM_RULE.to_dict(), "select": self.decoding.select,

@@ -1,11 +1,15 @@
 """An interactive-segmentation set as the benchmarks ship it: a folder of images and a folder of masks with
 the same file stems (GrabCut, Berkeley, DAVIS, COCO-MVal in RITM's layout).
 
-A mask pixel > 0 belongs to an object, except pixels equal to `ignore_value` (GrabCut's 128-valued band
-between object and background), which count nowhere. A palette or grayscale mask with several values gives
-one object per value (`union=True`: one object of all of them); an RGB mask gives one object per colour.
-Everything is checked when the set is opened: a missing or extra mask, a mask of another size than its image,
-a mask without any object pixel are each one error line before any work starts.
+A mask pixel > `object_above` (0) belongs to an object, except pixels equal to `ignore_value` (GrabCut's
+128-valued band between object and background), which count nowhere. A palette or grayscale mask with several
+values gives one object per value (`union=True`: one object of all of them); an RGB mask gives one object per
+colour. Everything is checked when the set is opened: a missing or extra mask, a mask of another size than its
+image, a mask without any object pixel are each one error line before any work starts.
+
+`DATASETS` names the published benchmarks' rules, as RITM's dataset classes read them
+(SamsungLabs/ritm_interactive_segmentation, isegm/data/datasets/, and `get_dataset` in
+isegm/inference/utils.py), so that `eval interactive --dataset NAME` needs no option to be remembered.
 """
 
 from dataclasses import dataclass
@@ -32,15 +36,38 @@ class MaskObject:
     ignore: Optional[np.ndarray]
 
 
+@dataclass(frozen=True)
+class DatasetPreset:
+    """One benchmark's mask rule (the `MaskFolders` options), the folder names it ships with (images, masks)
+    and where the rule comes from."""
+
+    ignore_value: Optional[int]
+    union: bool
+    object_above: int
+    folders: Tuple[str, str]
+    source: str
+
+
+DATASETS = {
+    # grabcut.py: value 128 is ignored, values above 128 are the one object, the rest background.
+    "grabcut": DatasetPreset(128, True, 128, ("data_GT", "boundary_GT"), "isegm/data/datasets/grabcut.py"),
+    "berkeley": DatasetPreset(128, True, 128, ("images", "masks"), "isegm/data/datasets/berkeley.py (GrabCut's reader)"),
+    # davis.py: every non-zero value of a frame is one object (DAVIS-345 is scored per frame, not per object).
+    "davis": DatasetPreset(None, True, 0, ("img", "gt"), "isegm/data/datasets/davis.py"),
+    "coco-mval": DatasetPreset(None, True, 0, ("img", "gt"), "isegm/data/datasets/davis.py (get_dataset reads COCO_MVal with it)"),
+}
+
+
 class MaskFolders:
     """Images under `images_dir`, masks under `masks_dir`, paired by file stem, in stem order."""
 
-    def __init__(self, images_dir, masks_dir, ignore_value: Optional[int] = None, union: bool = False) -> None:
+    def __init__(self, images_dir, masks_dir, ignore_value: Optional[int] = None, union: bool = False,
+                 object_above: int = 0) -> None:
         self.images_dir, self.masks_dir = Path(images_dir), Path(masks_dir)
         if ignore_value is not None and not 1 <= ignore_value <= MAX_MASK_VALUE:
             raise BiglSamError(f"--ignore-value must be a value of an 8-bit mask in 1..{MAX_MASK_VALUE} "
                                f"(0 is the background), got {ignore_value}")
-        self.ignore_value, self.union = ignore_value, union
+        self.ignore_value, self.union, self.object_above = ignore_value, union, object_above
         images, masks = _by_stem(self.images_dir, IMAGE_SUFFIXES, "image"), _by_stem(self.masks_dir, MASK_SUFFIXES, "mask")
         _check_pairs(self.images_dir, self.masks_dir, images, masks)
         self.stems = sorted(images)
@@ -67,7 +94,7 @@ class MaskFolders:
         ignore = None if self.ignore_value is None else values == self.ignore_value
         if ignore is not None and not ignore.any():
             ignore = None
-        ids = [int(v) for v in np.unique(values) if v != 0 and v != self.ignore_value]
+        ids = [int(v) for v in np.unique(values[self._object_pixels(values)])]
         if self.union:
             return [MaskObject(0, np.isin(values, ids), ignore)]
         return [MaskObject(i, values == i, ignore) for i in ids]
@@ -83,8 +110,13 @@ class MaskFolders:
         if (values.shape[1], values.shape[0]) != image_size:
             raise BiglSamError(f"{mask_path}: mask is {values.shape[0]}x{values.shape[1]} (HxW), its image "
                                f"{image_path.name} is {image_size[1]}x{image_size[0]}")
-        if not ((values != 0) & (values != (self.ignore_value if self.ignore_value is not None else 0))).any():
+        if not self._object_pixels(values).any():
             raise BiglSamError(f"{mask_path}: empty mask (no object pixel)")
+
+    def _object_pixels(self, values: np.ndarray) -> np.ndarray:
+        """H x W values -> H x W bool: the pixels of some object."""
+        objects = values > self.object_above
+        return objects if self.ignore_value is None else objects & (values != self.ignore_value)
 
 
 def _by_stem(folder: Path, suffixes, kind: str) -> Dict[str, Path]:

@@ -21,30 +21,37 @@ SIZE_BUCKETS = ("small", "medium", "large")
 
 @dataclass(frozen=True)
 class Preset:
-    """One paper's protocol. rule: the click simulator's; feed_logits: whether each click round gets the
-    previous round's low-res logits as `mask_input`; select: which output is scored unless --select says;
-    score_crowd: whether `iscrowd` annotations are scored too; prompts: the prompts it defines."""
+    """One paper's protocol. rule: the click simulator's (None: the preset has its own steps); feed_logits:
+    whether each click round gets the previous round's low-res logits as `mask_input`; select: which output
+    is scored unless --select says; score_crowd: whether `iscrowd` annotations are scored too; score_empty:
+    whether an annotation whose mask covers no pixel is scored (IoU 0) rather than counted and left out;
+    inclusive_buckets: whether the size buckets include both bounds (an instance of exactly 32^2 or 96^2
+    pixels is in two buckets) rather than partition the instances; prompts: the prompts it defines."""
 
     source: str
-    rule: ClickRule
+    rule: Optional[ClickRule]
     feed_logits: bool
     select: str
     score_crowd: bool
+    score_empty: bool = False
+    inclusive_buckets: bool = False
     prompts: Tuple[str, ...] = PROMPTS
 
 
 PRESETS = {
     # mit-han-lab/efficientvit applications/efficientvit_sam/eval_efficientvit_sam_model.py + sam_eval_utils.py
-    # (EfficientViT-SAM, Tab. 2-3): RITM clicker, integer click coordinates, multimask output and the argmax
-    # of the predicted IoU, all clicks so far and no mask input each round, crowd annotations scored.
+    # (EfficientViT-SAM, Tab. 2-3): RITM clicker (with its negative click at (0, 0) on an exact mask),
+    # integer click coordinates, multimask output and the argmax of the predicted IoU, all clicks so far and
+    # no mask input each round, crowd annotations and empty masks scored, size buckets with both bounds in.
     "efficientvit": Preset("mit-han-lab/efficientvit applications/efficientvit_sam/eval_efficientvit_sam_model.py",
-                           ClickRule("interior", "distance", pixel_centre=False), feed_logits=False,
-                           select="argmax", score_crowd=True),
-    # chongzhou96/EdgeSAM evaluation/eval_mIoU.py, scripts/eval_mIoU.sh (EdgeSAM, Tab. 2-3): the first mask token
-    # (single-mask output), a point at the mask centre (distance-transform maximum), corrective points drawn at
-    # random from the error, no mask input.
-    "edgesam": Preset("chongzhou96/EdgeSAM evaluation/eval_mIoU.py", ClickRule("interior", "random", pixel_centre=False),
-                      feed_logits=False, select="single", score_crowd=False),
+                           ClickRule("interior", "distance", pixel_centre=False, on_exact="corner"),
+                           feed_logits=False, select="argmax", score_crowd=True, score_empty=True,
+                           inclusive_buckets=True),
+    # chongzhou96/EdgeSAM evaluation/eval_mIoU.py, scripts/eval_mIoU.sh (EdgeSAM, Tab. 2-3), step by step in
+    # edgesam.py: the first mask token, a point at the mask centre, corrective points drawn at random from
+    # the low-res error, no mask input.
+    "edgesam": Preset("chongzhou96/EdgeSAM evaluation/eval_mIoU.py", None, feed_logits=False, select="single",
+                      score_crowd=False),
     # EfficientSAM (Tab. 4): one point drawn at random inside the mask; no evaluation code is public, so the
     # rest (multimask argmax, crowd not scored) is SAM's usual setting, not theirs.
     "efficientsam": Preset("EfficientSAM paper (yformer/EfficientSAM has no evaluation code)",
@@ -56,8 +63,10 @@ PRESETS = {
                    feed_logits=True, select="argmax", score_crowd=False),
 }
 DEFAULT_PRESET = "efficientvit"
-# Interactive segmentation (NoC) uses RITM's clicker, as RITM, SimpleClick and FocSAM evaluate.
-RITM_RULE = PRESETS["efficientvit"].rule
+# Interactive segmentation (NoC) uses RITM's clicker, as RITM, SimpleClick and FocSAM evaluate. An exact mask
+# keeps its result: RITM's evaluation stops an object once it reaches the target IoU, so its NoC never sees
+# the clicker's (0, 0) click.
+RITM_RULE = ClickRule("interior", "distance", pixel_centre=False)
 
 
 @dataclass(frozen=True)
@@ -93,7 +102,7 @@ class Protocol:
         return self.clicks if self.prompt == "clicks" else 1
 
     @property
-    def rule(self) -> ClickRule:
+    def rule(self) -> Optional[ClickRule]:
         return PRESETS[self.preset].rule
 
     @property
@@ -104,30 +113,44 @@ class Protocol:
     def score_crowd(self) -> bool:
         return PRESETS[self.preset].score_crowd
 
+    @property
+    def score_empty(self) -> bool:
+        return PRESETS[self.preset].score_empty
+
+    @property
+    def inclusive_buckets(self) -> bool:
+        return PRESETS[self.preset].inclusive_buckets
+
     def to_dict(self) -> dict:
         """Everything that decides a number, for results.json and the run hash."""
+        rule = None if self.rule is None else self.rule.to_dict()
         return {"preset": self.preset, "prompt": self.prompt, "clicks": self.clicks, "select": self.select,
-                "click_rule": self.rule.to_dict(), "feed_logits": self.feed_logits, "score_crowd": self.score_crowd}
+                "click_rule": rule, "feed_logits": self.feed_logits, "score_crowd": self.score_crowd,
+                "score_empty": self.score_empty, "inclusive_buckets": self.inclusive_buckets}
 
 
-def size_bucket(area: float) -> str:
-    """COCO's bucket for an annotation `area`: small < 32^2 <= medium < 96^2 <= large."""
-    if area < SMALL_MAX_AREA:
-        return "small"
-    if area < MEDIUM_MAX_AREA:
-        return "medium"
-    return "large"
+def size_buckets(area: float, inclusive: bool = False) -> Tuple[str, ...]:
+    """COCO's buckets for an annotation `area` (pixels). Disjoint: small < 32^2 <= medium < 96^2 <= large.
+    inclusive: small <= 32^2 <= medium <= 96^2 <= large, so an area of exactly 32^2 or 96^2 is in two
+    (EfficientViT-SAM's `filter_results_by_area`, and COCOeval's `areaRng`)."""
+    if inclusive:
+        fits = (area <= SMALL_MAX_AREA, SMALL_MAX_AREA <= area <= MEDIUM_MAX_AREA, area >= MEDIUM_MAX_AREA)
+    else:
+        fits = (area < SMALL_MAX_AREA, SMALL_MAX_AREA <= area < MEDIUM_MAX_AREA, area >= MEDIUM_MAX_AREA)
+    return tuple(bucket for bucket, fit in zip(SIZE_BUCKETS, fits) if fit)
 
 
-def mask_iou(pred: torch.Tensor, gt: torch.Tensor, counted: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """pred, gt: ... x H x W bool -> ... IoU; two empty masks count as a perfect match (1.0). counted
-    (broadcastable to them): the pixels that count, e.g. all but GrabCut's ignore band (None: all)."""
+def mask_iou(pred: torch.Tensor, gt: torch.Tensor, counted: Optional[torch.Tensor] = None,
+             both_empty: float = 1.0) -> torch.Tensor:
+    """pred, gt: ... x H x W bool -> ... IoU. counted (broadcastable to them): the pixels that count, e.g. all
+    but GrabCut's ignore band (None: all). both_empty: the IoU of two empty masks (1.0: a perfect match;
+    EfficientViT-SAM's metric, intersection / (union + 1e-7), gives 0.0)."""
     intersection, union = pred & gt, pred | gt
     if counted is not None:
         intersection, union = intersection & counted, union & counted
     intersection = intersection.sum(dim=(-2, -1)).double()
     union = union.sum(dim=(-2, -1)).double()
-    return torch.where(union > 0, intersection / union.clamp(min=1), torch.ones_like(union))
+    return torch.where(union > 0, intersection / union.clamp(min=1), torch.full_like(union, both_empty))
 
 
 def box_xywh_to_xyxy(box) -> Tuple[float, float, float, float]:

@@ -6,17 +6,21 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from ..fileio import atomic_write_text
-from .protocol import SIZE_BUCKETS, size_bucket
+from .protocol import SIZE_BUCKETS, size_buckets
 
 BUCKETS = ("all",) + SIZE_BUCKETS
 RESULTS_FILE = "results.json"
 
 
-def summarize(records: Sequence[dict]) -> dict:
-    """One model's numbers from its image records (skipped images are listed, not scored)."""
+def summarize(records: Sequence[dict], inclusive_buckets: bool = False) -> dict:
+    """One model's numbers from its image records (skipped images are listed, not scored); inclusive_buckets:
+    the size buckets include both bounds (`size_buckets`)."""
     evaluated = [r for r in records if "instances" in r]
     instances = [i for r in evaluated for i in r["instances"]]
-    by_bucket = {bucket: [i["iou"] for i in instances if _in_bucket(i["area"], bucket)] for bucket in BUCKETS}
+    by_bucket: Dict[str, List[float]] = {bucket: [] for bucket in BUCKETS}
+    for instance in instances:
+        for bucket in ("all",) + size_buckets(instance["area"], inclusive_buckets):
+            by_bucket[bucket].append(instance["iou"])
     split = time_split(evaluated)
     seconds = split["seconds"]
     return {
@@ -81,10 +85,6 @@ def write_json(report: dict, out_dir: Path) -> Path:
     """`out_dir/results.json`, written atomically."""
     path = Path(out_dir) / RESULTS_FILE
     return atomic_write_text(path, json.dumps(report, indent=2) + "\n")
-
-
-def _in_bucket(area: float, bucket: str) -> bool:
-    return bucket == "all" or size_bucket(area) == bucket
 
 
 def _mean_x100(values: List[float]) -> Optional[float]:

@@ -2,23 +2,24 @@
 image as stored, encodes it once, lets the job decode and score all of its prompts, and appends one record
 per image; rank 0 gathers the records.
 
-A job (`instances.CocoMiou`, `interactive.ClickCurves`, `detections.DetectionMasks`) says which images, what
-identifies its results (`settings`), and how one encoded image is scored (`score`).
+A job (`instances.CocoMiou`, `edgesam.EdgeSamMiou`, `interactive.ClickCurves`, `detections.DetectionMasks`)
+says which images, what identifies its results (`settings`), how an image is encoded (`encode`; SAM's own
+preprocessing unless it says otherwise) and how one encoded image is scored (`score`).
 """
 
-import contextlib
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from segment_anything import SamPredictor
 from segment_anything.modeling import Sam
 from tqdm import tqdm
 
-from ..distributed import DTYPES
+from ..distributed import DTYPES, autocast
 from ..errors import BiglSamError
 from ..images import UPRIGHT, load_image, orientation_tag
 from ..modeling.config import check_keep_ratio, get_config
@@ -76,6 +77,9 @@ class Job:
 
     image_ids: List[int]
     images_dir: Path
+    # True when a record depends on which other images the process scored before it (then the number of
+    # processes is part of the run's settings).
+    results_depend_on_sharding = False
 
     def settings(self) -> dict:
         raise NotImplementedError
@@ -86,6 +90,13 @@ class Job:
     def image_size(self, image_id: int) -> Tuple[int, int]:
         """(height, width) the image must have."""
         raise NotImplementedError
+
+    def resume(self, mine: Sequence[int], done: Dict[int, dict]) -> None:
+        """Called before each model's run with this process's images, in order, and their records so far."""
+
+    def encode(self, predictor: SamPredictor, image: np.ndarray) -> None:
+        """Sets the H x W x 3 uint8 image in `predictor`."""
+        predictor.set_image(image)
 
     def needs_image(self, image_id: int) -> bool:
         """False when the image has nothing to prompt (it is then neither read nor encoded)."""
@@ -117,12 +128,15 @@ class Evaluation:
         model = spec.load(self.device)
         predictor = SamPredictor(model)
         settings = {**spec.settings(model), **self.job.settings(), "dtype": self.dtype}
+        if self.job.results_depend_on_sharding:
+            settings["world_size"] = self.shard.world_size
         self.settings.append(settings)
         run_dir = run_directory(self.out_dir, spec.name, settings)
         log = RecordLog(run_dir, self.shard.rank)
         done = log.read()
         mine = self.shard.take(self.job.image_ids)
         todo = [i for i in mine if not _finished(done.get(i))]  # skipped images are tried again
+        self.job.resume(mine, done)
         if len(todo) < len(mine):
             tqdm.write(f"{spec.name} [rank {self.shard.rank}]: {len(mine) - len(todo)} of {len(mine)} images already "
                        f"done in {run_dir}, {len(todo)} to go", file=sys.stderr)
@@ -156,19 +170,14 @@ class Evaluation:
         if orientation != UPRIGHT:
             record["exif_orientation"] = orientation
         loaded = self._clock()
-        with self._autocast():
-            predictor.set_image(image)
+        with autocast(self.device, self.dtype):
+            self.job.encode(predictor, image)
             encoded = self._clock()
             clock = DecoderClock(self.device)
             fields = self.job.score(predictor, image_id, clock)
         scored = self._clock()
         return {**record, **fields, "load_s": loaded - start, "encode_s": encoded - loaded,
                 "decode_s": clock.seconds, "score_s": scored - encoded - clock.seconds}
-
-    def _autocast(self):
-        if self.dtype == "float32":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=DTYPES[self.dtype])
 
     def _clock(self) -> float:
         if self.device.type == "cuda":

@@ -8,7 +8,7 @@ from torch import nn
 from segment_anything.modeling.common import MLPBlock
 
 from .attention import Attention, gather_tokens
-from .routing import RoutingPlan, router_log_scores, score_gate
+from .routing import RoutingPlan, router_log_scores, score_gate, top_slots
 
 
 class _SamBlockParts(nn.Module):
@@ -99,11 +99,11 @@ class BigLittleBlock(_SamBlockParts):
             index = None
         else:
             log_scores = router_log_scores(logits, plan.image_tokens)
-            top = torch.topk(log_scores, plan.slots, dim=1)  # sorted: an image's first K_b slots are its own
+            values, top = top_slots(log_scores, plan.slots)  # sorted: an image's first K_b slots are its own
             active = plan.active()
-            gate = (score_gate(top.values) * active).to(x.dtype)
-            x = self._routed_big(x, normed, top.indices, gate[..., None], plan.extent)
-            index = top.indices.masked_fill(~active, -1)
+            gate = (score_gate(values) * active).to(x.dtype)
+            x = self._routed_big(x, normed, top, gate[..., None], plan.extent)
+            index = top.masked_fill(~active, -1)
         return x + self.little(x), index
 
     def _dense_big(self, x: torch.Tensor, normed: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:

@@ -102,14 +102,22 @@ def token_extents(
         valid_size = [tuple(valid_size)] * images.shape[0]
     if len(valid_size) != images.shape[0]:
         raise ValueError(f"valid_size names {len(valid_size)} extents for a batch of {images.shape[0]}")
+    if any(int(h) < 1 or int(w) < 1 for h, w in valid_size):
+        raise ValueError(f"valid_size must be at least 1 x 1 pixels, got {list(valid_size)}")
     return [(-(-int(h) // patch_size), -(-int(w) // patch_size)) for h, w in valid_size]
 
 
 def _pixel_extents(images: torch.Tensor) -> torch.Tensor:
     """B x 3 x S x S SAM-preprocessed input -> B x 2, per image (h, w) in pixels: one past the last row and
-    column with a non-zero value."""
+    column with a non-zero value.
+
+    An all-zero image (a warm-up, tracing or FLOP-counting input) has no padding to read: it is the whole
+    S x S square, so it runs, and costs, what a square image does.
+    """
     nonzero = images.ne(0).any(dim=1)  # B x S x S
-    return torch.stack([_last_true(nonzero.any(dim=2)), _last_true(nonzero.any(dim=1))], dim=1)
+    extents = torch.stack([_last_true(nonzero.any(dim=2)), _last_true(nonzero.any(dim=1))], dim=1)
+    square = torch.tensor(images.shape[-2:], device=images.device)
+    return torch.where(extents > 0, extents, square)  # h and w are 0 together: no non-zero value at all
 
 
 def _last_true(flags: torch.Tensor) -> torch.Tensor:
@@ -128,6 +136,17 @@ def router_log_scores(logits: torch.Tensor, image_tokens: Optional[torch.Tensor]
     if image_tokens is not None:
         logits = logits.masked_fill(~image_tokens, torch.finfo(torch.float32).min)
     return logits.log_softmax(dim=-1)
+
+
+def top_slots(log_scores: torch.Tensor, slots: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """B x N log-scores -> the B x K (K = `slots`) highest, in descending order, and their raster indexes.
+
+    Equal scores (a flat image: identical tokens score alike) go to the lower index first, in every backend
+    and batch size: `torch.topk` promises no order among ties, ONNX TopK takes the lower index first. A
+    stable descending sort gives that order; the ONNX graph records it as a TopK over all N.
+    """
+    values, indices = torch.sort(log_scores, dim=1, descending=True, stable=True)
+    return values[:, :slots], indices[:, :slots]
 
 
 def score_gate(log_scores: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ encoder one input: the photo resized (AnyLabeling: into a 684 x 1024 canvas; sam
 """
 
 import json
+import uuid
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -23,26 +24,29 @@ from PIL import Image
 from segment_anything.modeling import Sam
 
 from ..errors import BiglSamError, check_keep_ratio
-from ..fileio import atomic_write_text
+from ..fileio import atomic_folder, atomic_write_text
 from ..images import resized_shape, sam_input_array
 from ..modeling import BigLittleConfig, BigLittleImageEncoder
 from .export import (
-    DEFAULT_OPSET,
     EMBEDDING_TOLERANCE,
     _export,
+    _id_metadata,
     _max_abs,
     _save,
     _versions,
     check_decoder,
     check_image,
+    check_opset,
+    check_out,
     check_report,
     export_decoder,
     write_manifest,
 )
-from .interface import DECODER_FILE, DEFAULT_KEEP_RATIO_KEY, EMBEDDING_OUTPUT, ENCODER_FILE
+from .interface import ANYLABELING_CONFIG_FILE as CONFIG_FILE
+from .interface import DECODER_FILE, DEFAULT_KEEP_RATIO_KEY, DEFAULT_OPSET, EMBEDDING_OUTPUT, ENCODER_FILE
+from .manifest import file_records
 from .predictor import open_session
 
-CONFIG_FILE = "config.yaml"
 RGB_INPUT = "image"  # H x W x 3 float32, RGB 0-255, the photo resized to fit S x S
 CANVAS_HW = (684, 1024)  # AnyLabeling's input_size: every photo is resized into it (pixels)
 CONFIG_KEYS = ("type", "name", "display_name", "encoder_model_path", "decoder_model_path", "input_size",
@@ -77,17 +81,19 @@ def export_anylabeling(
     opset: int = DEFAULT_OPSET,
     checkpoint: Optional[dict] = None,
     progress=None,
+    waiting=None,
 ) -> dict:
-    """Writes encoder.onnx, decoder.onnx, config.yaml and export.json into `out`; returns export.json's content.
+    """Writes encoder.onnx, decoder.onnx, config.yaml and export.json into `out` as `export_onnx` does (built and
+    checked beside `out`, then swapped in whole); returns export.json's content.
 
     Args:
         keep_ratio: a student's keep ratio, fixed in the graph (default: the model's); must be None for SAM's
             own encoders.
         checkpoint: {"path", "sha256"} of the weights, or None for untrained weights.
-        progress: a callable taking one line of text, or None.
+        progress: a callable taking one line of text, or None; waiting: as for `export_onnx`.
     Raises:
-        BiglSamError: for a keep ratio given to SAM's own encoder, or when onnxruntime and PyTorch differ
-            beyond the tolerances (the files stay for inspection).
+        BiglSamError: for a keep ratio given to SAM's own encoder, and whatever `export_onnx` refuses (opset,
+            `out`, a failed check: `out` unchanged, the new files in `OUT.failed`).
     """
     say = progress or (lambda line: None)
     out = Path(out)
@@ -96,28 +102,36 @@ def export_anylabeling(
         raise BiglSamError(f"--keep-ratio: {model.config.name} is SAM's own encoder, only big.LITTLE students route tokens")
     if is_student:
         keep_ratio = check_keep_ratio(model.image_encoder.keep_ratio if keep_ratio is None else keep_ratio, "--keep-ratio")
-    say(f"exporting the {model.config.name} image encoder (RGB input, preprocessing inside) to {out / ENCODER_FILE}")
-    export_rgb_encoder(model, keep_ratio, out / ENCODER_FILE, opset)
-    say(f"exporting SAM's prompt encoder and mask decoder to {out / DECODER_FILE}")
-    export_decoder(model, out / DECODER_FILE, opset)
-    say("checking both files in onnxruntime against PyTorch")
-    check = check_anylabeling(model, keep_ratio, out)
-    atomic_write_text(out / CONFIG_FILE, config_yaml(model.config.name, keep_ratio))
-    manifest = {
-        "model": model.config.name,
-        "format": "anylabeling",
-        "checkpoint": checkpoint,
-        "keep_ratio": {"fixed": keep_ratio} if is_student else None,
-        "files": {"encoder": ENCODER_FILE, "decoder": DECODER_FILE, "config": CONFIG_FILE},
-        "encoder_input": f"{RGB_INPUT}: H x W x 3 float32 RGB 0-255, H and W up to {model.image_encoder.img_size}",
-        "opset": opset,
-        "versions": _versions(),
-        "check": check,
-    }
-    return write_manifest(out, manifest)
+    check_opset(opset)
+    check_out(out)
+    export_id = uuid.uuid4().hex
+    with atomic_folder(out, waiting) as folder:
+        say(f"exporting the {model.config.name} image encoder (RGB input, preprocessing inside) to {out / ENCODER_FILE}")
+        export_rgb_encoder(model, keep_ratio, folder / ENCODER_FILE, opset, export_id)
+        say(f"exporting SAM's prompt encoder and mask decoder to {out / DECODER_FILE}")
+        export_decoder(model, folder / DECODER_FILE, opset, export_id)
+        say("checking both files in onnxruntime against PyTorch")
+        check = check_anylabeling(model, keep_ratio, folder)
+        atomic_write_text(folder / CONFIG_FILE, config_yaml(model.config.name, keep_ratio))
+        manifest = {
+            "model": model.config.name,
+            "format": "anylabeling",
+            "checkpoint": checkpoint,
+            "keep_ratio": {"fixed": keep_ratio} if is_student else None,
+            "encoder_input": f"{RGB_INPUT}: H x W x 3 float32 RGB 0-255, H and W up to {model.image_encoder.img_size}",
+            "export_id": export_id,
+            "files": file_records(folder),
+            "opset": opset,
+            "versions": _versions(),
+            "check": check,
+        }
+        write_manifest(out, folder, manifest)
+    return manifest
 
 
-def export_rgb_encoder(model: Sam, keep_ratio: Optional[float], path: Path, opset: int = DEFAULT_OPSET) -> None:
+def export_rgb_encoder(
+    model: Sam, keep_ratio: Optional[float], path: Path, opset: int = DEFAULT_OPSET, export_id: Optional[str] = None
+) -> None:
     side = model.image_encoder.img_size
     image = torch.zeros(*CANVAS_HW, 3)
     image[: CANVAS_HW[0] // 2] = 255.0  # not a constant image, as a photo is not
@@ -126,6 +140,7 @@ def export_rgb_encoder(model: Sam, keep_ratio: Optional[float], path: Path, opse
     with torch.no_grad():
         program = _export(module, (image,), [RGB_INPUT], [EMBEDDING_OUTPUT], opset, strict=False,
                           dynamic={"image": {0: height, 1: width}})
+    program.model.metadata_props.update(_id_metadata(export_id))
     if keep_ratio is not None:
         program.model.metadata_props[DEFAULT_KEEP_RATIO_KEY] = repr(keep_ratio)
     _save(program, path)

@@ -7,6 +7,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..errors import BiglSamError, check_keep_ratio
+from .interface import DEFAULT_OPSET, OPSETS
 
 ONNX_EXTRA = ("onnx", "onnxruntime", "onnxscript")  # what the [onnx] extra installs
 ONNX_INSTALL = 'pip install -e ".[onnx]"'
@@ -22,7 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", dest="layout", choices=["bigl-sam", "anylabeling"], default="bigl-sam",
                         help="anylabeling: an encoder taking the resized RGB image (preprocessing inside, the keep "
                              "ratio fixed) and a config.yaml, for AnyLabeling's \"Load custom model\" (docs/labeling.md)")
-    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: 18)")
+    parser.add_argument(
+        "--opset", type=int, default=None, help=f"ONNX opset, {OPSETS.start} to {OPSETS.stop - 1} (default: {DEFAULT_OPSET})"
+    )
     parser.add_argument(
         "--keep-ratio",
         default=None,
@@ -42,13 +45,19 @@ def require_onnx_extra(what: str) -> None:
 def run(args: argparse.Namespace) -> int:
     require_onnx_extra("bigl-sam export onnx")
     from ..build import build_sam
-    from .export import DEFAULT_OPSET, export_onnx
+    from .export import check_opset, check_out, export_onnx
     from ..weights import sha256_of
 
     ratios = None if args.keep_ratio is None else _ratios(args.keep_ratio)
+    opset = DEFAULT_OPSET if args.opset is None else args.opset
+    check_opset(opset)
+    check_out(args.out)
     model = build_sam(args.model, args.checkpoint)
     checkpoint = None
-    if args.checkpoint is not None:
+    if args.checkpoint is not None and args.checkpoint.is_dir():  # a transformers folder: each of its files
+        files = sorted(p for p in args.checkpoint.iterdir() if p.is_file())
+        checkpoint = {"path": str(args.checkpoint), "sha256": {p.name: sha256_of(p, progress=False) for p in files}}
+    elif args.checkpoint is not None:
         checkpoint = {"path": str(args.checkpoint), "sha256": sha256_of(args.checkpoint, progress=False)}
     with tqdm(total=3, desc=f"export {args.model}", unit="step") as bar:
         started = []
@@ -58,7 +67,9 @@ def run(args: argparse.Namespace) -> int:
             started.append(line)
             tqdm.write(line)
 
-        opset = args.opset or DEFAULT_OPSET
+        def waiting() -> None:
+            tqdm.write(f"waiting for another export to {args.out} to finish")
+
         if args.layout == "anylabeling":
             from .anylabeling import export_anylabeling
 
@@ -66,16 +77,19 @@ def run(args: argparse.Namespace) -> int:
                 raise BiglSamError(f"--keep-ratio with --format anylabeling is the one ratio fixed in the encoder, "
                                    f"got {args.keep_ratio!r}")
             ratio = None if ratios is None else ratios[0]
-            manifest = export_anylabeling(model, args.out, ratio, opset=opset, checkpoint=checkpoint, progress=step)
+            manifest = export_anylabeling(
+                model, args.out, ratio, opset=opset, checkpoint=checkpoint, progress=step, waiting=waiting
+            )
         else:
-            manifest = export_onnx(model, args.out, opset=opset, check_ratios=ratios, checkpoint=checkpoint,
-                                   progress=step)
+            manifest = export_onnx(
+                model, args.out, opset=opset, check_ratios=ratios, checkpoint=checkpoint, progress=step, waiting=waiting
+            )
         bar.update(1)
     if checkpoint is None:
         print(f"note: {args.model} was exported with untrained random weights (no --checkpoint)")
     diffs = ", ".join(f"{k} {v:.2g}" for k, v in manifest["check"]["max_abs_diff"].items())
-    files = ", ".join(manifest["files"].values())
-    print(f"wrote {args.out}: {files}, export.json; max abs difference to PyTorch: {diffs}")
+    config = ", config.yaml" if args.layout == "anylabeling" else ""
+    print(f"wrote {args.out}: encoder.onnx, decoder.onnx{config}, export.json; max abs difference to PyTorch: {diffs}")
     return 0
 
 

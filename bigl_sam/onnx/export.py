@@ -3,17 +3,18 @@
 - encoder.onnx: `image` (1 x 3 x 1024 x 1024, SAM-preprocessed) -> `image_embeddings` (1 x 256 x 64 x 64).
   A big.LITTLE encoder also takes `keep_ratio` (a float32 scalar): the dial stays a runtime input. The
   routing plan is computed in the graph (`routing.plan_routing_in_graph`): the image's extent read off
-  the zero padding, the P-path budget ceil(keep x image tokens), every token at keep >= 1; the budget K is
-  the graph's one data-dependent size (ONNX TopK with a computed k, gathers and scatters of K tokens, one
-  attention call over K queries in global layers). Unlike PyTorch, windowed layers project keys and
-  values for every window, not only for those overlapping the image: same embeddings, a little more work
-  on padded images.
+  the zero padding (an all-zero image: the whole square), the P-path budget ceil(keep x image tokens), every
+  token at keep >= 1; the budget K is the graph's one data-dependent size (each router's ONNX TopK ranking
+  cut at K, gathers and scatters of K tokens, one attention call over K queries in global layers). Unlike
+  PyTorch, windowed layers project keys and values for every window, not only for those overlapping the
+  image: same embeddings, a little more work on padded images.
 - decoder.onnx: segment_anything's own `SamOnnxModel` (prompt encoder, mask decoder, upscaling), all four
   masks returned, the number of points dynamic: SAM's ONNX decoder interface, unchanged.
 - export.json: what was exported from which checkpoint, with which versions, and the check's results.
 
 The check runs both files in onnxruntime on a generated image and a few prompts and compares them with
-PyTorch; beyond the tolerances below the export fails (the files stay for inspection).
+PyTorch; beyond the tolerances below the export fails (the previous export stays; the new files are kept
+beside it for inspection).
 """
 
 import json
@@ -22,6 +23,7 @@ import os
 import platform
 import shutil
 import tempfile
+import uuid
 import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -32,23 +34,30 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.onnx import SamOnnxModel
 
 from ..errors import BiglSamError, check_keep_ratio
-from ..fileio import atomic_write_text
+from ..fileio import atomic_folder, atomic_write_text
 from ..images import sam_input_array
 from ..modeling import BigLittleConfig, BigLittleImageEncoder
 from .interface import (
+    ANYLABELING_CONFIG_FILE,
     DECODER_FILE,
     DECODER_INPUTS,
     DECODER_OUTPUTS,
     DEFAULT_KEEP_RATIO_KEY,
+    DEFAULT_OPSET,
     EMBEDDING_OUTPUT,
     ENCODER_FILE,
+    EXPORT_ID_KEY,
     IMAGE_INPUT,
     KEEP_RATIO_INPUT,
     MANIFEST_FILE,
+    OPSETS,
 )
+from .manifest import file_records
 from .predictor import open_session
 
-DEFAULT_OPSET = 18
+# What an export folder may hold (a model over 2 GB keeps its weights in NAME.onnx.data).
+EXPORT_FILES = {ENCODER_FILE, DECODER_FILE, MANIFEST_FILE, ANYLABELING_CONFIG_FILE, f"{ENCODER_FILE}.data",
+                f"{DECODER_FILE}.data"}
 MAX_POINTS = 64  # upper bound of the decoder's dynamic number of points (SAM's interface has no other)
 # Max abs difference onnxruntime vs PyTorch allowed at export (float32 both; measured differences are
 # 1e-5 to 1e-4 on embeddings of magnitude ~1 and on mask logits of magnitude ~10).
@@ -77,55 +86,95 @@ def export_onnx(
     check_ratios: Optional[Sequence[float]] = None,
     checkpoint: Optional[dict] = None,
     progress=None,
+    waiting=None,
 ) -> dict:
     """Writes encoder.onnx, decoder.onnx and export.json into `out`; returns export.json's content.
+
+    The three files are written and checked in a new folder beside `out`, which then replaces `out` as a
+    whole (`fileio.atomic_folder`): a kill at any moment leaves the previous export or the new one, and a
+    second export to the same `out` waits for the first.
 
     Args:
         check_ratios: keep ratios the check runs the encoder at (big.LITTLE only; default: the model's
             own and 1.0).
         checkpoint: {"path", "sha256"} of the weights, or None for untrained weights.
         progress: a callable taking one line of text (tqdm.write while a bar is up), or None.
+        waiting: called (no arguments) when another export to `out` runs and this one waits for it.
     Raises:
-        BiglSamError: when onnxruntime and PyTorch differ beyond the tolerances.
+        BiglSamError: for an opset outside `OPSETS`, an `out` that is a file or holds other files, and
+            when onnxruntime and PyTorch differ beyond the tolerances (`out` is then unchanged; the new
+            files are kept in `OUT.failed` for inspection).
     """
     say = progress or (lambda line: None)
     out = Path(out)
+    check_opset(opset)
+    check_out(out)
     is_student = isinstance(model.config, BigLittleConfig)
     ratios = _check_ratios(model, check_ratios) if is_student else []
-    say(f"exporting the {model.config.name} image encoder to {out / ENCODER_FILE}")
-    export_encoder(model.image_encoder, out / ENCODER_FILE, opset)
-    say(f"exporting SAM's prompt encoder and mask decoder to {out / DECODER_FILE}")
-    export_decoder(model, out / DECODER_FILE, opset)
-    say("checking both files in onnxruntime against PyTorch")
-    check = check_export(model, out, ratios)
-    manifest = {
-        "model": model.config.name,
-        "checkpoint": checkpoint,
-        "keep_ratio": (
-            {"input": KEEP_RATIO_INPUT, "default": model.image_encoder.keep_ratio, "checked_at": ratios}
-            if is_student
-            else None
-        ),
-        "files": {"encoder": ENCODER_FILE, "decoder": DECODER_FILE},
-        "opset": opset,
-        "versions": _versions(),
-        "check": check,
-    }
-    return write_manifest(out, manifest)
-
-
-def write_manifest(out: Path, manifest: dict) -> dict:
-    """Writes export.json (`manifest`, with its "check") into `out`, then raises if the check failed."""
-    atomic_write_text(out / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
-    check = manifest["check"]
-    if not check["passed"]:
-        raise BiglSamError(f"export check failed: {check['failures'][0]} (files kept in {out} for inspection)")
+    export_id = uuid.uuid4().hex
+    with atomic_folder(out, waiting) as folder:
+        say(f"exporting the {model.config.name} image encoder to {out / ENCODER_FILE}")
+        export_encoder(model.image_encoder, folder / ENCODER_FILE, opset, export_id)
+        say(f"exporting SAM's prompt encoder and mask decoder to {out / DECODER_FILE}")
+        export_decoder(model, folder / DECODER_FILE, opset, export_id)
+        say("checking both files in onnxruntime against PyTorch")
+        check = check_export(model, folder, ratios)
+        manifest = {
+            "model": model.config.name,
+            "checkpoint": checkpoint,
+            "keep_ratio": (
+                {"input": KEEP_RATIO_INPUT, "default": model.image_encoder.keep_ratio, "checked_at": ratios}
+                if is_student
+                else None
+            ),
+            "export_id": export_id,
+            "files": file_records(folder),
+            "opset": opset,
+            "versions": _versions(),
+            "check": check,
+        }
+        write_manifest(out, folder, manifest)
     return manifest
 
 
-def export_encoder(encoder: torch.nn.Module, path: Path, opset: int = DEFAULT_OPSET) -> None:
+def write_manifest(out: Path, folder: Path, manifest: dict) -> None:
+    """Writes export.json (`manifest`, with its "check") into `folder`, the new export of `out` being built;
+    if the check failed, moves `folder` to `OUT.failed` and raises (`out` is then unchanged)."""
+    atomic_write_text(folder / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
+    check = manifest["check"]
+    if not check["passed"]:
+        real = Path(os.path.realpath(out))
+        failed = real.with_name(f"{real.name}.failed")
+        shutil.rmtree(failed, ignore_errors=True)
+        os.rename(folder, failed)
+        raise BiglSamError(f"export check failed: {check['failures'][0]} ({out} is unchanged; the new files "
+                           f"are in {failed} for inspection)")
+
+
+def check_opset(opset) -> None:
+    """One error line for an opset the exporter cannot write these graphs at."""
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset not in OPSETS:
+        raise BiglSamError(f"--opset must be {OPSETS.start} to {OPSETS.stop - 1} (the opsets torch's exporter "
+                           f"writes these models at, and onnxruntime runs), got {opset!r}")
+
+
+def check_out(out: Path) -> None:
+    """`out` must be a new folder, an empty one, or an earlier export (replaced as a whole, so a folder
+    holding anything else is refused rather than emptied)."""
+    if out.exists() and not out.is_dir():
+        raise BiglSamError(f"{out}: is a file; give a folder for the export (new, empty, or an earlier export)")
+    if out.is_dir():
+        others = sorted(p.name for p in out.iterdir() if p.name not in EXPORT_FILES)
+        if others:
+            raise BiglSamError(f"{out}: holds {len(others)} file(s) of no export (e.g. {others[0]}); an export "
+                               f"replaces its folder as a whole: give a new or empty folder, or an earlier export's")
+
+
+def export_encoder(
+    encoder: torch.nn.Module, path: Path, opset: int = DEFAULT_OPSET, export_id: Optional[str] = None
+) -> None:
     """Writes an image encoder (SAM's `ImageEncoderViT` or a `BigLittleImageEncoder`, the latter with its
-    keep-ratio input and its default in the metadata)."""
+    keep-ratio input and its default in the metadata; `export_id` in the metadata if given)."""
     image = torch.zeros(1, 3, encoder.img_size, encoder.img_size)
     image[..., : encoder.img_size // 2, :] = 1.0  # padding below, as a real image has
     if isinstance(encoder, BigLittleImageEncoder):
@@ -136,11 +185,13 @@ def export_encoder(encoder: torch.nn.Module, path: Path, opset: int = DEFAULT_OP
     with torch.no_grad():
         program = _export(module.eval(), args, names, [EMBEDDING_OUTPUT], opset, strict=False)
     program.model.metadata_props.update(metadata)
+    program.model.metadata_props.update(_id_metadata(export_id))
     _save(program, path)
 
 
-def export_decoder(model: Sam, path: Path, opset: int = DEFAULT_OPSET) -> None:
-    """Writes SAM's `SamOnnxModel` with all four masks and a dynamic number of points."""
+def export_decoder(model: Sam, path: Path, opset: int = DEFAULT_OPSET, export_id: Optional[str] = None) -> None:
+    """Writes SAM's `SamOnnxModel` with all four masks and a dynamic number of points (`export_id` in the
+    metadata if given)."""
     decoder = SamOnnxModel(model, return_single_mask=False).eval()
     args = _decoder_inputs(torch.zeros(1, 256, 64, 64), np.zeros((2, 2)), np.array([1.0, -1.0]), None, (600, 800))
     points = torch.export.Dim("num_points", min=1, max=MAX_POINTS)
@@ -148,7 +199,12 @@ def export_decoder(model: Sam, path: Path, opset: int = DEFAULT_OPSET) -> None:
     dynamic["point_coords"], dynamic["point_labels"] = {1: points}, {1: points}
     # strict: SamOnnxModel crops the masks with int(tensor), which only the strict tracer records.
     program = _export(decoder, args, list(DECODER_INPUTS), list(DECODER_OUTPUTS), opset, strict=True, dynamic=dynamic)
+    program.model.metadata_props.update(_id_metadata(export_id))
     _save(program, path)
+
+
+def _id_metadata(export_id: Optional[str]) -> Dict[str, str]:
+    return {} if export_id is None else {EXPORT_ID_KEY: export_id}
 
 
 def _export(module, args, input_names, output_names, opset, strict: bool, dynamic=None):
@@ -161,11 +217,26 @@ def _export(module, args, input_names, output_names, opset, strict: bool, dynami
             exported = torch.export.export(module, tuple(args), dynamic_shapes=dynamic, strict=strict)
             return torch.onnx.export(
                 exported, tuple(args), input_names=input_names, output_names=output_names, opset_version=opset,
-                dynamo=True, verbose=False, dynamic_shapes=dynamic,
+                dynamo=True, verbose=False, dynamic_shapes=dynamic, custom_translation_table=_translations(),
             )
     except Exception as err:  # torch.export and the ONNX translator raise many kinds; one line for the user
         first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
         raise BiglSamError(f"ONNX export of {type(module).__name__} failed: {first.strip()}") from err
+
+
+def _translations() -> dict:
+    """ONNX for the aten ops torch's translator lacks: the router's stable sort (`routing.top_slots`).
+
+    ONNX TopK over the whole axis sorts, and among equal values puts the lower index first in either
+    direction: exactly a stable sort, so onnxruntime breaks tied router scores as PyTorch does.
+    """
+    from onnxscript import opset18 as op
+
+    def stable_sort(self, stable=None, dim: int = -1, descending: bool = False):
+        length = op.Reshape(op.Gather(op.Shape(self), op.Constant(value_int=dim), axis=0), op.Constant(value_ints=[1]))
+        return op.TopK(self, length, axis=dim, largest=int(descending), sorted=1)
+
+    return {torch.ops.aten.sort.stable: stable_sort}
 
 
 def _save(program, path: Path) -> None:

@@ -11,21 +11,27 @@ from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..errors import BiglSamError, check_keep_ratio
-from ..images import PIXEL_MEAN, PIXEL_STD, resized_shape, sam_input_array
+from ..errors import BiglSamError, PromptError, check_keep_ratio
+from ..images import PIXEL_MEAN, PIXEL_STD, check_size, resized_shape, sam_input_array
 from .interface import (
     DECODER_FILE,
     DECODER_INPUTS,
     DEFAULT_KEEP_RATIO_KEY,
     EMBEDDING_OUTPUT,
     ENCODER_FILE,
+    EXPORT_ID_KEY,
     IMAGE_INPUT,
     KEEP_RATIO_INPUT,
+    MANIFEST_FILE,
 )
+from .manifest import REEXPORT, check_export_ids, read_manifest
 
 PathLike = Union[str, Path]
 MASK_THRESHOLD = 0.0  # SAM's `Sam.mask_threshold`
 LOW_RES_SIDE = 256  # side of SAM's low-resolution mask logits (mask_input and low_res_masks)
+# Point labels SAM's ONNX decoder knows (`SamOnnxModel._embed_points`): -1 padding ("not a point"),
+# 0 background, 1 foreground, 2 and 3 a box's top-left and bottom-right corners.
+ONNX_LABELS = (-1, 0, 1, 2, 3)
 
 
 def open_session(path: PathLike, providers: Optional[Sequence[str]] = None, threads: Optional[int] = None):
@@ -44,6 +50,21 @@ def open_session(path: PathLike, providers: Optional[Sequence[str]] = None, thre
     except Exception as err:  # onnxruntime raises its own pybind types for every kind of bad file
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise BiglSamError(f"{path}: not a readable ONNX model, truncated or corrupt ({reason})") from None
+
+
+def prompt_array(value, name: str) -> np.ndarray:
+    """`value` as a float64 array, or a `PromptError` naming `name` if it is not all finite numbers."""
+    try:
+        array = np.asarray(value)
+    except ValueError:  # ragged nesting
+        raise PromptError(f"{name} must be an array of numbers, got {value!r:.80}") from None
+    if array.dtype.kind not in "iuf":
+        raise PromptError(f"{name} must be numbers, got {array.dtype} values ({value!r:.80})")
+    array = array.astype(np.float64)
+    bad = int(array.size - np.isfinite(array).sum())
+    if bad:
+        raise PromptError(f"{name} must be finite, got {bad} NaN or infinite value(s)")
+    return array
 
 
 class OnnxPredictor:
@@ -80,9 +101,17 @@ class OnnxPredictor:
 
     @classmethod
     def from_folder(cls, folder: PathLike, **kwargs) -> "OnnxPredictor":
-        """The encoder.onnx and decoder.onnx that `bigl-sam export onnx --out FOLDER` wrote."""
+        """The encoder.onnx and decoder.onnx that `bigl-sam export onnx --out FOLDER` wrote, once checked
+        against the export.json beside them (`manifest.read_manifest`: sizes, export id, keep-ratio input)."""
         folder = Path(folder)
-        return cls(folder / ENCODER_FILE, folder / DECODER_FILE, **kwargs)
+        manifest = read_manifest(folder)
+        predictor = cls(folder / ENCODER_FILE, folder / DECODER_FILE, **kwargs)
+        predictor._check_ids(folder / ENCODER_FILE, folder / DECODER_FILE, manifest["export_id"])
+        student = manifest.get("keep_ratio") is not None
+        if predictor.has_keep_ratio != student:
+            raise BiglSamError(f"{folder / MANIFEST_FILE}: describes an encoder {'with' if student else 'without'} a "
+                               f"keep-ratio input, unlike {folder / ENCODER_FILE}; {REEXPORT}")
+        return predictor
 
     @property
     def keep_ratio(self) -> Optional[float]:
@@ -102,10 +131,12 @@ class OnnxPredictor:
         self.is_image_set = False
 
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
-        """Runs the encoder on an H x W x 3 uint8 image (`image_format` "RGB" or "BGR")."""
+        """Runs the encoder on an H x W x 3 uint8 image (`image_format` "RGB" or "BGR"); one at most 150
+        megapixels and not thinner than 1:64, as `load_image` takes them (`images.check_size`)."""
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or min(image.shape[:2]) < 1:
             raise BiglSamError(f"image must be an H x W x 3 uint8 array, got shape {image.shape} of {image.dtype}")
+        check_size(image.shape[0], image.shape[1], "image")
         if image_format not in ("RGB", "BGR"):
             raise BiglSamError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
         if image_format == "BGR":
@@ -139,7 +170,8 @@ class OnnxPredictor:
         """Masks for the prompts, as `SamPredictor.predict` returns them.
 
         Args:
-            point_coords: N x 2 (x, y) pixels of the original image; point_labels: N, 1 foreground, 0 background.
+            point_coords: N x 2 (x, y) pixels of the original image; point_labels: N, 1 foreground, 0 background
+                (or SAM's ONNX labels -1, 2, 3: padding, box corners).
             box: 4, (x0, y0, x1, y1) pixels of the original image.
             mask_input: 1 x 256 x 256 low-resolution logits from a previous prediction.
         Returns:
@@ -152,10 +184,10 @@ class OnnxPredictor:
             mask = np.zeros((1, 1, LOW_RES_SIDE, LOW_RES_SIDE), np.float32)
             has_mask = np.zeros(1, np.float32)
         else:
-            mask = np.asarray(mask_input, np.float32)
+            mask = prompt_array(mask_input, "mask_input")
             if mask.shape != (1, LOW_RES_SIDE, LOW_RES_SIDE):
-                raise BiglSamError(f"mask_input must be 1 x {LOW_RES_SIDE} x {LOW_RES_SIDE}, got {mask.shape}")
-            mask, has_mask = mask[None], np.ones(1, np.float32)
+                raise PromptError(f"mask_input must be 1 x {LOW_RES_SIDE} x {LOW_RES_SIDE}, got {mask.shape}")
+            mask, has_mask = mask[None].astype(np.float32), np.ones(1, np.float32)
         values = (
             self.features, coords[None], labels[None], mask, has_mask, np.array(self.original_size, np.float32)
         )
@@ -165,30 +197,36 @@ class OnnxPredictor:
         return (masks if return_logits else masks > MASK_THRESHOLD), scores, low_res
 
     def _sparse_prompts(self, point_coords, point_labels, box) -> Tuple[np.ndarray, np.ndarray]:
-        """Points and box corners in the 1024 frame (N x 2 float32) and their labels (N float32)."""
+        """Points and box corners in the 1024 frame (N x 2 float32) and their labels (N float32); a
+        `PromptError` for prompts that are not finite numbers of the right shapes, for labels SAM's ONNX
+        decoder does not know, and for no point and no box."""
         coords, labels = [], []
+        if (point_coords is None) != (point_labels is None):
+            raise PromptError("point_coords and point_labels must be given together")
         if point_coords is not None:
-            if point_labels is None:
-                raise BiglSamError("point_labels must be given with point_coords")
-            points = np.asarray(point_coords, np.float64)
-            point_labels = np.asarray(point_labels)
+            points = prompt_array(point_coords, "point_coords")
+            point_labels = prompt_array(point_labels, "point_labels")
             if points.ndim != 2 or points.shape[1] != 2 or point_labels.shape != (points.shape[0],):
-                raise BiglSamError(
+                raise PromptError(
                     f"point_coords must be N x 2 and point_labels N, got {points.shape} and {point_labels.shape}"
                 )
+            unknown = sorted(set(point_labels[~np.isin(point_labels, ONNX_LABELS)].tolist()))
+            if unknown:
+                raise PromptError(f"point_labels must be {', '.join(map(str, ONNX_LABELS))} (SAM's ONNX decoder: "
+                                  f"padding, background, foreground, box corners), got {unknown[:5]}")
             coords.append(self.apply_coords(points))
-            labels.append(point_labels.astype(np.float64))
+            labels.append(point_labels)
         if box is not None:
-            corners = np.asarray(box, np.float64)
+            corners = prompt_array(box, "box")
             if corners.size != 4:
-                raise BiglSamError(f"box must be 4 numbers (x0, y0, x1, y1), got shape {corners.shape}")
+                raise PromptError(f"box must be 4 numbers (x0, y0, x1, y1), got shape {corners.shape}")
             coords.append(self.apply_coords(corners.reshape(2, 2)))
             labels.append(np.array([2.0, 3.0]))
-        elif coords:
+        elif coords and len(coords[0]):
             coords.append(np.zeros((1, 2)))  # SAM's padding point: no box, so one "not a point" token
             labels.append(np.array([-1.0]))
-        if not coords:
-            raise BiglSamError("predict needs point_coords (with point_labels) or a box")
+        else:
+            raise PromptError("predict needs at least one point (point_coords with point_labels) or a box")
         return np.concatenate(coords).astype(np.float32), np.concatenate(labels).astype(np.float32)
 
     def apply_coords(self, coords: np.ndarray) -> np.ndarray:
@@ -205,10 +243,19 @@ class OnnxPredictor:
             raise BiglSamError("no image set: call set_image(image) before predict")
 
     def _check_interfaces(self, encoder: Path, decoder: Path) -> None:
+        """Names and embedding shapes the two models must share, and their export ids (when both have one)."""
         inputs = [i.name for i in self.encoder.get_inputs()]
-        outputs = [o.name for o in self.encoder.get_outputs()]
+        outputs = {o.name: o.shape for o in self.encoder.get_outputs()}
         if inputs[:1] != [IMAGE_INPUT] or EMBEDDING_OUTPUT not in outputs:
-            raise BiglSamError(f"{encoder}: not a bigl-sam encoder export (inputs {inputs}, outputs {outputs})")
-        found = [i.name for i in self.decoder.get_inputs()]
+            raise BiglSamError(f"{encoder}: not a bigl-sam encoder export (inputs {inputs}, outputs {list(outputs)})")
+        found = {i.name: i.shape for i in self.decoder.get_inputs()}
         if sorted(found) != sorted(DECODER_INPUTS):
-            raise BiglSamError(f"{decoder}: not a SAM ONNX decoder (inputs {found}, expected {list(DECODER_INPUTS)})")
+            raise BiglSamError(f"{decoder}: not a SAM ONNX decoder (inputs {list(found)}, expected {list(DECODER_INPUTS)})")
+        if outputs[EMBEDDING_OUTPUT] != found[EMBEDDING_OUTPUT]:
+            raise BiglSamError(f"{encoder} gives {EMBEDDING_OUTPUT} of shape {outputs[EMBEDDING_OUTPUT]}, {decoder} takes "
+                               f"{found[EMBEDDING_OUTPUT]}: the models of two different SAMs")
+        self._check_ids(encoder, decoder)
+
+    def _check_ids(self, encoder: Path, decoder: Path, manifest_id: Optional[str] = None) -> None:
+        ids = [session.get_modelmeta().custom_metadata_map.get(EXPORT_ID_KEY) for session in (self.encoder, self.decoder)]
+        check_export_ids(*ids, encoder, decoder, manifest_id)
