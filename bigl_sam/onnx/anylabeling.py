@@ -33,18 +33,17 @@ from .export import (
     _id_metadata,
     _max_abs,
     _save,
-    _versions,
     check_decoder,
     check_image,
     check_opset,
     check_out,
     check_report,
     export_decoder,
+    export_record,
     write_manifest,
 )
 from .interface import ANYLABELING_CONFIG_FILE as CONFIG_FILE
 from .interface import DECODER_FILE, DEFAULT_KEEP_RATIO_KEY, DEFAULT_OPSET, EMBEDDING_OUTPUT, ENCODER_FILE
-from .manifest import file_records
 from .predictor import open_session
 
 RGB_INPUT = "image"  # H x W x 3 float32, RGB 0-255, the photo resized to fit S x S
@@ -119,11 +118,7 @@ def export_anylabeling(
             "checkpoint": checkpoint,
             "keep_ratio": {"fixed": keep_ratio} if is_student else None,
             "encoder_input": f"{RGB_INPUT}: H x W x 3 float32 RGB 0-255, H and W up to {model.image_encoder.img_size}",
-            "export_id": export_id,
-            "files": file_records(folder),
-            "opset": opset,
-            "versions": _versions(),
-            "check": check,
+            **export_record(folder, export_id, opset, check),
         }
         write_manifest(out, folder, manifest)
     return manifest

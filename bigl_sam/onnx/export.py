@@ -127,14 +127,16 @@ def export_onnx(
                 if is_student
                 else None
             ),
-            "export_id": export_id,
-            "files": file_records(folder),
-            "opset": opset,
-            "versions": _versions(),
-            "check": check,
+            **export_record(folder, export_id, opset, check),
         }
         write_manifest(out, folder, manifest)
     return manifest
+
+
+def export_record(folder: Path, export_id: str, opset: int, check: dict) -> dict:
+    """The entries of export.json every format has: the export's id, its files, opset, versions and check."""
+    return {"export_id": export_id, "files": file_records(folder), "opset": opset, "versions": _versions(),
+            "check": check}
 
 
 def write_manifest(out: Path, folder: Path, manifest: dict) -> None:
