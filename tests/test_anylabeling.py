@@ -14,6 +14,7 @@ yaml = pytest.importorskip("yaml")
 from bigl_sam import SamPredictor, build_sam  # noqa: E402
 from bigl_sam.cli import main  # noqa: E402
 from bigl_sam.onnx.anylabeling import CANVAS_HW, CONFIG_KEYS, RGB_INPUT  # noqa: E402
+from bigl_sam.onnx.export import check_out  # noqa: E402
 from bigl_sam.onnx.predictor import open_session  # noqa: E402
 
 # Share of mask pixels allowed to differ from SamPredictor's: samexporter resizes the low-res logits with
@@ -54,6 +55,7 @@ def test_config_yaml_has_every_key_anylabeling_reads(exported):
     manifest = json.loads((folder / "export.json").read_text())
     assert manifest["format"] == "anylabeling" and manifest["check"]["passed"]
     assert manifest["keep_ratio"] == ({"fixed": 0.25} if name == "bigl_test" else None)
+    check_out(folder)  # an export again to this folder may replace it: config.yaml is an export's file
 
 
 def test_segment_anything_onnx_gives_sam_predictors_masks(exported):
