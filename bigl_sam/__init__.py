@@ -19,10 +19,12 @@ _LAZY = {
     "build_model": "bigl_sam.build",
     "build_sam": "bigl_sam.build",
     "build_student_from_sam": "bigl_sam.build",
+    "load_embedding": "bigl_sam.embeddings",
     "load_sam": "bigl_sam.build",
     "load_student": "bigl_sam.pretrained",
     "sam_model_registry": "bigl_sam.build",
     "save_checkpoint": "bigl_sam.checkpoint",
+    "set_embedding": "bigl_sam.embeddings",
 }
 
 __all__ = ["BiglSamError", "CheckpointError", "load_image", *sorted(_LAZY)]

@@ -597,3 +597,23 @@ def test_set_image_takes_the_aspect_ratios_load_image_takes(vit_export):
         predictor.set_image(np.zeros((10, 650, 3), np.uint8))
     predictor.set_image(np.zeros((10, 640, 3), np.uint8))
     assert predictor.input_size == (16, 1024)
+
+
+def test_onnx_predictor_set_from_a_stored_embedding_predicts_as_after_set_image(bigl_export, photo, tmp_path):
+    from bigl_sam.embeddings import EmbeddingError, save_embedding, set_embedding
+
+    folder, _ = bigl_export
+    reference = OnnxPredictor.from_folder(folder)
+    reference.set_image(load_image(photo))
+    record = {"image": photo.name, "original_size": list(reference.original_size),
+              "input_size": list(reference.input_size), "model": "bigl_test", "keep_ratio": reference.keep_ratio}
+    path = save_embedding(tmp_path, photo.name, reference.features, record)
+    predictor = OnnxPredictor.from_folder(folder)
+    set_embedding(predictor, path, model="bigl_test")
+    for prompt in PROMPTS.values():
+        for ours, theirs in zip(predictor.predict(**prompt), reference.predict(**prompt)):
+            assert np.array_equal(ours, theirs)
+    with pytest.raises(EmbeddingError, match="computed at keep ratio 0.25, this predictor runs at 1.0"):
+        set_embedding(OnnxPredictor.from_folder(folder, keep_ratio=1.0), path)
+    with pytest.raises(EmbeddingError, match="is an embedding of bigl_test, this predictor runs bigl_b_t"):
+        set_embedding(predictor, path, model="bigl_b_t")

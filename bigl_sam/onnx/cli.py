@@ -20,6 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--checkpoint", type=Path, default=None, help="weights for --model (default: untrained random weights)"
     )
     parser.add_argument("--out", type=Path, required=True, help="folder for encoder.onnx, decoder.onnx, export.json")
+    parser.add_argument("--format", dest="layout", choices=["bigl-sam", "anylabeling"], default="bigl-sam",
+                        help="anylabeling: an encoder taking the resized RGB image (preprocessing inside, the keep "
+                             "ratio fixed) and a config.yaml, for AnyLabeling's \"Load custom model\" (docs/labeling.md)")
     parser.add_argument(
         "--opset", type=int, default=None, help=f"ONNX opset, {OPSETS.start} to {OPSETS.stop - 1} (default: {DEFAULT_OPSET})"
     )
@@ -27,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--keep-ratio",
         default=None,
         help="comma-separated keep ratios the export check runs the encoder at (default: the model's and 1.0); "
-        "the keep ratio stays an input of encoder.onnx",
+        "the keep ratio stays an input of encoder.onnx. With --format anylabeling: the one keep ratio fixed in "
+        "the encoder (default: the model's)",
     )
 
 
@@ -66,14 +70,26 @@ def run(args: argparse.Namespace) -> int:
         def waiting() -> None:
             tqdm.write(f"waiting for another export to {args.out} to finish")
 
-        manifest = export_onnx(
-            model, args.out, opset=opset, check_ratios=ratios, checkpoint=checkpoint, progress=step, waiting=waiting
-        )
+        if args.layout == "anylabeling":
+            from .anylabeling import export_anylabeling
+
+            if ratios is not None and len(ratios) != 1:
+                raise BiglSamError(f"--keep-ratio with --format anylabeling is the one ratio fixed in the encoder, "
+                                   f"got {args.keep_ratio!r}")
+            ratio = None if ratios is None else ratios[0]
+            manifest = export_anylabeling(
+                model, args.out, ratio, opset=opset, checkpoint=checkpoint, progress=step, waiting=waiting
+            )
+        else:
+            manifest = export_onnx(
+                model, args.out, opset=opset, check_ratios=ratios, checkpoint=checkpoint, progress=step, waiting=waiting
+            )
         bar.update(1)
     if checkpoint is None:
         print(f"note: {args.model} was exported with untrained random weights (no --checkpoint)")
     diffs = ", ".join(f"{k} {v:.2g}" for k, v in manifest["check"]["max_abs_diff"].items())
-    print(f"wrote {args.out}: encoder.onnx, decoder.onnx, export.json; max abs difference to PyTorch: {diffs}")
+    config = ", config.yaml" if args.layout == "anylabeling" else ""
+    print(f"wrote {args.out}: encoder.onnx, decoder.onnx{config}, export.json; max abs difference to PyTorch: {diffs}")
     return 0
 
 

@@ -38,6 +38,7 @@ from ..fileio import atomic_folder, atomic_write_text
 from ..images import sam_input_array
 from ..modeling import BigLittleConfig, BigLittleImageEncoder
 from .interface import (
+    ANYLABELING_CONFIG_FILE,
     DECODER_FILE,
     DECODER_INPUTS,
     DECODER_OUTPUTS,
@@ -55,7 +56,8 @@ from .manifest import file_records
 from .predictor import open_session
 
 # What an export folder may hold (a model over 2 GB keeps its weights in NAME.onnx.data).
-EXPORT_FILES = {ENCODER_FILE, DECODER_FILE, MANIFEST_FILE, f"{ENCODER_FILE}.data", f"{DECODER_FILE}.data"}
+EXPORT_FILES = {ENCODER_FILE, DECODER_FILE, MANIFEST_FILE, ANYLABELING_CONFIG_FILE, f"{ENCODER_FILE}.data",
+                f"{DECODER_FILE}.data"}
 MAX_POINTS = 64  # upper bound of the decoder's dynamic number of points (SAM's interface has no other)
 # Max abs difference onnxruntime vs PyTorch allowed at export (float32 both; measured differences are
 # 1e-5 to 1e-4 on embeddings of magnitude ~1 and on mask logits of magnitude ~10).
@@ -125,21 +127,30 @@ def export_onnx(
                 if is_student
                 else None
             ),
-            "export_id": export_id,
-            "files": file_records(folder),
-            "opset": opset,
-            "versions": _versions(),
-            "check": check,
+            **export_record(folder, export_id, opset, check),
         }
-        atomic_write_text(folder / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
-        if not check["passed"]:
-            real = Path(os.path.realpath(out))
-            failed = real.with_name(f"{real.name}.failed")
-            shutil.rmtree(failed, ignore_errors=True)
-            os.rename(folder, failed)
-            raise BiglSamError(f"export check failed: {check['failures'][0]} ({out} is unchanged; the new files "
-                               f"are in {failed} for inspection)")
+        write_manifest(out, folder, manifest)
     return manifest
+
+
+def export_record(folder: Path, export_id: str, opset: int, check: dict) -> dict:
+    """The entries of export.json every format has: the export's id, its files, opset, versions and check."""
+    return {"export_id": export_id, "files": file_records(folder), "opset": opset, "versions": _versions(),
+            "check": check}
+
+
+def write_manifest(out: Path, folder: Path, manifest: dict) -> None:
+    """Writes export.json (`manifest`, with its "check") into `folder`, the new export of `out` being built;
+    if the check failed, moves `folder` to `OUT.failed` and raises (`out` is then unchanged)."""
+    atomic_write_text(folder / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
+    check = manifest["check"]
+    if not check["passed"]:
+        real = Path(os.path.realpath(out))
+        failed = real.with_name(f"{real.name}.failed")
+        shutil.rmtree(failed, ignore_errors=True)
+        os.rename(folder, failed)
+        raise BiglSamError(f"export check failed: {check['failures'][0]} ({out} is unchanged; the new files "
+                           f"are in {failed} for inspection)")
 
 
 def check_opset(opset) -> None:
@@ -294,9 +305,17 @@ def check_export(model: Sam, folder: Path, ratios: Sequence[float]) -> dict:
             diffs[key] = _max_abs(got, expected)
             if diffs[key] > EMBEDDING_TOLERANCE:
                 failures.append(f"{key}: embeddings differ by {diffs[key]:.3g} (tolerance {EMBEDDING_TOLERANCE:g})")
-        features = expected  # the last ratio's embeddings (1.0 for students)
-        torch_decoder = SamOnnxModel(model, return_single_mask=False).eval()
-        previous = None
+        check_decoder(model, decoder, expected, diffs, failures)  # the last ratio's embeddings (1.0 for students)
+    return check_report(diffs, failures)
+
+
+def check_decoder(model: Sam, decoder, features: torch.Tensor, diffs: Dict[str, float], failures: List[str]) -> None:
+    """Adds the max abs difference onnxruntime (`decoder`, a session) vs PyTorch per prompt kind of
+    `CHECK_PROMPTS` on `features` (1 x 256 x 64 x 64) to `diffs`, and a line per kind beyond the tolerance
+    to `failures`."""
+    torch_decoder = SamOnnxModel(model, return_single_mask=False).eval()
+    previous = None
+    with torch.no_grad():
         for kind, (points, labels, box, use_mask) in CHECK_PROMPTS.items():
             args = _decoder_inputs(features, points, labels, box, CHECK_IMAGE_HW, previous if use_mask else None)
             expected_outputs = torch_decoder(*args)
@@ -306,6 +325,10 @@ def check_export(model: Sam, folder: Path, ratios: Sequence[float]) -> dict:
                 failures.append(f"decoder with {kind}: outputs differ by {diffs[f'decoder:{kind}']:.3g} "
                                 f"(tolerance {DECODER_TOLERANCE:g})")
             previous = expected_outputs[2][:, :1]
+
+
+def check_report(diffs: Dict[str, float], failures: List[str]) -> dict:
+    """export.json's "check" entry."""
     return {
         "max_abs_diff": {k: float(f"{v:.3g}") for k, v in diffs.items()},
         "tolerance": {"embeddings": EMBEDDING_TOLERANCE, "decoder": DECODER_TOLERANCE},

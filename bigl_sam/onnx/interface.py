@@ -5,6 +5,7 @@ for SAM's ONNX decoder take ours unchanged."""
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 MANIFEST_FILE = "export.json"
+ANYLABELING_CONFIG_FILE = "config.yaml"  # `--format anylabeling` only: what AnyLabeling's "Load custom model" reads
 
 DEFAULT_OPSET = 18
 # The opsets torch 2.14's exporter writes: its ONNX functions are written for opset 18 (a lower request is

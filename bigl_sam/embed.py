@@ -1,0 +1,132 @@
+"""`bigl-sam embed --images DIR --out DIR`: the image embedding of every image in a folder, for labeling tools
+that run the encoder ahead of time and SAM's ONNX decoder per click (the files: `bigl_sam.embeddings`).
+
+Each image is read upright (EXIF orientation applied, as the demo and `bigl_sam.load_image` show it) and
+encoded by `SamPredictor.set_image`, so a predictor set from the stored embedding predicts exactly what it
+predicts after `set_image`. Under `torchrun` each process takes every N-th image. Images with a record that
+matches this run (model, weights sha256, keep ratio, precision) are not redone; a folder holding embeddings
+of another run is refused. Unreadable images are skipped, listed in `skipped.json`, and tried again on the
+next run.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import List
+
+from segment_anything import SamPredictor
+from tqdm import tqdm
+
+from . import distributed
+from .embeddings import EmbeddingError, embedding_path, read_record, record_path, save_embedding
+from .errors import BiglSamError
+from .evaluation.runner import ModelSpec, keep_ratio_of
+from .evaluation.sharding import Shard, gather_to_main
+from .fileio import atomic_write_text, check_writable
+from .images import IMAGE_SUFFIXES, load_image
+from .modeling.config import MODEL_CONFIGS
+from .pretrained import choose_weights
+from .weights import WEIGHTS_DIR_HELP, sha256_of
+
+SKIPPED_FILE = "skipped.json"
+# What must match for an image's record to count as done by this run.
+RUN_KEYS = ("model", "weights_files", "keep_ratio", "dtype")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--images", required=True, type=Path, help=f"folder of images ({'/'.join(IMAGE_SUFFIXES)})")
+    add("--out", required=True, type=Path, help="folder for NAME.npy and NAME.json per image")
+    add("--model", required=True, choices=sorted(MODEL_CONFIGS), metavar="NAME", help="registry name, e.g. bigl_b_t")
+    add("--checkpoint", type=Path, default=None, metavar="PATH",
+        help="its weights (default: the student's file in --weights-dir, else one built from SAM's official files "
+             "there, else random weights)")
+    add("--weights-dir", type=Path, default=None, metavar="DIR",
+        help=f"where to look for weights (default: {WEIGHTS_DIR_HELP})")
+    add("--keep-ratio", type=float, default=None,
+        help="share of tokens in the P-path, for students (default: the one their file was saved with)")
+    add("--device", default=None, help="default: this rank's GPU if there is one, else cpu")
+    add("--dtype", choices=tuple(distributed.DTYPES), default="float32",
+        help="bfloat16: autocast the encoder (for GPUs); the stored embedding is float32 either way")
+
+
+def run(args: argparse.Namespace) -> int:
+    images = _images(args.images)
+    check_writable(args.out / SKIPPED_FILE, "--out")
+    spec = ModelSpec(args.model, choose_weights(args.model, args.checkpoint, args.weights_dir), args.keep_ratio)
+    process = distributed.start(args.device, backend="gloo")  # skipped lists are Python objects: gloo anywhere
+    shard = Shard(process.rank, process.world_size)
+    model = spec.load(process.device)  # first, even when all is done: a bad checkpoint fails on every rank
+    if args.keep_ratio is not None and keep_ratio_of(model) is None:
+        raise BiglSamError(f"--keep-ratio: {args.model} is SAM's own encoder, only big.LITTLE students route tokens")
+    if shard.is_main:
+        print(spec.weights.describe(), file=sys.stderr)
+        distributed.note_bfloat16(process.device, args.dtype)
+    settings = {
+        "model": args.model,
+        "weights": spec.weights.describe(),
+        "weights_files": [{"path": str(p), "sha256": sha256_of(p, progress=shard.is_main)} for p in spec.weights.files],
+        "keep_ratio": keep_ratio_of(model),
+        "dtype": args.dtype,
+    }
+    # Every rank checks every record, so that a folder of another run stops all of them alike.
+    done = {path.name for path in images if _done(args.out, path.name, settings)}
+    mine = shard.take(images)
+    todo = [path for path in mine if path.name not in done]
+    if len(todo) < len(mine):
+        tqdm.write(f"embed [rank {shard.rank}]: {len(mine) - len(todo)} of {len(mine)} images already in {args.out}, "
+                   f"{len(todo)} to go", file=sys.stderr)
+    predictor = SamPredictor(model)
+    skipped = []
+    for path in tqdm(todo, desc=f"embed {args.model} [rank {shard.rank}]", unit="image"):
+        try:
+            image = load_image(path)
+        except BiglSamError as err:
+            skipped.append({"file": path.name, "reason": str(err)})
+            tqdm.write(f"skipped {path.name}: {err}", file=sys.stderr)
+            continue
+        with distributed.autocast(process.device, args.dtype):
+            predictor.set_image(image)
+        features = predictor.get_image_embedding().float().cpu().numpy()
+        record = {"image": path.name, "original_size": list(predictor.original_size),
+                  "input_size": list(predictor.input_size), **settings,
+                  "written_by": {"rank": shard.rank, "world_size": shard.world_size}}
+        save_embedding(args.out, path.name, features, record)
+    gathered = gather_to_main(skipped, shard)
+    distributed.stop(process)
+    if gathered is None:
+        return 0
+    atomic_write_text(args.out / SKIPPED_FILE, json.dumps({"images": str(args.images), "skipped": gathered}, indent=2))
+    if gathered:
+        print(f"skipped {len(gathered)} unreadable images, listed in {args.out / SKIPPED_FILE}", file=sys.stderr)
+    if len(gathered) == len(images):
+        raise BiglSamError(f"--images {args.images}: not one image could be read (see {args.out / SKIPPED_FILE})")
+    print(f"embeddings of {len(images) - len(gathered)} images in {args.out}", file=sys.stderr)
+    return 0
+
+
+def _images(folder: Path) -> List[Path]:
+    if not folder.is_dir():
+        raise BiglSamError(f"--images {folder}: no such folder")
+    images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise BiglSamError(f"--images {folder}: no {'/'.join(IMAGE_SUFFIXES)} images in it")
+    return images
+
+
+def _done(out_dir: Path, name: str, settings: dict) -> bool:
+    """True if `name` has an embedding and a record of this run; a record of another run is an error (one
+    folder holds one model's embeddings, so a reader never mixes them)."""
+    if not record_path(out_dir, name).is_file() or not embedding_path(out_dir, name).is_file():
+        return False
+    try:
+        record = read_record(record_path(out_dir, name))
+    except EmbeddingError:
+        return False  # unreadable: simply done again
+    differing = [key for key in RUN_KEYS if record.get(key) != settings[key]]
+    if differing:
+        found = ", ".join(f"{key} {record.get(key)!r}" for key in differing)
+        raise BiglSamError(f"--out {out_dir}: holds embeddings of another run ({name}: {found}); use another --out")
+    return True
+

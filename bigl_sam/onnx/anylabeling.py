@@ -1,0 +1,188 @@
+"""`bigl-sam export onnx --format anylabeling`: a folder AnyLabeling loads with "Load custom model".
+
+AnyLabeling (and samexporter, by the same author) run SAM through `SegmentAnythingONNX`, which feeds the
+encoder one input: the photo resized (AnyLabeling: into a 684 x 1024 canvas; samexporter: the long side to
+1024) as an H x W x 3 float32 array of 0-255 RGB values, and SAM's ONNX decoder. So the folder holds:
+
+- encoder.onnx: `image` (H x W x 3, H and W dynamic up to 1024) -> `image_embeddings` (1 x 256 x 64 x 64),
+  with SAM's normalisation and zero padding inside the graph and a student's keep ratio fixed at export
+  (in the metadata as for the bigl-sam format; a one-input caller has no way to feed a dial);
+- decoder.onnx: the same SAM ONNX decoder as the bigl-sam format;
+- config.yaml: what AnyLabeling reads (`type: segment_anything`, names, the two paths, sizes);
+- export.json: as for the bigl-sam format, with the format and the fixed keep ratio.
+"""
+
+import json
+import uuid
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from segment_anything.modeling import Sam
+
+from ..errors import BiglSamError, check_keep_ratio
+from ..fileio import atomic_folder, atomic_write_text
+from ..images import resized_shape, sam_input_array
+from ..modeling import BigLittleConfig, BigLittleImageEncoder
+from .export import (
+    EMBEDDING_TOLERANCE,
+    _export,
+    _id_metadata,
+    _max_abs,
+    _save,
+    check_decoder,
+    check_image,
+    check_opset,
+    check_out,
+    check_report,
+    export_decoder,
+    export_record,
+    write_manifest,
+)
+from .interface import ANYLABELING_CONFIG_FILE as CONFIG_FILE
+from .interface import DECODER_FILE, DEFAULT_KEEP_RATIO_KEY, DEFAULT_OPSET, EMBEDDING_OUTPUT, ENCODER_FILE
+from .predictor import open_session
+
+RGB_INPUT = "image"  # H x W x 3 float32, RGB 0-255, the photo resized to fit S x S
+CANVAS_HW = (684, 1024)  # AnyLabeling's input_size: every photo is resized into it (pixels)
+CONFIG_KEYS = ("type", "name", "display_name", "encoder_model_path", "decoder_model_path", "input_size",
+               "max_width", "max_height")
+
+
+class RgbImageEncoder(torch.nn.Module):
+    """image: H x W x 3 float32 RGB 0-255 (H, W <= S) -> 1 x 256 x 64 x 64, as `SamPredictor` encodes it:
+    normalised with the model's mean and std, zero-padded at the bottom and right to S x S, then encoded
+    (a student at `keep_ratio`)."""
+
+    def __init__(self, model: Sam, keep_ratio: Optional[float]) -> None:
+        super().__init__()
+        self.encoder = model.image_encoder
+        self.register_buffer("pixel_mean", model.pixel_mean.flatten().clone())
+        self.register_buffer("pixel_std", model.pixel_std.flatten().clone())
+        self.keep_ratio = keep_ratio
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        side = self.encoder.img_size
+        x = ((image - self.pixel_mean) / self.pixel_std).permute(2, 0, 1)[None]
+        x = F.pad(x, (0, side - image.shape[1], 0, side - image.shape[0]))
+        if isinstance(self.encoder, BigLittleImageEncoder):
+            return self.encoder.forward_with_routing(x, torch.tensor(self.keep_ratio))[0]
+        return self.encoder(x)
+
+
+def export_anylabeling(
+    model: Sam,
+    out: Path,
+    keep_ratio: Optional[float] = None,
+    opset: int = DEFAULT_OPSET,
+    checkpoint: Optional[dict] = None,
+    progress=None,
+    waiting=None,
+) -> dict:
+    """Writes encoder.onnx, decoder.onnx, config.yaml and export.json into `out` as `export_onnx` does (built and
+    checked beside `out`, then swapped in whole); returns export.json's content.
+
+    Args:
+        keep_ratio: a student's keep ratio, fixed in the graph (default: the model's); must be None for SAM's
+            own encoders.
+        checkpoint: {"path", "sha256"} of the weights, or None for untrained weights.
+        progress: a callable taking one line of text, or None; waiting: as for `export_onnx`.
+    Raises:
+        BiglSamError: for a keep ratio given to SAM's own encoder, and whatever `export_onnx` refuses (opset,
+            `out`, a failed check: `out` unchanged, the new files in `OUT.failed`).
+    """
+    say = progress or (lambda line: None)
+    out = Path(out)
+    is_student = isinstance(model.config, BigLittleConfig)
+    if keep_ratio is not None and not is_student:
+        raise BiglSamError(f"--keep-ratio: {model.config.name} is SAM's own encoder, only big.LITTLE students route tokens")
+    if is_student:
+        keep_ratio = check_keep_ratio(model.image_encoder.keep_ratio if keep_ratio is None else keep_ratio, "--keep-ratio")
+    check_opset(opset)
+    check_out(out)
+    export_id = uuid.uuid4().hex
+    with atomic_folder(out, waiting) as folder:
+        say(f"exporting the {model.config.name} image encoder (RGB input, preprocessing inside) to {out / ENCODER_FILE}")
+        export_rgb_encoder(model, keep_ratio, folder / ENCODER_FILE, opset, export_id)
+        say(f"exporting SAM's prompt encoder and mask decoder to {out / DECODER_FILE}")
+        export_decoder(model, folder / DECODER_FILE, opset, export_id)
+        say("checking both files in onnxruntime against PyTorch")
+        check = check_anylabeling(model, keep_ratio, folder)
+        atomic_write_text(folder / CONFIG_FILE, config_yaml(model.config.name, keep_ratio))
+        manifest = {
+            "model": model.config.name,
+            "format": "anylabeling",
+            "checkpoint": checkpoint,
+            "keep_ratio": {"fixed": keep_ratio} if is_student else None,
+            "encoder_input": f"{RGB_INPUT}: H x W x 3 float32 RGB 0-255, H and W up to {model.image_encoder.img_size}",
+            **export_record(folder, export_id, opset, check),
+        }
+        write_manifest(out, folder, manifest)
+    return manifest
+
+
+def export_rgb_encoder(
+    model: Sam, keep_ratio: Optional[float], path: Path, opset: int = DEFAULT_OPSET, export_id: Optional[str] = None
+) -> None:
+    side = model.image_encoder.img_size
+    image = torch.zeros(*CANVAS_HW, 3)
+    image[: CANVAS_HW[0] // 2] = 255.0  # not a constant image, as a photo is not
+    height, width = torch.export.Dim("height", min=2, max=side), torch.export.Dim("width", min=2, max=side)
+    module = RgbImageEncoder(model, keep_ratio).eval()
+    with torch.no_grad():
+        program = _export(module, (image,), [RGB_INPUT], [EMBEDDING_OUTPUT], opset, strict=False,
+                          dynamic={"image": {0: height, 1: width}})
+    program.model.metadata_props.update(_id_metadata(export_id))
+    if keep_ratio is not None:
+        program.model.metadata_props[DEFAULT_KEEP_RATIO_KEY] = repr(keep_ratio)
+    _save(program, path)
+
+
+def check_anylabeling(model: Sam, keep_ratio: Optional[float], folder: Path) -> dict:
+    """The encoder on the check image resized as samexporter feeds it (long side to S) and as AnyLabeling
+    feeds it (into its 684 x 1024 canvas), against PyTorch on the same pixels; then the decoder."""
+    encoder = open_session(folder / ENCODER_FILE)
+    decoder = open_session(folder / DECODER_FILE)
+    side = model.image_encoder.img_size
+    image = check_image()
+    h, w = resized_shape(*image.shape[:2], side)
+    canvas = np.zeros((*CANVAS_HW, 3), np.uint8)
+    scale = min(CANVAS_HW[0] / image.shape[0], CANVAS_HW[1] / image.shape[1])
+    fitted = Image.fromarray(image).resize((round(image.shape[1] * scale), round(image.shape[0] * scale)))
+    canvas[: fitted.height, : fitted.width] = np.asarray(fitted)
+    inputs = {"long side": np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR)), "canvas": canvas}
+    diffs: Dict[str, float] = {}
+    failures: List[str] = []
+    kwargs = {} if keep_ratio is None else {"keep_ratio": keep_ratio}
+    with torch.no_grad():
+        for kind, pixels in inputs.items():
+            x, _ = sam_input_array(pixels, model.pixel_mean.flatten().tolist(), model.pixel_std.flatten().tolist(), side)
+            expected = model.image_encoder(torch.from_numpy(x)[None], **kwargs)
+            got = encoder.run([EMBEDDING_OUTPUT], {RGB_INPUT: pixels.astype(np.float32)})[0]
+            diffs[f"encoder:{kind}"] = _max_abs(got, expected)
+            if diffs[f"encoder:{kind}"] > EMBEDDING_TOLERANCE:
+                failures.append(f"encoder on the {kind} input: embeddings differ by {diffs[f'encoder:{kind}']:.3g} "
+                                f"(tolerance {EMBEDDING_TOLERANCE:g})")
+        check_decoder(model, decoder, expected, diffs, failures)
+    return check_report(diffs, failures)
+
+
+def config_yaml(model_name: str, keep_ratio: Optional[float]) -> str:
+    """AnyLabeling's model config: every key its `segment_anything` model reads, paths beside the file."""
+    suffix = "" if keep_ratio is None else f"_keep{keep_ratio:g}"
+    shown = f"{model_name} (bigl-sam" + ("" if keep_ratio is None else f", keep ratio {keep_ratio:g}") + ")"
+    values = {
+        "type": "segment_anything",
+        "name": f"{model_name}{suffix}-bigl-sam",
+        "display_name": shown,
+        "encoder_model_path": ENCODER_FILE,
+        "decoder_model_path": DECODER_FILE,
+        "input_size": CANVAS_HW[1],
+        "max_width": CANVAS_HW[1],
+        "max_height": CANVAS_HW[0],
+    }
+    return "".join(f"{key}: {json.dumps(value)}\n" for key, value in values.items())  # JSON scalars are YAML
+
