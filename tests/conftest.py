@@ -48,6 +48,14 @@ def tie_every_score_(model):
     return model
 
 
+def seeded_model(name: str, seed: int) -> torch.nn.Module:
+    """The random model `name` of `seed` alone: the same weights whichever tests ran before (the global
+    generator that builds it is seeded apart and left as it was)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return randomize_(build_model(get_config(name)), seed)
+
+
 @pytest.fixture(scope="session")
 def official_checkpoint(tmp_path_factory):
     """official_checkpoint(name) -> path of a random SAM `name` saved as a flat state dict, like
@@ -57,7 +65,7 @@ def official_checkpoint(tmp_path_factory):
     def make(name: str, seed: int = 0) -> Path:
         if (name, seed) not in made:
             path = tmp_path_factory.mktemp("official") / f"sam_{name}_seed{seed}.pth"
-            torch.save(randomize_(build_model(get_config(name)), seed).state_dict(), path)
+            torch.save(seeded_model(name, seed).state_dict(), path)
             made[name, seed] = path
         return made[name, seed]
 
@@ -72,7 +80,7 @@ def student_checkpoint(tmp_path_factory):
     def make(name: str = "bigl_test", seed: int = 0) -> Path:
         if (name, seed) not in made:
             path = tmp_path_factory.mktemp("student") / f"{name}_seed{seed}.pth"
-            save_checkpoint(randomize_(build_model(get_config(name)), seed), path)
+            save_checkpoint(seeded_model(name, seed), path)
             made[name, seed] = path
         return made[name, seed]
 
