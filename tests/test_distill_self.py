@@ -234,8 +234,8 @@ def test_compare_refuses_bad_arguments_before_running_the_teacher(setup, tmp_pat
         path.mkdir()
     else:
         path = value
-    args = ["distill", "compare", "--teacher-checkpoint", str(setup / "my_sam.pth"), "--student", str(setup / "student.pth"),
-            "--images", str(setup / "images"), "--holdout", "2", option, str(path)]
+    args = ["distill", "compare", "--teacher-checkpoint", str(setup / "my_sam.pth"), "--student",
+            str(setup / "student.pth"), "--images", str(setup / "images"), "--holdout", "2", option, str(path)]
     before = sorted(tmp_path.rglob("*"))
     assert main(args) == 2
     assert message.format(path=path) in one_error_line(capsys)
@@ -258,8 +258,8 @@ def test_each_sam_size_has_a_student_and_vit_h_gets_the_lean_one():
 def test_the_former_compare_flags_still_work_and_warn(tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="bigl-sam distill")
     distill_cli.add_arguments(parser)
-    args = parser.parse_args(["compare", "--teacher-from", "sam.pth", "--init-from", "vit.pth", "--student", "bigl_test",
-                              "--images", "images"])
+    args = parser.parse_args(["compare", "--teacher-from", "sam.pth", "--init-from", "vit.pth",
+                              "--student", "bigl_test", "--images", "images"])
     assert (args.teacher_checkpoint, args.encoder_checkpoint) == ("sam.pth", "vit.pth")
     err = capsys.readouterr().err
     assert "--teacher-from is now --teacher-checkpoint" in err and "--init-from is now --encoder-checkpoint" in err

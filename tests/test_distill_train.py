@@ -241,7 +241,8 @@ def test_loss_region_full_counts_the_padding_and_valid_does_not():
 
 @pytest.mark.parametrize("options, message", [
     (["--student", "bigl_test"], "either --cache (a teacher cache) or --teacher-checkpoint"),
-    (["--cache", "c", "--teacher-checkpoint", "t.pth", "--images", "i"], "either --cache (a teacher cache) or --teacher-checkpoint"),
+    (["--cache", "c", "--teacher-checkpoint", "t.pth", "--images", "i"],
+     "either --cache (a teacher cache) or --teacher-checkpoint"),
     (["--teacher-checkpoint", "t.pth"], "--teacher-checkpoint needs --images"),
     (["--cache", "c"], "--student is required with --cache"),
     (["--cache", "c", "--student", "bigl_test", "--images", "i"], "--images goes with --teacher-checkpoint"),

@@ -22,9 +22,8 @@ from .train import TrainConfig, flag, train
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="distill_command", required=True)
     _add_cache_arguments(commands.add_parser("cache", help="run the teacher once per image and augmentation"))
-    _add_train_arguments(
-        commands.add_parser("train", help="train a student on a teacher cache, or against its own SAM (--teacher-checkpoint)")
-    )
+    _add_train_arguments(commands.add_parser(
+        "train", help="train a student on a teacher cache, or against its own SAM (--teacher-checkpoint)"))
     _add_compare_arguments(
         commands.add_parser("compare", help="embedding error and mask agreement of students vs their teacher")
     )
@@ -32,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_cache_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="cache folder (created; a rerun resumes)")
-    parser.add_argument("--teacher", help="teacher model name (vit_h, ...); default: read off the checkpoint")
+    parser.add_argument("--teacher", dest="teacher_model_type",
+                        help="teacher model type (vit_h, ...); default: read off the checkpoint")
     parser.add_argument("--teacher-checkpoint", type=Path, help="e.g. sam_vit_h_4b8939.pth")
     parser.add_argument("--images", type=Path, help="folder of images (searched recursively)")
     parser.add_argument("--augment", type=int, default=0, help="augmented copies per image besides the original")
@@ -157,8 +157,8 @@ def _run_cache(args: argparse.Namespace) -> int:
             raise BiglSamError(f"--{option.replace('_', '-')} is required to build a cache")
     if args.augment < 0 or args.shard_size < 1 or args.batch < 1:
         raise BiglSamError("--augment must be >= 0, --shard-size and --batch >= 1")
-    if args.teacher:
-        teacher = build_sam(args.teacher, args.teacher_checkpoint)
+    if args.teacher_model_type:
+        teacher = build_sam(args.teacher_model_type, args.teacher_checkpoint)
     else:
         teacher = load_sam(args.teacher_checkpoint)
     index = build_cache(

@@ -94,7 +94,8 @@ def compare(
     read = ModelReader()  # the teacher's file is also the students' P-path and decoder: read once
     targets = _teacher_outputs(teacher_checkpoint, images, image_ids, teacher_outputs, read, dtype)
     encoder_checkpoint = encoder_checkpoint or teacher_checkpoint
-    models = [SamPredictor(build_student(spec, encoder_checkpoint, teacher_checkpoint, seed, read)) for spec in students]
+    models = [SamPredictor(build_student(name, encoder_checkpoint, teacher_checkpoint, seed, read))
+              for name in students]
     del read  # the weights it read now live in the models
     sums: Dict[tuple, Dict[str, float]] = {}
     for image_id, target in zip(tqdm(image_ids, desc="students", unit="img"), targets):

@@ -110,6 +110,7 @@ class TrainConfig:
                              identity=False, check="non_negative")
     ckpt_every: int = option(500, "write RUN/ckpt.pt every N steps and at the end", identity=False, check="positive")
     seed: int = option(0, "seed of the data order, keep ratios, mask-loss prompts and a fresh student's draw")
+    # The precision may follow the machine a run resumes on (bf16 on GPU, float32 on CPU).
     amp: str = option("auto", "auto: bf16 autocast on GPU only", identity=False, choices=AMP_MODES)
     workers: int = option(2, "data loader processes", identity=False, check="non_negative")
     device: Optional[str] = option(None, "default: this process's GPU if there is one, else cpu", identity=False)
@@ -129,7 +130,7 @@ class Run:
     teacher: Union[CachedTeacher, OnlineTeacher]
     optimizer: torch.optim.Optimizer
     process: distributed.Process
-    autocast: Any  # `distributed.autocast` context of the run's precision
+    autocast: torch.autocast  # `distributed.autocast` of the run's precision
 
 
 def train(cfg: TrainConfig) -> Path:
