@@ -14,7 +14,7 @@ from .errors import BiglSamError
 
 # Ranks wait for each other at the end of a cache shard list or a checkpoint; that can take long.
 BARRIER_TIMEOUT = timedelta(hours=6)
-# --dtype of bench, eval, demo, the distill cache and compare: float32, or bfloat16 under torch.autocast.
+# --dtype of every command that has one: float32, or bfloat16 under torch.autocast (`autocast`).
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -63,18 +63,27 @@ def pick_device(name: Optional[str] = None) -> torch.device:
     return device
 
 
-def autocast(device: torch.device, dtype: Union[str, torch.dtype]):
+def torch_dtype(dtype: Union[str, torch.dtype]) -> torch.dtype:
+    """A `DTYPES` name as its torch dtype (a torch dtype is returned as it is); any other name is a
+    `BiglSamError` naming the choices."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise BiglSamError(f"--dtype {dtype}: expected {' or '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def autocast(device: torch.device, dtype: Union[str, torch.dtype]) -> torch.autocast:
     """The one precision context of every command: `dtype` (a `DTYPES` name or a torch dtype) other than
     float32 runs the block under `torch.autocast` on `device`; float32 runs it as it is."""
-    dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    dtype = torch_dtype(dtype)
     return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
 
 def note_bfloat16(device: torch.device, dtype: Union[str, torch.dtype]) -> None:
     """Says on stderr, in one line, when bfloat16 is asked for on a CPU without native bfloat16 (no
     AVX512-BF16, no AMX): torch then emulates it, slower than float32, not faster."""
-    dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
-    if dtype == torch.bfloat16 and device.type == "cpu" and not has_native_bfloat16():
+    if torch_dtype(dtype) == torch.bfloat16 and device.type == "cpu" and not has_native_bfloat16():
         print(f"note: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native bfloat16 (AVX512-BF16 "
               "or AMX): bfloat16 runs emulated, slower than float32", file=sys.stderr)
 

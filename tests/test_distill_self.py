@@ -1,9 +1,10 @@
-"""Self-distillation (`distill train --teacher-from MY_SAM.pth --images DIR`): the teacher is the frozen
+"""Self-distillation (`distill train --teacher-checkpoint MY_SAM.pth --images DIR`): the teacher is the frozen
 encoder of the SAM file the student starts from, run on the fly on the student's own input.
 
 256 px variants of the tiny test architectures keep each step well under a second on a 2-core CPU.
 """
 
+import argparse
 import csv
 import json
 
@@ -15,6 +16,7 @@ from PIL import Image
 from bigl_sam import build_model, load_sam, save_checkpoint
 from bigl_sam.checkpoint import load_state_dict_into, read_checkpoint
 from bigl_sam.cli import main
+from bigl_sam.distill import cli as distill_cli
 from bigl_sam.distill import compare as compare_module
 from bigl_sam.distill import train as train_module
 from bigl_sam.distill.student import build_student, student_for
@@ -50,7 +52,7 @@ def setup(tmp_path_factory):
 
 
 def config(setup, out, steps, **knobs):
-    options = dict(student=str(setup / "student.pth"), teacher_from=str(setup / "my_sam.pth"),
+    options = dict(student=str(setup / "student.pth"), teacher_checkpoint=str(setup / "my_sam.pth"),
                    images=str(setup / "images"), out=str(out), steps=steps, batch=2, lr=3e-3, warmup=2, holdout=1,
                    workers=0)
     return TrainConfig(**{**options, **knobs})
@@ -116,7 +118,7 @@ def test_resume_in_self_distillation_ends_where_an_uninterrupted_run_does(setup,
 
 def test_freeze_source_trains_only_routers_and_e_paths_and_keeps_the_source_inside(setup, tmp_path):
     def run(out, *flags):
-        assert main(["distill", "train", "--student", str(setup / "student.pth"), "--teacher-from",
+        assert main(["distill", "train", "--student", str(setup / "student.pth"), "--teacher-checkpoint",
                      str(setup / "my_sam.pth"), "--images", str(setup / "images"), "--out", str(out), "--steps", "4",
                      "--batch", "2", "--lr", "3e-3", "--warmup", "1", "--holdout", "1", "--workers", "0",
                      "--eval-every", "0", *flags]) == 0
@@ -143,10 +145,10 @@ def test_student_is_picked_by_the_sam_files_size_and_starts_from_it(official_che
     sam = official_checkpoint("vit_test")
     (tmp_path / "images").mkdir()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "images" / "a.png")
-    cfg = TrainConfig(out=str(tmp_path / "run"), teacher_from=str(sam), images=str(tmp_path / "images"))
-    resolved = resolve(cfg, OnlineTeacher(cfg.teacher_from, cfg.images))
+    cfg = TrainConfig(out=str(tmp_path / "run"), teacher_checkpoint=str(sam), images=str(tmp_path / "images"))
+    resolved = resolve(cfg, OnlineTeacher(cfg.teacher_checkpoint, cfg.images))
     assert resolved.student == "bigl_test"
-    assert resolved.init_from == resolved.decoder_from == str(sam)
+    assert resolved.encoder_checkpoint == resolved.decoder_checkpoint == str(sam)
     assert resolved.mask_weight == 1.0
 
 
@@ -159,20 +161,20 @@ def one_error_line(capsys):
 def test_a_file_that_is_not_sam_layout_is_one_error_line(setup, tmp_path, capsys):
     torch.save({"backbone.weight": torch.zeros(2)}, tmp_path / "other.pth")
     base = ["distill", "train", "--images", str(setup / "images"), "--out", str(tmp_path / "run")]
-    assert main([*base, "--teacher-from", str(tmp_path / "other.pth")]) == 2
+    assert main([*base, "--teacher-checkpoint", str(tmp_path / "other.pth")]) == 2
     assert "not a SAM checkpoint" in one_error_line(capsys)
-    assert main([*base, "--teacher-from", str(setup / "student.pth")]) == 2
+    assert main([*base, "--teacher-checkpoint", str(setup / "student.pth")]) == 2
     assert "not a SAM model" in one_error_line(capsys)
 
 
 def test_a_size_mismatch_is_one_error_line(setup, official_checkpoint, tmp_path, capsys):
     base = ["distill", "train", "--images", str(setup / "images"), "--out", str(tmp_path / "run")]
     # a ViT-B student from a file of another size
-    assert main([*base, "--student", "bigl_b_t", "--teacher-from", str(official_checkpoint("vit_test"))]) == 2
+    assert main([*base, "--student", "bigl_b_t", "--teacher-checkpoint", str(official_checkpoint("vit_test"))]) == 2
     assert "holds a SAM vit_test, but bigl_b_t's P-path is a vit_b (use bigl_test)" in one_error_line(capsys)
     # a 256 px student against a 1024 px teacher
     assert main([*base, "--student", str(setup / "student.pth"),
-                 "--teacher-from", str(official_checkpoint("vit_test"))]) == 2
+                 "--teacher-checkpoint", str(official_checkpoint("vit_test"))]) == 2
     assert "teacher embeddings are (256, 64, 64) from 1024px inputs" in one_error_line(capsys)
 
 
@@ -182,7 +184,7 @@ def test_compare_measures_embedding_error_and_mask_agreement(official_checkpoint
     Image.fromarray(np.random.default_rng(3).integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(images / "a.png")
     Image.fromarray(np.zeros((40, 60, 3), dtype=np.uint8)).save(images / "0.png")  # a training image: not compared
     sam = str(official_checkpoint("vit_test"))
-    args = ["distill", "compare", "--teacher-from", sam, "--student", "bigl_test", "--images", str(images),
+    args = ["distill", "compare", "--teacher-checkpoint", sam, "--student", "bigl_test", "--images", str(images),
             "--holdout", "1", "--teacher-outputs", str(tmp_path / "teacher.pt")]
     assert main([*args, "--keep-ratios", "1,0.15", "--json", str(tmp_path / "rows.json")]) == 0
     rows = {row["keep_ratio"]: row for row in json.loads((tmp_path / "rows.json").read_text())}
@@ -232,8 +234,8 @@ def test_compare_refuses_bad_arguments_before_running_the_teacher(setup, tmp_pat
         path.mkdir()
     else:
         path = value
-    args = ["distill", "compare", "--teacher-from", str(setup / "my_sam.pth"), "--student", str(setup / "student.pth"),
-            "--images", str(setup / "images"), "--holdout", "2", option, str(path)]
+    args = ["distill", "compare", "--teacher-checkpoint", str(setup / "my_sam.pth"), "--student",
+            str(setup / "student.pth"), "--images", str(setup / "images"), "--holdout", "2", option, str(path)]
     before = sorted(tmp_path.rglob("*"))
     assert main(args) == 2
     assert message.format(path=path) in one_error_line(capsys)
@@ -251,3 +253,15 @@ def test_a_named_student_is_the_same_draw_in_train_and_compare(official_checkpoi
 def test_each_sam_size_has_a_student_and_vit_h_gets_the_lean_one():
     assert {name: student_for(get_config(name), "f") for name in ("vit_b", "vit_l", "vit_h")} == {
         "vit_b": "bigl_b_t", "vit_l": "bigl_l_s", "vit_h": "bigl_h_s"}
+
+
+def test_the_former_compare_flags_still_work_and_warn(tmp_path, capsys):
+    parser = argparse.ArgumentParser(prog="bigl-sam distill")
+    distill_cli.add_arguments(parser)
+    args = parser.parse_args(["compare", "--teacher-from", "sam.pth", "--init-from", "vit.pth",
+                              "--student", "bigl_test", "--images", "images"])
+    assert (args.teacher_checkpoint, args.encoder_checkpoint) == ("sam.pth", "vit.pth")
+    err = capsys.readouterr().err
+    assert "--teacher-from is now --teacher-checkpoint" in err and "--init-from is now --encoder-checkpoint" in err
+    assert main(["distill", "compare", "--student", "bigl_test", "--images", str(tmp_path)]) == 2
+    assert "--teacher-checkpoint is required" in one_error_line(capsys)

@@ -4,8 +4,10 @@ A 256 px variant of the tiny test architectures (16 x 16 embedding grid) keeps e
 second on a 2-core CPU; the 1024 px path is covered in test_distill_cache.py.
 """
 
+import argparse
 import contextlib
 import csv
+import dataclasses
 import errno
 import os
 import signal
@@ -20,12 +22,14 @@ from PIL import Image
 
 from bigl_sam import build_model, load_sam, save_checkpoint
 from bigl_sam.checkpoint import read_checkpoint
+from bigl_sam import distributed
 from bigl_sam.cli import main
+from bigl_sam.distill import cli as distill_cli
 from bigl_sam.distill import train as train_module
 from bigl_sam.distill.data import loss_region
 from bigl_sam.distill.losses import embedding_loss
-from bigl_sam.distill.state import save_final, save_training_state
-from bigl_sam.distill.train import TrainConfig, train
+from bigl_sam.distill.state import load_state, save_final, save_training_state
+from bigl_sam.distill.train import TrainConfig, check_config, identity, settings, train
 from bigl_sam.errors import BiglSamError
 
 from conftest import randomize_, run_torchrun, small_test_configs
@@ -111,6 +115,9 @@ def test_sigkill_then_resume_ends_where_an_uninterrupted_run_does(setup, tmp_pat
 
 def test_resume_with_other_settings_and_overwriting_a_run_are_refused(setup, tmp_path, capsys):
     train(config(setup, tmp_path, steps=1))
+    saved = read_checkpoint(tmp_path / "ckpt.pt")["run"]  # the whole config, as resolved
+    assert set(saved) == {field.name for field in dataclasses.fields(TrainConfig)}
+    assert saved["workers"] == 0 and saved["mask_weight"] == 0.0 and saved["keep_ratio_range"] == [0.15, 0.5]
     assert main(["distill", "train", *run_args(setup, tmp_path, 1)]) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert main(["distill", "train", *run_args(setup, tmp_path, 2, extra=["--resume"])]) == 2
@@ -233,14 +240,87 @@ def test_loss_region_full_counts_the_padding_and_valid_does_not():
 
 
 @pytest.mark.parametrize("options, message", [
-    (["--student", "bigl_test"], "either --cache (a teacher cache) or --teacher-from"),
-    (["--cache", "c", "--teacher-from", "t.pth", "--images", "i"], "either --cache (a teacher cache) or --teacher-from"),
-    (["--teacher-from", "t.pth"], "--teacher-from needs --images"),
+    (["--student", "bigl_test"], "either --cache (a teacher cache) or --teacher-checkpoint"),
+    (["--cache", "c", "--teacher-checkpoint", "t.pth", "--images", "i"],
+     "either --cache (a teacher cache) or --teacher-checkpoint"),
+    (["--teacher-checkpoint", "t.pth"], "--teacher-checkpoint needs --images"),
     (["--cache", "c"], "--student is required with --cache"),
-    (["--cache", "c", "--student", "bigl_test", "--images", "i"], "--images goes with --teacher-from"),
+    (["--cache", "c", "--student", "bigl_test", "--images", "i"], "--images goes with --teacher-checkpoint"),
     (["--cache", "c", "--student", "bigl_test", "--loss-region", "inside"], "invalid choice"),
 ])
 def test_where_the_teacher_comes_from_is_checked_first(tmp_path, capsys, options, message):
     with pytest.raises(SystemExit) if message == "invalid choice" else contextlib.nullcontext():
         assert main(["distill", "train", "--out", str(tmp_path / "run"), *options]) == 2
     assert message in capsys.readouterr().err
+
+
+def _parse_train(*argv):
+    parser = argparse.ArgumentParser(prog="bigl-sam distill")
+    distill_cli.add_arguments(parser)
+    options = vars(parser.parse_args(["train", *argv]))
+    del options["distill_command"]
+    return TrainConfig(**options)
+
+
+def test_the_train_flags_are_the_config_fields_with_their_defaults(capsys):
+    assert _parse_train("--out", "run") == TrainConfig(out="run")
+    parsed = _parse_train("--out", "run", "--keep-ratio-range", "0.2,0.4", "--freeze-source", "--steps", "7",
+                          "--mask-weight", "0.5", "--amp", "none")
+    assert parsed == TrainConfig(out="run", keep_ratio_range=(0.2, 0.4), freeze_source=True, steps=7,
+                                 mask_weight=0.5, amp="none")
+    assert capsys.readouterr().err == ""
+    with pytest.raises(SystemExit):
+        _parse_train("--out", "run", "--keep-ratio-range", "0.2")
+    assert "'0.2': expected 2 comma-separated numbers" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("former, current, field", [
+    ("--teacher-from", "--teacher-checkpoint", "teacher_checkpoint"),
+    ("--init-from", "--encoder-checkpoint", "encoder_checkpoint"),
+    ("--decoder-from", "--decoder-checkpoint", "decoder_checkpoint"),
+])
+def test_the_former_train_flags_still_work_and_warn(capsys, former, current, field):
+    assert getattr(_parse_train("--out", "run", former, "sam.pth"), field) == "sam.pth"
+    assert f"{former} is now {current}" in capsys.readouterr().err
+
+
+def _changed(value):
+    """Another value of the same kind."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, tuple):
+        return tuple(v / 2 for v in value)
+    return "other" if value is None else value + "-other"
+
+
+def test_every_setting_is_in_the_resume_check_unless_declared_free(setup, tmp_path):
+    """A field added to TrainConfig joins the run identity by default; only those declared
+    identity=False may change on --resume."""
+    cfg = config(setup, tmp_path, steps=4, mask_weight=0.0)
+    model = load_sam(setup / "student.pth")
+    save_training_state(tmp_path, model, torch.optim.AdamW(model.parameters()), 1, settings(cfg))
+    process = distributed.Process(0, 1, torch.device("cpu"))
+    free = []
+    for field in dataclasses.fields(TrainConfig):
+        other = dataclasses.replace(cfg, **{field.name: _changed(getattr(cfg, field.name))})
+        try:
+            load_state(tmp_path, identity(other), process)
+            free.append(field.name)
+        except BiglSamError as err:
+            assert f"{field.name}: " in str(err), err
+    assert free == ["out", "encoder_checkpoint", "decoder_checkpoint", "eval_every", "ckpt_every", "amp", "workers",
+                    "device", "resume"]
+
+
+@pytest.mark.parametrize("knobs, message", [
+    ({"steps": 0}, "--steps 0: must be at least 1"),
+    ({"workers": -1}, "--workers -1: must not be negative"),
+    ({"lr": 0}, "--lr 0: must be a finite number > 0"),  # an int in a float field: still the float check
+    ({"amp": "fp16"}, "--amp fp16: expected auto or bf16 or none"),
+    ({"loss_region": "inside"}, "--loss-region inside: expected full or valid"),
+])
+def test_config_checks_come_from_the_field_declarations(knobs, message):
+    with pytest.raises(BiglSamError, match=message):
+        check_config(TrainConfig(out="run", cache="c", student="bigl_test", **knobs))

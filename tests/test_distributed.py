@@ -35,7 +35,7 @@ def torchrun(monkeypatch, rank: int, world_size: int) -> None:
 
 @pytest.mark.parametrize("name", ["cuda", None])
 def test_bare_cuda_is_this_process_gpu(two_gpus, monkeypatch, name):
-    """`--device cuda` as the docs write it; it used to raise inside torch.cuda.set_device."""
+    """`--device cuda` as the docs write it: this process's GPU, with the index torch.cuda.set_device needs."""
     assert distributed.start(name).device == torch.device("cuda", 0)
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert distributed.start(name).device == torch.device("cuda", 1)
@@ -93,6 +93,11 @@ def test_float32_runs_without_autocast(dtype):
 def test_bfloat16_runs_under_autocast(dtype):
     with distributed.autocast(torch.device("cpu"), dtype):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+
+
+def test_an_unknown_precision_is_one_error_line_naming_the_choices():
+    with pytest.raises(BiglSamError, match="^--dtype float16: expected float32 or bfloat16$"):
+        distributed.autocast(torch.device("cpu"), "float16")
 
 
 @pytest.mark.parametrize("native, dtype, device, says", [

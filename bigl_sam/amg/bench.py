@@ -18,7 +18,7 @@ from segment_anything import automatic_mask_generator as sam_amg
 from segment_anything.modeling import Sam
 from tqdm import tqdm
 
-from ..distributed import DTYPES
+from .. import distributed
 from ..errors import BiglSamError
 from ..images import load_image
 from .generator import STAGES, MaskGenerator, same_masks
@@ -79,7 +79,7 @@ def run(model: Sam, files: List[Path], settings: AmgSettings, dtype: str) -> Dic
     theirs = _SamClock(SamAutomaticMaskGenerator(model, **settings.as_kwargs(), output_mode="coco_rle"))
     ours = MaskGenerator(model, **settings.as_kwargs(), output_mode="coco_rle")
     device = ours.predictor.device
-    autocast = torch.autocast(device.type, dtype=DTYPES[dtype], enabled=dtype != "float32")
+    autocast = distributed.autocast(device, dtype)
     totals = {"sam": 0.0, "bigl-sam": 0.0}
     masks, equal = 0, 0
     images = [load_image(path) for path in files]

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 from typing import List
 
-import torch
 from tqdm import tqdm
 
 from .. import distributed
@@ -98,8 +97,7 @@ def _segment(generator: MaskGenerator, mine: List[Path], args: argparse.Namespac
         tqdm.write(f"amg [rank {process.rank}]: {len(mine) - len(todo)} of {len(mine)} images already done in "
                    f"{args.out}, {len(todo)} to go", file=sys.stderr)
     skipped = []
-    autocast = torch.autocast(process.device.type, dtype=distributed.DTYPES[args.dtype],
-                              enabled=args.dtype != "float32")
+    autocast = distributed.autocast(process.device, args.dtype)
     for path in tqdm(todo, desc=f"amg [rank {process.rank}]", unit="image"):
         try:
             image = load_image(path)

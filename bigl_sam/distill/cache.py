@@ -85,8 +85,7 @@ def build_cache(
     `dtype` "bfloat16" runs the teacher under bf16 autocast (embeddings are stored as float16 either way).
     An image that cannot be read is skipped, named on stderr and in skipped.txt; `strict` stops instead.
     """
-    if dtype not in distributed.DTYPES:
-        raise BiglSamError(f"--dtype {dtype}: expected {' or '.join(distributed.DTYPES)}")
+    distributed.torch_dtype(dtype)  # an unknown name fails before any work
     process = distributed.start(device)
     if process.is_main:
         distributed.note_bfloat16(process.device, dtype)
@@ -125,7 +124,7 @@ def _check_settings(out: Path, settings: dict, process: distributed.Process) -> 
     """A rerun must cache the same thing as the first run; otherwise shards would mix two plans."""
     path = out / SETTINGS
     if path.is_file():
-        found = {"dtype": "float32", **read_checkpoint(path)}  # caches from before --dtype ran in float32
+        found = read_checkpoint(path)
         changed = [f"{k}: {found.get(k)!r} -> {v!r}" for k, v in settings.items() if found.get(k) != v]
         if changed:
             raise BiglSamError(f"{out}: cache was built with other settings ({'; '.join(changed)}); use a new --out")
@@ -210,7 +209,7 @@ def _write_index(out: Path, shard_count: int) -> None:
         record["seeds"] = shard["seeds"].tolist()
         record["valid_hw"] = shard["valid_hw"].tolist()
         shards.append(record)
-        skipped.update(dict(shard.get("skipped", [])))
+        skipped.update(dict(shard["skipped"]))
     if skipped:
         atomic_write_text(out / SKIPPED, "".join(f"{image_id}: {reason}\n" for image_id, reason in sorted(skipped.items())))
     else:

@@ -1,7 +1,11 @@
-"""`bigl-sam distill cache|train`: the two commands of a distillation run (both work under `torchrun`)."""
+"""`bigl-sam distill cache|train|compare`: the commands of a distillation run (cache and train work under
+`torchrun`). The flags of `train` are made from the fields of `TrainConfig`."""
 
 import argparse
+import dataclasses
+import typing
 from pathlib import Path
+from typing import Callable, Optional, Union
 
 import torch
 
@@ -9,20 +13,17 @@ from .. import distributed
 from ..build import build_sam, load_sam
 from ..errors import BiglSamError
 from ..fileio import check_writable
+from ..options import add_renamed
 from .cache import SKIPPED, build_cache, read_index, verify_cache
 from .compare import compare, read_json, table, write_json
-from .data import LOSS_REGIONS
-from .train import TrainConfig, train
-
-TRAIN_DEFAULTS = TrainConfig(out="")
+from .train import TrainConfig, flag, train
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="distill_command", required=True)
     _add_cache_arguments(commands.add_parser("cache", help="run the teacher once per image and augmentation"))
-    _add_train_arguments(
-        commands.add_parser("train", help="train a student on a teacher cache, or against its own SAM (--teacher-from)")
-    )
+    _add_train_arguments(commands.add_parser(
+        "train", help="train a student on a teacher cache, or against its own SAM (--teacher-checkpoint)"))
     _add_compare_arguments(
         commands.add_parser("compare", help="embedding error and mask agreement of students vs their teacher")
     )
@@ -30,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_cache_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="cache folder (created; a rerun resumes)")
-    parser.add_argument("--teacher", help="teacher model name (vit_h, ...); default: read off the checkpoint")
+    parser.add_argument("--teacher", dest="teacher_model_type",
+                        help="teacher model type (vit_h, ...); default: read off the checkpoint")
     parser.add_argument("--teacher-checkpoint", type=Path, help="e.g. sam_vit_h_4b8939.pth")
     parser.add_argument("--images", type=Path, help="folder of images (searched recursively)")
     parser.add_argument("--augment", type=int, default=0, help="augmented copies per image besides the original")
@@ -43,54 +45,50 @@ def _add_cache_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    d = TRAIN_DEFAULTS
-    add = parser.add_argument
-    add("--student", help="bigl_b_t, bigl_l_s, ... or a student checkpoint to continue; "
-        "default with --teacher-from: the student of that SAM's size")
-    add("--cache", help="teacher cache folder from `bigl-sam distill cache` (a bigger teacher, e.g. ViT-H)")
-    add("--teacher-from", help="self-distillation: this SAM-layout file's frozen encoder is the teacher, run on "
-        "the fly on the same input (no cache); needs --images")
-    add("--images", help="folder of images (searched recursively), with --teacher-from")
-    add("--init-from", help="SAM checkpoint of the P-path's size (e.g. sam_vit_b_01ec64.pth); "
-        "default: --teacher-from's file, else random")
-    add("--decoder-from", help="SAM checkpoint for the prompt encoder and mask decoder; default: --teacher-from's file")
-    add("--out", required=True, help="run folder: checkpoints, CSV and TensorBoard logs")
-    add("--steps", type=int, default=d.steps)
-    add("--batch", type=int, default=d.batch, help="images per process and step")
-    add("--lr", type=float, default=d.lr, help="peak learning rate")
-    add("--min-lr", type=float, default=d.min_lr, help="learning rate at the end of the cosine decay")
-    add("--warmup", type=int, default=d.warmup, help="linear warm-up steps")
-    add("--weight-decay", type=float, default=d.weight_decay)
-    add("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm")
-    add("--keep-ratio-range", type=_ratio_range, default=d.keep_ratio_range, help="LOW,HIGH sampled per step")
-    add("--cosine-weight", type=float, default=d.cosine_weight, help="weight of (1 - cosine) next to the MSE")
-    add("--mask-weight", type=float, default=d.mask_weight,
-        help="> 0 adds the mask-level loss (decoder, prompts); default 1 with --teacher-from, else 0")
-    add("--freeze-source", action="store_true",
-        help="only the routers and E-paths learn; the P-path, embeddings and neck keep the source SAM's weights, "
-        "so at keep 1.0 the student is that SAM plus the E-paths' learned updates")
-    add("--loss-region", choices=LOSS_REGIONS, default=d.loss_region,
-        help="embedding cells the loss covers: the full grid (padding too: SAM's decoder attends to it) or valid")
-    add("--holdout", type=int, default=d.holdout, help="images held out for the held-out loss curves")
-    add("--eval-every", type=int, default=d.eval_every, help="held-out curves every N steps and at the end; 0: never")
-    add("--ckpt-every", type=int, default=d.ckpt_every)
-    add("--seed", type=int, default=d.seed)
-    add("--amp", choices=("auto", "bf16", "none"), default=d.amp, help="auto: bf16 autocast on GPU only")
-    add("--workers", type=int, default=d.workers, help="data loader processes")
-    add("--device", help="default: this process's GPU if there is one, else cpu")
-    add("--resume", action="store_true", help="continue from RUN/ckpt.pt (start fresh if there is none yet)")
+    """One flag per `TrainConfig` field: name, type, default, choices, help and former names all come from
+    the field's declaration."""
+    for field in dataclasses.fields(TrainConfig):
+        meta = field.metadata
+        kwargs = {"help": meta["help"]}
+        if field.type is bool:
+            kwargs["action"] = "store_true"
+        else:
+            kwargs["type"] = _parser_of(field.type)
+            if meta["choices"]:
+                kwargs["choices"] = meta["choices"]
+            if field.default is dataclasses.MISSING:
+                kwargs["required"] = True
+            else:
+                kwargs["default"] = field.default
+            if field.default not in (None, dataclasses.MISSING):
+                shown = ",".join(map(str, field.default)) if isinstance(field.default, tuple) else field.default
+                kwargs["help"] += f" (default: {shown})"
+        add_renamed(parser, flag(field.name), *meta["former"], **kwargs)
+
+
+def _parser_of(annotation) -> Callable[[str], object]:
+    """The argparse `type` of a field's annotation: `Optional[X]` parses as X, `Tuple[X, ...]` as
+    comma-separated Xs (as many as the tuple holds)."""
+    parts = [part for part in typing.get_args(annotation) if part is not type(None)]
+    if typing.get_origin(annotation) is Union:
+        return _parser_of(parts[0])
+    if typing.get_origin(annotation) is tuple:
+        return _numbers(parts[0], len(parts))
+    return annotation
 
 
 def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
-    add("--teacher-from", required=True, help="the SAM-layout file the students learn from")
+    add_renamed(parser, "--teacher-checkpoint", "--teacher-from", help="the SAM-layout file the students learn from "
+                "(required)")
     add("--student", action="append", required=True,
-        help="a student checkpoint, or a registry name built fresh from --init-from (repeat: the first is the "
-        "baseline of the 'error removed' column)")
-    add("--init-from", help="SAM file for students given by name; default: --teacher-from")
+        help="a student checkpoint, or a registry name built fresh from --encoder-checkpoint (repeat: the first "
+        "is the baseline of the 'error removed' column)")
+    add_renamed(parser, "--encoder-checkpoint", "--init-from",
+                help="SAM file for the P-path of students given by name; default: --teacher-checkpoint")
     add("--images", required=True, type=Path, help="folder of images (searched recursively)")
     add("--holdout", type=int, default=10, help="compare on the last N images (sorted), as train --holdout N keeps out")
-    add("--keep-ratios", type=_ratios, default=(0.15, 0.25, 0.5), help="comma-separated, e.g. 0.15,0.25,0.5")
+    add("--keep-ratios", type=_numbers(float), default=(0.15, 0.25, 0.5), help="comma-separated, e.g. 0.15,0.25,0.5")
     add("--seed", type=int, default=0, help="router and E-path draw of students given by name (as train --seed)")
     add("--baseline", type=Path, help="JSON of an earlier compare: its first student is the 'error removed' baseline")
     add("--teacher-outputs", type=Path, help="file keeping the teacher's embeddings and masks: written once, "
@@ -100,19 +98,20 @@ def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
         help="teacher and students in float32, or under bfloat16 autocast")
 
 
-def _ratios(text: str):
-    try:
-        return tuple(float(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected numbers such as 0.15,0.25,0.5") from None
+def _numbers(kind: type, count: Optional[int] = None) -> Callable[[str], tuple]:
+    """Parses comma-separated numbers of `kind` (exactly `count` of them, if given), e.g. 0.15,0.5."""
 
+    def parse(text: str) -> tuple:
+        try:
+            values = tuple(kind(part) for part in text.split(","))
+        except ValueError:
+            values = ()
+        if not values or (count is not None and len(values) != count):
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: expected {count or 'one or more'} comma-separated numbers such as 0.15,0.5")
+        return values
 
-def _ratio_range(text: str):
-    try:
-        lo, hi = (float(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected LOW,HIGH such as 0.15,0.5") from None
-    return lo, hi
+    return parse
 
 
 def run(args: argparse.Namespace) -> int:
@@ -126,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
+    if args.teacher_checkpoint is None:  # not argparse's required=: the former name would not count
+        raise BiglSamError("--teacher-checkpoint is required: the SAM-layout file the students learn from")
     if args.holdout < 1:
         raise BiglSamError(f"--holdout {args.holdout}: must be at least 1")
     baseline = read_json(args.baseline) if args.baseline else None
@@ -134,8 +135,8 @@ def _run_compare(args: argparse.Namespace) -> int:
     if args.teacher_outputs and not args.teacher_outputs.is_file():  # written once the teacher ran
         check_writable(args.teacher_outputs, "--teacher-outputs")
     distributed.note_bfloat16(torch.device("cpu"), args.dtype)
-    rows = compare(args.teacher_from, args.student, args.images, args.holdout, args.keep_ratios, args.init_from,
-                   args.seed, baseline, args.teacher_outputs, args.dtype)
+    rows = compare(args.teacher_checkpoint, args.student, args.images, args.holdout, args.keep_ratios,
+                   args.encoder_checkpoint, args.seed, baseline, args.teacher_outputs, args.dtype)
     print(table(rows))
     if args.json:
         write_json(rows, args.json)
@@ -156,8 +157,8 @@ def _run_cache(args: argparse.Namespace) -> int:
             raise BiglSamError(f"--{option.replace('_', '-')} is required to build a cache")
     if args.augment < 0 or args.shard_size < 1 or args.batch < 1:
         raise BiglSamError("--augment must be >= 0, --shard-size and --batch >= 1")
-    if args.teacher:
-        teacher = build_sam(args.teacher, args.teacher_checkpoint)
+    if args.teacher_model_type:
+        teacher = build_sam(args.teacher_model_type, args.teacher_checkpoint)
     else:
         teacher = load_sam(args.teacher_checkpoint)
     index = build_cache(

@@ -72,12 +72,12 @@ def _outputs(predictor: SamPredictor, image: np.ndarray) -> dict:
 
 
 def compare(
-    teacher_from: str,
+    teacher_checkpoint: str,
     students: Sequence[str],
     images: Path,
     holdout: int,
     keep_ratios: Sequence[float],
-    init_from: Optional[str] = None,
+    encoder_checkpoint: Optional[str] = None,
     seed: int = 0,
     baseline: Optional[List[dict]] = None,
     teacher_outputs: Optional[Path] = None,
@@ -92,9 +92,10 @@ def compare(
     listed = list_images(images)
     image_ids = [listed[i] for i in split_holdout(listed, holdout)[1]]
     read = ModelReader()  # the teacher's file is also the students' P-path and decoder: read once
-    targets = _teacher_outputs(teacher_from, images, image_ids, teacher_outputs, read, dtype)
-    models = [SamPredictor(build_student(spec, init_from or teacher_from, teacher_from, seed, read))
-              for spec in students]
+    targets = _teacher_outputs(teacher_checkpoint, images, image_ids, teacher_outputs, read, dtype)
+    encoder_checkpoint = encoder_checkpoint or teacher_checkpoint
+    models = [SamPredictor(build_student(name, encoder_checkpoint, teacher_checkpoint, seed, read))
+              for name in students]
     del read  # the weights it read now live in the models
     sums: Dict[tuple, Dict[str, float]] = {}
     for image_id, target in zip(tqdm(image_ids, desc="students", unit="img"), targets):
@@ -120,19 +121,18 @@ def compare(
 
 
 def _teacher_outputs(
-    teacher_from: str, images: Path, image_ids: List[str], path: Optional[Path], read: ModelReader, dtype: str
+    teacher_checkpoint: str, images: Path, image_ids: List[str], path: Optional[Path], read: ModelReader, dtype: str
 ) -> List[dict]:
     """The teacher's `outputs` for each image, from `path` when it holds those of the same teacher file,
     images and dtype, else computed (and saved to `path` if given)."""
-    key = {"teacher": str(Path(teacher_from).resolve()), "images": [str((images / i).resolve()) for i in image_ids]}
-    if dtype != "float32":  # files written before --dtype hold float32 outputs
-        key["dtype"] = dtype
+    paths = [str((images / i).resolve()) for i in image_ids]
+    key = {"teacher": str(Path(teacher_checkpoint).resolve()), "images": paths, "dtype": dtype}
     if path is not None and Path(path).is_file():
         saved = read_checkpoint(path)
         if saved.get("key") != key:
             raise BiglSamError(f"--teacher-outputs {path}: made for another teacher file, other images or --dtype")
         return saved["outputs"]
-    teacher = SamPredictor(load_sam_teacher(read(teacher_from)))
+    teacher = SamPredictor(load_sam_teacher(read(teacher_checkpoint)))
     targets = [outputs(teacher, load_image(images / i), dtype=dtype) for i in tqdm(image_ids, desc="teacher", unit="img")]
     if path is not None:
         atomic_save({"key": key, "outputs": targets}, path)

@@ -7,6 +7,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .. import distributed
 from ..errors import BiglSamError
+from .schedule import seeded_generator
 
 
 def split_holdout(image_ids: Sequence[str], holdout: int) -> Tuple[List[int], List[int]]:
@@ -43,8 +44,8 @@ class StreamSampler(Sampler):
     def _at(self, position: int) -> Tuple[int, int]:
         epoch, offset = divmod(position, self.size)
         if epoch != self._epoch:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._epoch, self._order = epoch, torch.randperm(self.size, generator=generator).tolist()
+            order = torch.randperm(self.size, generator=seeded_generator(self.seed, epoch))
+            self._epoch, self._order = epoch, order.tolist()
         return self._order[offset], epoch
 
 

@@ -1,10 +1,13 @@
 """What each step does, as pure functions of the step number and the seed, so restoring the step restores
-the schedule exactly: the learning rate, the keep ratio, the randomness of the mask-loss prompts."""
+the schedule exactly: the learning rate, the keep ratio, the randomness of the mask-loss prompts; and
+`seeded_generator`, the one way the run derives a random stream from its seed."""
 
 import math
 from typing import List, Tuple
 
 import torch
+
+SEED_BASE = 1_000_003  # a prime above any step count or epoch: (seed, index) pairs do not collide
 
 
 def learning_rate(step: int, lr: float, min_lr: float, warmup: int, steps: int) -> float:
@@ -18,7 +21,7 @@ def learning_rate(step: int, lr: float, min_lr: float, warmup: int, steps: int) 
 def keep_ratio_at(step: int, keep_ratio_range: Tuple[float, float], seed: int) -> float:
     """Uniform in `keep_ratio_range`, the same on every process, fixed by the seed and the step."""
     lo, hi = keep_ratio_range
-    u = torch.rand(1, generator=torch.Generator().manual_seed(seed * 1_000_003 + step)).item()
+    u = torch.rand(1, generator=seeded_generator(seed, step)).item()
     return lo + (hi - lo) * u
 
 
@@ -28,6 +31,10 @@ def eval_keep_ratios(keep_ratio_range: Tuple[float, float]) -> List[float]:
     return sorted({lo, round((lo + hi) / 2, 4), hi})
 
 
-def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
-    """Randomness of one step on one process (mask-loss prompts)."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1009 + rank + 1)
+def seeded_generator(seed: int, *indexes: int) -> torch.Generator:
+    """A torch generator fixed by the run's seed and `indexes` (a step, an epoch, a process rank...): the
+    same numbers give the same stream, any other numbers another one."""
+    mixed = seed
+    for index in indexes:
+        mixed = mixed * SEED_BASE + index
+    return torch.Generator().manual_seed(mixed % 2**64)

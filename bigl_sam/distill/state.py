@@ -1,8 +1,9 @@
 """Checkpoints of a training run and resuming from them.
 
 `ckpt.pt` holds plain types and tensors only (it reloads with `weights_only=True`): step, the student's
-config and weights, the optimizer, the RNG states and the settings that fix what the run computes. No
-checkpoint is ever written with a non-finite weight: the last good one stays.
+config and weights, the optimizer, the RNG states and the run's whole `TrainConfig` (`--resume` compares
+its run identity: the settings that fix what the run computes). No checkpoint is ever written with a
+non-finite weight: the last good one stays.
 """
 
 from pathlib import Path
@@ -31,7 +32,7 @@ def check_finite_weights(model: torch.nn.Module, what: str) -> None:
 
 
 def save_training_state(out: Path, model: Sam, optimizer: torch.optim.Optimizer, step: int, run: dict) -> Path:
-    """Writes RUN/ckpt.pt atomically; `run` is the run's identity (`train.identity`)."""
+    """Writes RUN/ckpt.pt atomically; `run` is the run's whole config as plain types (`train.settings`)."""
     path = out / STATE_FILE
     check_finite_weights(model, str(path))
     rng = {"torch": torch.get_rng_state()}
@@ -56,8 +57,8 @@ def save_final(out: Path, model: Sam) -> Path:
 
 
 def load_state(out: Path, run: dict, process: distributed.Process) -> Optional[dict]:
-    """The state of RUN/ckpt.pt for `--resume` (None when there is none yet); refused when `run` differs
-    from the settings the checkpoint was made with."""
+    """The state of RUN/ckpt.pt for `--resume` (None when there is none yet); refused when a setting of `run`
+    (the run identity, `train.identity`) differs from the one the checkpoint was made with."""
     path = out / STATE_FILE
     if process.is_main:
         remove_stale_temporaries(out)

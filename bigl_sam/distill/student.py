@@ -15,14 +15,15 @@ from ..modeling.config import MODEL_CONFIGS, BigLittleConfig, SamVitConfig
 
 def build_student(
     student: str,
-    init_from: Optional[str],
-    decoder_from: Optional[str],
+    encoder_checkpoint: Optional[str],
+    decoder_checkpoint: Optional[str],
     seed: int,
     read: Callable[[str], ModelWeights] = read_model,
 ) -> Sam:
-    """`student` a registry name: a fresh student, P-path from `init_from` (None: random), prompt encoder and
-    mask decoder from `decoder_from`, router and E-path drawn from `seed` (the same on every process, in
-    every rerun, and in `distill compare`); or a bigl-sam student checkpoint to continue distilling.
+    """`student` a registry name: a fresh student, P-path from the SAM file `encoder_checkpoint` (None:
+    random), prompt encoder and mask decoder from the SAM file `decoder_checkpoint`, router and E-path drawn
+    from `seed` (the same on every process, in every rerun, and in `distill compare`); or a bigl-sam student
+    checkpoint to continue distilling.
     `read` reads the SAM files (a `checkpoint.ModelReader` reads a file named twice once)."""
     if Path(student).is_file():
         model = load_sam(student)
@@ -30,8 +31,8 @@ def build_student(
             raise BiglSamError(f"--student {student}: holds {model.config.name}, not a big.LITTLE student")
         return model
     torch.manual_seed(seed)
-    encoder = read(init_from) if init_from else None
-    return build_student_from_sam(student, encoder, read(decoder_from) if decoder_from else None)
+    encoder = read(encoder_checkpoint) if encoder_checkpoint else None
+    return build_student_from_sam(student, encoder, read(decoder_checkpoint) if decoder_checkpoint else None)
 
 
 def student_for(sam: SamVitConfig, source: str) -> str:

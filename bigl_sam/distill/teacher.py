@@ -78,7 +78,7 @@ def load_sam_teacher(checkpoint: Checkpoint) -> Sam:
     if isinstance(model.config, BigLittleConfig):
         raise CheckpointError(
             f"{weights.source}: holds the big.LITTLE student {model.config.name}, not a SAM model; "
-            f"--teacher-from takes a SAM-layout checkpoint (the one the student starts from)"
+            f"--teacher-checkpoint takes a SAM-layout checkpoint (the one the student starts from)"
         )
     return model
 

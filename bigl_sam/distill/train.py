@@ -5,7 +5,8 @@ or the SAM file's own encoder on the fly), `student.py`, `sampler.py` (data orde
 (CSV and TensorBoard curves), `ranks.py` (what the processes of a `torchrun` run agree on).
 
 Run layout (`--out RUN`):
-    ckpt.pt      training state every `ckpt_every` steps: model, optimizer, RNG, step (atomic writes)
+    ckpt.pt      training state every `ckpt_every` steps: model, optimizer, RNG, step and the whole
+                 `TrainConfig` (atomic writes)
     final.pth    the student, loadable with `sam_model_registry[name](checkpoint=...)` and `load_sam`
     train.csv    step, lr, keep_ratio, loss terms, gradient norms, seconds per step
     eval.csv     held-out loss at fixed keep ratios
@@ -20,7 +21,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from segment_anything.modeling import Sam
@@ -35,55 +36,101 @@ from .losses import embedding_loss, mask_loss
 from .ranks import check_ranks_agree, mean_over_ranks
 from .runlog import RunLog
 from .sampler import StreamSampler, make_loader, split_holdout
-from .schedule import eval_keep_ratios, keep_ratio_at, learning_rate, step_generator
+from .schedule import eval_keep_ratios, keep_ratio_at, learning_rate, seeded_generator
 from .state import (
     FINAL_FILE, STATE_FILE, load_state, refuse_overwrite, restore, save_final, save_training_state, student_from_state,
 )
 from .student import build_student, student_for, trainable_encoder
 from .teacher import CachedTeacher, OnlineTeacher, check_fits
 
-SELF_DISTILL_MASK_WEIGHT = 1.0  # the mask-level loss is on by default with --teacher-from
+SELF_DISTILL_MASK_WEIGHT = 1.0  # the mask-level loss is on by default with --teacher-checkpoint
+AMP_MODES = ("auto", "bf16", "none")
+
+
+def option(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    *,
+    identity: bool = True,
+    choices: Optional[Sequence[str]] = None,
+    check: Optional[str] = None,
+    former: Sequence[str] = (),
+) -> Any:
+    """A `TrainConfig` field with everything its `distill train` flag needs: `help`, `choices`, `former`
+    (earlier flag names, kept as hidden aliases); `check` "positive" or "non_negative" (`check_config`);
+    `identity=False` for a setting a resumed run may change, because it does not change what the run
+    computes. Every other field is part of the run's identity (`identity`)."""
+    metadata = {"help": help, "identity": identity, "choices": choices, "check": check, "former": tuple(former)}
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 @dataclass
 class TrainConfig:
-    out: str
-    # The student: a registry name (bigl_b_t, ...) or a bigl-sam student checkpoint to continue from;
-    # None with --teacher-from: the student registered for the teacher's size.
-    student: Optional[str] = None
-    cache: Optional[str] = None  # teacher cache folder (distilling a bigger teacher, e.g. ViT-H)
-    teacher_from: Optional[str] = None  # SAM-layout file whose frozen encoder runs on the fly (self-distillation)
-    images: Optional[str] = None  # image folder, with --teacher-from
-    init_from: Optional[str] = None  # SAM file for the P-path; None: --teacher-from's file, else random
-    decoder_from: Optional[str] = None  # SAM file for prompt encoder + mask decoder; None: --teacher-from's
-    steps: int = 10000
-    batch: int = 8  # per process; the global batch is batch x processes
-    lr: float = 1e-4
-    min_lr: float = 1e-6
-    warmup: int = 500
-    weight_decay: float = 0.05
-    grad_clip: float = 1.0
-    keep_ratio_range: Tuple[float, float] = (0.15, 0.5)
-    cosine_weight: float = 1.0
-    mask_weight: Optional[float] = None  # mask-level loss through the frozen decoder; None: on with --teacher-from
-    freeze_source: bool = False  # only routers and E-paths learn; the P-path stays the source SAM's
-    loss_region: str = "full"  # embedding cells the loss averages over: "full" grid or the image's "valid" cells
-    holdout: int = 8  # images kept out of training for the held-out curves
-    eval_every: int = 500  # held-out curves every N steps and at the end; 0: never (the images stay held out)
-    ckpt_every: int = 500
-    seed: int = 0
-    amp: str = "auto"  # "bf16", "none", or "auto" (bf16 on GPU)
-    workers: int = 2
-    device: Optional[str] = None
-    resume: bool = False
+    """Every knob of a training run, declared once: `distill train`'s flags are made from these fields
+    (`cli.py`), the run identity and `check_config` read their metadata, ckpt.pt keeps them all."""
+
+    out: str = option(help="run folder: checkpoints, CSV and TensorBoard logs", identity=False)
+    student: Optional[str] = option(
+        None, "bigl_b_t, bigl_l_s, ... or a student checkpoint to continue; default with --teacher-checkpoint: "
+        "the student of that SAM's size")
+    cache: Optional[str] = option(
+        None, "teacher cache folder from `bigl-sam distill cache` (a bigger teacher, e.g. ViT-H)")
+    teacher_checkpoint: Optional[str] = option(
+        None, "self-distillation: this SAM-layout file's frozen encoder is the teacher, run on the fly on the same "
+        "input (no cache); needs --images", former=("--teacher-from",))
+    images: Optional[str] = option(None, "folder of images (searched recursively), with --teacher-checkpoint")
+    # Both files are read only when a run starts: a resumed run takes its student from ckpt.pt.
+    encoder_checkpoint: Optional[str] = option(
+        None, "SAM checkpoint of the P-path's size (e.g. sam_vit_b_01ec64.pth); default: --teacher-checkpoint's "
+        "file, else random", identity=False, former=("--init-from",))
+    decoder_checkpoint: Optional[str] = option(
+        None, "SAM checkpoint for the prompt encoder and mask decoder; default: --teacher-checkpoint's file",
+        identity=False, former=("--decoder-from",))
+    steps: int = option(10000, "optimizer steps of the whole run", check="positive")
+    batch: int = option(8, "images per process and step; the global batch is that x processes", check="positive")
+    lr: float = option(1e-4, "peak learning rate", check="positive")
+    min_lr: float = option(1e-6, "learning rate at the end of the cosine decay", check="non_negative")
+    warmup: int = option(500, "linear warm-up steps", check="non_negative")
+    weight_decay: float = option(0.05, "AdamW weight decay (none on biases, norms and layer scales)",
+                                 check="non_negative")
+    grad_clip: float = option(1.0, "max gradient norm", check="positive")
+    keep_ratio_range: Tuple[float, float] = option((0.15, 0.5), "LOW,HIGH: the keep ratio is drawn from it per step")
+    cosine_weight: float = option(1.0, "weight of (1 - cosine) next to the MSE", check="non_negative")
+    mask_weight: Optional[float] = option(
+        None, "> 0 adds the mask-level loss (decoder, prompts); default 1 with --teacher-checkpoint, else 0",
+        check="non_negative")
+    freeze_source: bool = option(
+        False, "only the routers and E-paths learn; the P-path, embeddings and neck keep the source SAM's weights, "
+        "so at keep 1.0 the student is that SAM plus the E-paths' learned updates")
+    loss_region: str = option(
+        "full", "embedding cells the loss covers: the full grid (padding too: SAM's decoder attends to it) or the "
+        "image's valid cells", choices=LOSS_REGIONS)
+    holdout: int = option(8, "images held out of training for the held-out loss curves", check="non_negative")
+    eval_every: int = option(500, "held-out curves every N steps and at the end; 0: never (the images stay held out)",
+                             identity=False, check="non_negative")
+    ckpt_every: int = option(500, "write RUN/ckpt.pt every N steps and at the end", identity=False, check="positive")
+    seed: int = option(0, "seed of the data order, keep ratios, mask-loss prompts and a fresh student's draw")
+    # The precision may follow the machine a run resumes on (bf16 on GPU, float32 on CPU).
+    amp: str = option("auto", "auto: bf16 autocast on GPU only", identity=False, choices=AMP_MODES)
+    workers: int = option(2, "data loader processes", identity=False, check="non_negative")
+    device: Optional[str] = option(None, "default: this process's GPU if there is one, else cpu", identity=False)
+    resume: bool = option(False, "continue from RUN/ckpt.pt (start fresh if there is none yet)", identity=False)
 
 
-# Fields that fix what a run computes; a resumed run must not change them.
-RUN_IDENTITY = (
-    "student", "cache", "teacher_from", "images", "steps", "batch", "lr", "min_lr", "warmup", "weight_decay",
-    "grad_clip", "keep_ratio_range", "cosine_weight", "mask_weight", "freeze_source", "loss_region", "holdout",
-    "seed",
-)
+IDENTITY = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["identity"])
+
+
+@dataclass
+class Run:
+    """What every step of a run works with."""
+
+    cfg: TrainConfig
+    model: Sam  # the whole student: its frozen prompt encoder and mask decoder give the mask loss
+    encoder: torch.nn.Module  # the student's image encoder as a step calls it (DDP-wrapped under torchrun)
+    teacher: Union[CachedTeacher, OnlineTeacher]
+    optimizer: torch.optim.Optimizer
+    process: distributed.Process
+    autocast: torch.autocast  # `distributed.autocast` of the run's precision
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -98,45 +145,48 @@ def train(cfg: TrainConfig) -> Path:
 
 def _train(cfg: TrainConfig, process: distributed.Process) -> Path:
     out = Path(cfg.out)
-    read = ModelReader()  # --teacher-from, --init-from and --decoder-from are most often one file
-    teacher = OnlineTeacher(read(cfg.teacher_from), cfg.images) if cfg.teacher_from else CachedTeacher(cfg.cache)
+    read = ModelReader()  # the teacher, encoder and decoder checkpoints are most often one file
+    if cfg.teacher_checkpoint:
+        teacher = OnlineTeacher(read(cfg.teacher_checkpoint), cfg.images)
+    else:
+        teacher = CachedTeacher(cfg.cache)
     cfg = resolve(cfg, teacher)
     state = load_state(out, identity(cfg), process) if cfg.resume else refuse_overwrite(out)
     if state:
         model = student_from_state(state)
     else:
-        model = build_student(cfg.student, cfg.init_from, cfg.decoder_from, cfg.seed, read)
+        model = build_student(cfg.student, cfg.encoder_checkpoint, cfg.decoder_checkpoint, cfg.seed, read)
     del read  # the weights it read now live in the models
     check_fits(model, teacher)
     model.to(process.device)
     teacher.to(process.device)
     encoder = trainable_encoder(model, cfg.freeze_source)
-    trainer = DistributedDataParallel(encoder) if process.world_size > 1 else encoder
     optimizer = adamw(encoder, cfg.weight_decay)
     start_step = restore(state, optimizer)
+    dtype = amp_dtype(cfg.amp, process.device)
+    if process.is_main:
+        distributed.note_bfloat16(process.device, dtype)
+    run = Run(cfg, model, DistributedDataParallel(encoder) if process.world_size > 1 else encoder, teacher,
+              optimizer, process, distributed.autocast(process.device, dtype))
     train_items, heldout_items = split_holdout(teacher.image_ids, cfg.holdout)
     sampler = StreamSampler(len(train_items), cfg.batch, process, cfg.seed, start_step, cfg.steps)
     loader = make_loader(teacher.dataset(train_items, model), sampler, cfg.workers, process)
     heldout = teacher.dataset(heldout_items, model)
     log = RunLog(out, start_step) if process.is_main else None
     progress = tqdm(total=cfg.steps, initial=start_step, desc="distill", unit="step", disable=not process.is_main)
-    dtype = amp_dtype(cfg.amp, process.device)
-    if process.is_main:
-        distributed.note_bfloat16(process.device, dtype)
-    autocast = distributed.autocast(process.device, dtype)
     with progress:
         for step, batch in zip(range(start_step, cfg.steps), loader):
-            row = train_step(model, trainer, teacher, optimizer, batch, step, cfg, process, autocast)
+            row = train_step(run, batch, step)
             done = step + 1
             progress.update(1)
             progress.set_postfix(loss=f"{row['loss']:.4f}", r=f"{row['keep_ratio']:.2f}")
             if log:
                 log.train(row)
                 if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
-                    log.eval(done, evaluate(model, teacher, heldout, cfg, autocast))
+                    log.eval(done, evaluate(run, heldout))
             if done % cfg.ckpt_every == 0 or done == cfg.steps:
                 if process.is_main:
-                    save_training_state(out, model, optimizer, done, identity(cfg))
+                    save_training_state(out, model, optimizer, done, settings(cfg))
                 distributed.barrier(process)
     check_ranks_agree(encoder, process)
     if log:
@@ -146,47 +196,50 @@ def _train(cfg: TrainConfig, process: distributed.Process) -> Path:
     return final
 
 
-def train_step(model, trainer, teacher, optimizer, batch: dict, step: int, cfg: TrainConfig, process, autocast) -> dict:
+def train_step(run: Run, batch: dict, step: int) -> dict:
     """One optimizer step; returns its log row (losses averaged over processes). A non-finite loss or
     gradient raises before the update."""
     began = time.perf_counter()
+    cfg, process = run.cfg, run.process
     lr = learning_rate(step, cfg.lr, cfg.min_lr, cfg.warmup, cfg.steps)
-    for group in optimizer.param_groups:
+    for group in run.optimizer.param_groups:
         group["lr"] = lr
     ratio = keep_ratio_at(step, cfg.keep_ratio_range, cfg.seed)
     images = batch["image"].to(process.device, non_blocking=True)
     valid_hw = batch["valid_hw"].to(process.device)
-    with autocast:
-        target = teacher.targets(batch, images)
-        losses = compute_losses(model, trainer, images, target, valid_hw, ratio, cfg,
-                                step_generator(cfg.seed, step, process.rank))
+    with run.autocast:
+        target = run.teacher.targets(batch, images)
+        losses = compute_losses(run, run.encoder, images, target, valid_hw, ratio,
+                                seeded_generator(cfg.seed, step, process.rank))
     losses["loss"].backward()
-    losses["router_grad_norm"] = router_grad_norm(model.image_encoder)
-    losses["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.image_encoder.parameters(), cfg.grad_clip)
+    encoder = run.model.image_encoder
+    losses["router_grad_norm"] = router_grad_norm(encoder)
+    losses["grad_norm"] = torch.nn.utils.clip_grad_norm_(encoder.parameters(), cfg.grad_clip)
     row = {"step": step + 1, "lr": lr, "keep_ratio": ratio, **mean_over_ranks(losses, process)}
     if not (math.isfinite(row["loss"]) and math.isfinite(row["grad_norm"])):
         raise BiglSamError(
             f"step {step + 1}: non-finite loss ({row['loss']}) or gradient norm ({row['grad_norm']}); stopped "
             f"before the update, {Path(cfg.out) / STATE_FILE} (if written) keeps the last good weights"
         )
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
     row["seconds"] = time.perf_counter() - began
     return row
 
 
 def compute_losses(
-    model: Sam, encoder: torch.nn.Module, images: torch.Tensor, teacher: torch.Tensor, valid_hw: torch.Tensor,
-    ratio: float, cfg: TrainConfig, generator: torch.Generator,
+    run: Run, encoder: torch.nn.Module, images: torch.Tensor, teacher: torch.Tensor, valid_hw: torch.Tensor,
+    ratio: float, generator: torch.Generator,
 ) -> Dict[str, torch.Tensor]:
-    """images: B x 3 x S x S, teacher: B x C x G x G, valid_hw: B x 2 -> loss terms (scalars)."""
+    """images: B x 3 x S x S, teacher: B x C x G x G, valid_hw: B x 2 (pixels) -> loss terms (scalars)."""
+    cfg = run.cfg
     extents = [tuple(hw) for hw in valid_hw.tolist()]  # the P-path budget goes to image tokens only
     student = encoder(images, keep_ratio=ratio, valid_size=extents).float()
     region = loss_region(cfg.loss_region, valid_hw, teacher.shape[-1], images.shape[-1])
     terms = embedding_loss(student, teacher, region)
     terms["loss"] = terms["mse"] + cfg.cosine_weight * terms["cosine"]
     if cfg.mask_weight > 0:
-        terms["mask"] = mask_loss(model, student, teacher, valid_hw, generator)
+        terms["mask"] = mask_loss(run.model, student, teacher, valid_hw, generator)
         terms["loss"] = terms["loss"] + cfg.mask_weight * terms["mask"]
     return terms
 
@@ -200,22 +253,21 @@ def router_grad_norm(encoder: torch.nn.Module) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: Sam, teacher, heldout, cfg: TrainConfig, autocast) -> Dict[float, Dict[str, float]]:
+def evaluate(run: Run, heldout) -> Dict[float, Dict[str, float]]:
     """Held-out loss terms at each of `eval_keep_ratios`, on the original images (epoch 0)."""
     if len(heldout) == 0:
         return {}
-    encoder = model.image_encoder
+    cfg, encoder = run.cfg, run.model.image_encoder
     encoder.eval()
-    device = model.pixel_mean.device
+    device = run.process.device
     sums: Dict[float, Dict[str, float]] = {ratio: {} for ratio in eval_keep_ratios(cfg.keep_ratio_range)}
     for start in range(0, len(heldout), cfg.batch):
         batch = collate([heldout[(i, 0)] for i in range(start, min(start + cfg.batch, len(heldout)))])
         images, valid_hw = batch["image"].to(device), batch["valid_hw"].to(device)
-        with autocast:
-            target = teacher.targets(batch, images)
+        with run.autocast:
+            target = run.teacher.targets(batch, images)
             for ratio, totals in sums.items():
-                generator = torch.Generator().manual_seed(cfg.seed)
-                terms = compute_losses(model, encoder, images, target, valid_hw, ratio, cfg, generator)
+                terms = compute_losses(run, encoder, images, target, valid_hw, ratio, seeded_generator(cfg.seed))
                 for name, value in terms.items():
                     totals[name] = totals.get(name, 0.0) + value.item() * len(images)
     encoder.train()
@@ -233,40 +285,41 @@ def adamw(encoder: torch.nn.Module, weight_decay: float) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=0.0, betas=(0.9, 0.999))
 
 
-def amp_dtype(amp: str, device: torch.device) -> torch.dtype:
-    """--amp as the dtype the student and teacher run in: auto is bfloat16 on GPU, float32 on CPU."""
+def amp_dtype(amp: str, device: torch.device) -> str:
+    """--amp as the `distributed.DTYPES` name the student and teacher run in: auto is bfloat16 on GPU,
+    float32 on CPU."""
     use_bf16 = amp == "bf16" or (amp == "auto" and device.type == "cuda")
-    return torch.bfloat16 if use_bf16 else torch.float32
+    return "bfloat16" if use_bf16 else "float32"
 
 
 def check_config(cfg: TrainConfig) -> None:
-    """Every option checked before any work: one error line naming the option."""
-    if bool(cfg.cache) == bool(cfg.teacher_from):
-        raise BiglSamError("give the teacher as either --cache (a teacher cache) or --teacher-from (a SAM file)")
-    if cfg.teacher_from and not cfg.images:
-        raise BiglSamError("--teacher-from needs --images, the folder of images to distil on")
+    """Every option checked before any work: one error line naming the option. The checks of single
+    fields come from their declaration (`option`'s `check` and `choices`)."""
+    if bool(cfg.cache) == bool(cfg.teacher_checkpoint):
+        raise BiglSamError("give the teacher as either --cache (a teacher cache) or --teacher-checkpoint (a SAM file)")
+    if cfg.teacher_checkpoint and not cfg.images:
+        raise BiglSamError("--teacher-checkpoint needs --images, the folder of images to distil on")
     if cfg.cache and cfg.images:
-        raise BiglSamError("--images goes with --teacher-from; a --cache already names its images")
+        raise BiglSamError("--images goes with --teacher-checkpoint; a --cache already names its images")
     if cfg.cache and not cfg.student:
         raise BiglSamError("--student is required with --cache (bigl_b_t, ... or a student checkpoint)")
     lo, hi = cfg.keep_ratio_range
     if not 0 < lo <= hi <= 1:
         raise BiglSamError(f"--keep-ratio-range {lo},{hi}: need 0 < low <= high <= 1")
-    for name in ("steps", "batch", "ckpt_every"):
-        if getattr(cfg, name) < 1:
-            raise BiglSamError(f"{_option(name)} {getattr(cfg, name)}: must be at least 1")
-    for name in ("warmup", "holdout", "workers", "eval_every"):
-        if getattr(cfg, name) < 0:
-            raise BiglSamError(f"{_option(name)} {getattr(cfg, name)}: must not be negative")
-    for name, positive in (("lr", True), ("grad_clip", True), ("min_lr", False), ("weight_decay", False),
-                           ("cosine_weight", False), ("mask_weight", False)):
-        value = getattr(cfg, name)
-        if value is not None and not (math.isfinite(value) and (value > 0 if positive else value >= 0)):
-            raise BiglSamError(f"{_option(name)} {value}: must be a finite number {'>' if positive else '>='} 0")
-    if cfg.amp not in ("auto", "bf16", "none"):
-        raise BiglSamError(f"--amp {cfg.amp}: expected bf16, none or auto")
-    if cfg.loss_region not in LOSS_REGIONS:
-        raise BiglSamError(f"--loss-region {cfg.loss_region}: expected {' or '.join(LOSS_REGIONS)}")
+    for f in dataclasses.fields(cfg):
+        value, choices = getattr(cfg, f.name), f.metadata["choices"]
+        if choices and value not in choices:
+            raise BiglSamError(f"{flag(f.name)} {value}: expected {' or '.join(choices)}")
+        if f.metadata["check"] and value is not None:
+            _check_number(f.name, value, f.type is int, positive=f.metadata["check"] == "positive")
+
+
+def _check_number(name: str, value, whole: bool, positive: bool) -> None:
+    if whole:
+        if value < (1 if positive else 0):
+            raise BiglSamError(f"{flag(name)} {value}: {'must be at least 1' if positive else 'must not be negative'}")
+    elif not (math.isfinite(value) and (value > 0 if positive else value >= 0)):
+        raise BiglSamError(f"{flag(name)} {value}: must be a finite number {'>' if positive else '>='} 0")
 
 
 def resolve(cfg: TrainConfig, teacher) -> TrainConfig:
@@ -274,19 +327,26 @@ def resolve(cfg: TrainConfig, teacher) -> TrainConfig:
     if isinstance(teacher, OnlineTeacher):
         return dataclasses.replace(
             cfg,
-            student=cfg.student or student_for(teacher.config, cfg.teacher_from),
-            init_from=cfg.init_from or cfg.teacher_from,
-            decoder_from=cfg.decoder_from or cfg.teacher_from,
+            student=cfg.student or student_for(teacher.config, cfg.teacher_checkpoint),
+            encoder_checkpoint=cfg.encoder_checkpoint or cfg.teacher_checkpoint,
+            decoder_checkpoint=cfg.decoder_checkpoint or cfg.teacher_checkpoint,
             mask_weight=SELF_DISTILL_MASK_WEIGHT if cfg.mask_weight is None else cfg.mask_weight,
         )
     return dataclasses.replace(cfg, mask_weight=0.0 if cfg.mask_weight is None else cfg.mask_weight)
 
 
+def settings(cfg: TrainConfig) -> dict:
+    """The whole config as plain types (tuples as lists), as ckpt.pt keeps it."""
+    return {name: list(value) if isinstance(value, tuple) else value for name, value in dataclasses.asdict(cfg).items()}
+
+
 def identity(cfg: TrainConfig) -> dict:
-    """The settings that fix what the run computes, as plain types (stored in ckpt.pt)."""
-    data = dataclasses.asdict(cfg)
-    return {name: list(data[name]) if isinstance(data[name], tuple) else data[name] for name in RUN_IDENTITY}
+    """The settings that fix what the run computes (every field not declared `identity=False`): a resumed
+    run must not change them."""
+    whole = settings(cfg)
+    return {name: whole[name] for name in IDENTITY}
 
 
-def _option(name: str) -> str:
+def flag(name: str) -> str:
+    """The `distill train` flag of a `TrainConfig` field."""
     return "--" + name.replace("_", "-")
