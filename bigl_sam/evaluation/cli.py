@@ -110,15 +110,13 @@ def _model_entry(spec: ModelSpec, settings: dict) -> dict:
 
 
 def recorded_arguments(args: argparse.Namespace) -> Dict[str, Any]:
-    """Every parsed option, defaults included, as JSON values (paths as given); the models as a list of
-    {"model", "checkpoint"} in order."""
-    arguments: Dict[str, Any] = {}
+    """Every parsed option, defaults included, as JSON values (paths as given): the benchmark, the models as
+    a list of {"model", "checkpoint"} in order, then the rest."""
+    models = [{"model": model_type, "checkpoint": checkpoint} for model_type, checkpoint in args.models]
+    arguments: Dict[str, Any] = {"benchmark": args.benchmark, "models": models}
     for dest, value in vars(args).items():
-        if dest in ("model", "checkpoint"):  # the pairs are in `models`
-            continue
-        if dest == "models":
-            value = [{"model": model_type, "checkpoint": checkpoint} for model_type, checkpoint in value]
-        arguments[dest] = str(value) if isinstance(value, Path) else value
+        if dest not in arguments and dest not in ("model", "checkpoint"):  # those two are in `models`
+            arguments[dest] = str(value) if isinstance(value, Path) else value
     return arguments
 
 
@@ -126,15 +124,11 @@ def command_line(arguments: Dict[str, Any]) -> str:
     """The `bigl-sam eval` command that `recorded_arguments` came from, every option spelled out (an option
     whose value is None or False is left out: that is its default)."""
     words: List[str] = ["bigl-sam", "eval", arguments["benchmark"]]
+    for entry in arguments["models"]:
+        words += ["--model", entry["model"]] + (["--checkpoint", entry["checkpoint"]] if entry["checkpoint"] else [])
     for dest, value in arguments.items():
-        flag = "--" + dest.replace("_", "-")
-        if dest == "benchmark" or value is None or value is False:
+        if dest in ("benchmark", "models") or value is None or value is False:
             continue
-        if dest == "models":
-            for entry in value:
-                words += ["--model", entry["model"]] + (["--checkpoint", entry["checkpoint"]] if entry["checkpoint"] else [])
-        elif value is True:
-            words.append(flag)
-        else:
-            words += [flag, str(value)]
+        flag = "--" + dest.replace("_", "-")
+        words += [flag] if value is True else [flag, str(value)]
     return shlex.join(words)
