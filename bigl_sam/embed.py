@@ -21,13 +21,12 @@ from tqdm import tqdm
 from . import distributed
 from .embeddings import EmbeddingError, embedding_path, read_record, record_path, save_embedding
 from .errors import BiglSamError
-from .evaluation.runner import ModelSpec, keep_ratio_of
+from .evaluation.runner import keep_ratio_of
 from .evaluation.sharding import Shard, gather_to_main
 from .fileio import atomic_write_text, check_writable
 from .images import IMAGE_SUFFIXES, load_image
-from .modeling.config import MODEL_CONFIGS
-from .pretrained import choose_weights
-from .weights import WEIGHTS_DIR_HELP, sha256_of
+from .options import add_device_options, add_model_options, model_spec
+from .weights import sha256_of
 
 SKIPPED_FILE = "skipped.json"
 # What must match for an image's record to count as done by this run.
@@ -38,23 +37,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--images", required=True, type=Path, help=f"folder of images ({'/'.join(IMAGE_SUFFIXES)})")
     add("--out", required=True, type=Path, help="folder for NAME.npy and NAME.json per image")
-    add("--model", required=True, choices=sorted(MODEL_CONFIGS), metavar="NAME", help="registry name, e.g. bigl_b_t")
-    add("--checkpoint", type=Path, default=None, metavar="PATH",
-        help="its weights (default: the student's file in --weights-dir, else one built from SAM's official files "
-             "there, else random weights)")
-    add("--weights-dir", type=Path, default=None, metavar="DIR",
-        help=f"where to look for weights (default: {WEIGHTS_DIR_HELP})")
-    add("--keep-ratio", type=float, default=None,
-        help="share of tokens in the P-path, for students (default: the one their file was saved with)")
-    add("--device", default=None, help="default: this rank's GPU if there is one, else cpu")
-    add("--dtype", choices=tuple(distributed.DTYPES), default="float32",
-        help="bfloat16: autocast the encoder (for GPUs); the stored embedding is float32 either way")
+    add_model_options(parser)
+    add_device_options(parser, autocasts="the encoder (the stored embedding is float32 either way)")
 
 
 def run(args: argparse.Namespace) -> int:
     images = _images(args.images)
     check_writable(args.out / SKIPPED_FILE, "--out")
-    spec = ModelSpec(args.model, choose_weights(args.model, args.checkpoint, args.weights_dir), args.keep_ratio)
+    spec = model_spec(args, args.model, args.checkpoint)
     process = distributed.start(args.device, backend="gloo")  # skipped lists are Python objects: gloo anywhere
     shard = Shard(process.rank, process.world_size)
     model = spec.load(process.device)  # first, even when all is done: a bad checkpoint fails on every rank

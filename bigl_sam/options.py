@@ -1,12 +1,59 @@
 """Command-line options that several commands share, declared once.
 
-`add_renamed` declares an option under its current name and keeps each former name working as a hidden
-alias that warns on stderr: a renamed flag keeps working for one release.
+`add_model_options` declares which model runs and with which weights (`--model`, `--checkpoint`,
+`--weights-dir`, `--keep-ratio`), and `model_spec` turns them into the model to load, by the weights rule of
+`bigl_sam.pretrained`; `add_device_options` declares `--device` and `--dtype`. `add_renamed` declares an
+option under its current name and keeps each former name working as a hidden alias that warns on stderr: a
+renamed flag keeps working for one release.
 """
 
 import argparse
 import sys
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional
+
+from .distributed import DTYPES
+from .evaluation.runner import ModelSpec
+from .pretrained import choose_weights
+from .weights import WEIGHTS_DIR_HELP
+
+# Where a model without --checkpoint finds its weights (`pretrained.choose_weights`), for the help.
+WEIGHTS_RULE_HELP = ("left out: the student's file NAME.pth, else the one NAME*.pth, in --weights-dir; else one built "
+                     "from SAM's official files there; else random weights")
+
+
+def add_model_options(parser: argparse.ArgumentParser, default_model: Optional[str] = None) -> None:
+    """`--model NAME` (required unless `default_model`), `--checkpoint PATH`, and `add_weights_options`."""
+    model_help = "registry name, e.g. bigl_b_t or vit_h" + (f" (default {default_model})" if default_model else "")
+    parser.add_argument("--model", default=default_model, required=default_model is None, metavar="NAME",
+                        help=model_help)
+    parser.add_argument("--checkpoint", type=Path, default=None, metavar="PATH",
+                        help=f"weights of --model; {WEIGHTS_RULE_HELP}")
+    add_weights_options(parser)
+
+
+def add_weights_options(parser: argparse.ArgumentParser) -> None:
+    """`--weights-dir DIR` and `--keep-ratio R`: where a model without a checkpoint finds its weights, and the
+    share of tokens a student's P-path sees."""
+    parser.add_argument("--weights-dir", type=Path, default=None, metavar="DIR",
+                        help=f"where to look for weights (default: {WEIGHTS_DIR_HELP})")
+    parser.add_argument("--keep-ratio", type=float, default=None, metavar="R",
+                        help="share of tokens in the P-path, for students (default: the one their file was saved "
+                             "with; 1.0 for one built from SAM's files)")
+
+
+def add_device_options(parser: argparse.ArgumentParser, autocasts: str = "the encoder and decoder") -> None:
+    """`--device` (default: this process's GPU, else the CPU) and `--dtype`; `autocasts`: what bfloat16 runs
+    under `torch.autocast`, for the help."""
+    parser.add_argument("--device", default=None, help="default: this rank's GPU if there is one, else cpu")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
+                        help=f"bfloat16: autocast {autocasts} (for GPUs)")
+
+
+def model_spec(args: argparse.Namespace, model_type: str, checkpoint: Optional[Path]) -> ModelSpec:
+    """The model `model_type` with `checkpoint`, else the weights `pretrained.choose_weights` finds in
+    --weights-dir, at --keep-ratio. Reads no weights; an unknown name or keep ratio is a `BiglSamError`."""
+    return ModelSpec(model_type, choose_weights(model_type, checkpoint, args.weights_dir), args.keep_ratio)
 
 
 class _FormerName(argparse.Action):

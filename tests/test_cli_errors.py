@@ -79,3 +79,30 @@ def test_failed_write_in_distill_cache(tmp_path, official_checkpoint, monkeypatc
     assert len(lines) == 1 and lines[0].startswith("bigl-sam distill: error: ")
     assert str(out) in lines[0] and says in lines[0].lower()
     assert list(out.iterdir()) == [], "the temp file is removed"
+
+
+def _model_commands(tmp_path) -> dict:
+    """The commands that take the shared model options (`bigl_sam.options`), each with what else it needs."""
+    images = tmp_path / "images"
+    images.mkdir(exist_ok=True)
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(images / "a.png")
+    return {
+        "amg": ["amg", "--images", str(images), "--out", str(tmp_path / "masks")],
+        "embed": ["embed", "--images", str(images), "--out", str(tmp_path / "embeddings")],
+        "eval": ["eval", "coco", "--images", str(images), "--annotations", str(tmp_path / "none.json")],
+        "demo": ["demo", "--no-compile"],
+    }
+
+
+@pytest.mark.parametrize("command", ["amg", "embed", "eval", "demo"])
+def test_an_unknown_model_is_one_line_in_every_command(tmp_path, capsys, command):
+    assert main(_model_commands(tmp_path)[command] + ["--model", "vit_nope"]) == 2
+    (line,) = error_lines(capsys)
+    assert line.startswith(f"bigl-sam {command}: error: unknown model 'vit_nope'")
+
+
+@pytest.mark.parametrize("command", ["amg", "embed", "eval", "demo"])
+def test_a_keep_ratio_out_of_range_is_one_line_in_every_command(tmp_path, capsys, command):
+    assert main(_model_commands(tmp_path)[command] + ["--model", "bigl_test", "--keep-ratio", "1.5"]) == 2
+    (line,) = error_lines(capsys)
+    assert line.startswith(f"bigl-sam {command}: error: ") and "--keep-ratio must be in (0, 1], got 1.5" in line

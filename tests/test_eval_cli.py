@@ -1,9 +1,11 @@
 """`bigl-sam eval coco` end to end on a generated COCO set with tiny random models: the report, resume,
 torchrun sharding and bad input."""
 
+import argparse
 import io
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -13,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from bigl_sam.cli import main
-from bigl_sam.evaluation import runner
+from bigl_sam.evaluation import cli, runner
+from bigl_sam.evaluation.coco import CocoInstances
 from eval_coco_data import make_coco_dataset
 
 
@@ -156,7 +159,7 @@ def test_an_annotation_file_edited_in_place_starts_a_new_run(data, models, tmp_p
 def test_skip_lines_go_through_tqdm_write(data, models, tmp_path, capsys, monkeypatch):
     written = []
     monkeypatch.setattr(runner.tqdm, "write", lambda message, file=None, **kw: written.append(message))
-    code, _, _ = run_eval(capsys, data, models[:1], None, "--protocol", "ours", "--max-images", "5")
+    code, _, _ = run_eval(capsys, data, models[:1], None, "--protocol", "efficientsam", "--max-images", "5")
     assert code == 0 and any(m.startswith("skipped missing.png") for m in written)
 
 
@@ -179,8 +182,8 @@ def test_exif_tagged_image_is_scored_as_stored_and_counted(first_run):
 @pytest.mark.parametrize(
     "extra",
     [["--protocol", "edgesam", "--prompt", "clicks", "--clicks", "2"], ["--protocol", "efficientsam", "--prompt", "point"],
-     ["--protocol", "ours", "--prompt", "clicks", "--clicks", "2"], ["--dtype", "bfloat16"]],
-    ids=["edgesam", "efficientsam", "ours", "bfloat16"],
+     ["--protocol", "efficientvit", "--prompt", "clicks", "--clicks", "2"], ["--dtype", "bfloat16"]],
+    ids=["edgesam", "efficientsam", "efficientvit", "bfloat16"],
 )
 def test_presets_and_dtype_run_and_are_recorded(data, models, tmp_path, capsys, extra):
     out = tmp_path / "out"
@@ -224,6 +227,9 @@ def test_models_without_checkpoint_follow_the_weights_rule(data, tmp_path, capsy
         (lambda m: m[:1], ["--clicks", "3"], "needs --prompt clicks"),
         (lambda m: m[:1], ["--device", "gpu7"], "'gpu7' is not a device"),
         (lambda m: m[:1], ["--protocol", "efficientsam", "--prompt", "clicks"], "defines no --prompt clicks"),
+        (lambda m: m[:1], ["--protocol", "ours"], "--protocol ours was removed: it followed no paper's protocol"),
+        (lambda m: m[:1], ["--protocol", "ours", "--boxes", "nope.json"], "--protocol ours was removed"),
+        (lambda m: m[:1], ["--protocol", "evit"], "unknown --protocol 'evit'; choose one of efficientvit, edgesam"),
         (lambda m: m[:1], ["--boxes", "nope.json"], "detections file not found"),
         (lambda m: m[:1], ["--score-threshold", "0.5"], "--score-threshold filters the detections of --boxes"),
     ],
@@ -262,3 +268,86 @@ def test_torchrun_shards_and_gathers_like_one_process(first_run, data, models, t
     assert together["instances"] == alone["instances"]
     assert together["miou"] == pytest.approx(alone["miou"], abs=0.5)
     assert together["skipped_images"] == alone["skipped_images"]
+
+
+def assert_arguments_recorded(report: dict) -> None:
+    """results.json holds every option of the benchmark, and its command parses back to the same arguments."""
+    benchmark = argparse.ArgumentParser()
+    cli.BENCHMARKS[report["arguments"]["benchmark"]][0].add_arguments(benchmark)
+    common = argparse.ArgumentParser()
+    cli._add_common(common)
+    dests = {action.dest for parser in (benchmark, common) for action in parser._actions} - {"help", "model", "checkpoint"}
+    assert set(report["arguments"]) == dests | {"benchmark", "models"}
+    words = shlex.split(report["command"])
+    assert words[:2] == ["bigl-sam", "eval"]
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    assert cli.recorded_arguments(parser.parse_args(words[2:])) == report["arguments"]
+
+
+def test_results_record_every_parsed_argument(first_run, data, models):
+    arguments = first_run[1]["arguments"]
+    assert arguments["batch_size"] == 16 and arguments["device"] is None and arguments["protocol"] == "efficientvit"
+    assert arguments["models"] == [{"model": name, "checkpoint": str(checkpoint)} for name, checkpoint in models]
+    assert arguments["annotations"] == str(data["annotations"]) and arguments["boxes"] is None
+    assert_arguments_recorded(first_run[1])
+
+
+def test_options_left_out_of_the_old_command_are_recorded(data, models, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, _ = run_eval(capsys, data, models[:1], out, "--max-images", "1", "--batch-size", "3", "--device", "cpu",
+                          "--select", "single")
+    report = json.loads((out / "results.json").read_text())
+    assert code == 0 and report["arguments"]["batch_size"] == 3 and report["arguments"]["device"] == "cpu"
+    assert "--batch-size 3" in report["command"] and "--device cpu" in report["command"]
+    assert_arguments_recorded(report)
+
+
+class ImageCount(runner.Job):
+    """A job of its own module: how many images each model read; no prompt is decoded."""
+
+    def __init__(self, dataset: CocoInstances, max_images) -> None:
+        self.dataset, self.image_ids, self.images_dir = dataset, dataset.image_ids(max_images), dataset.images_dir
+
+    def settings(self) -> dict:
+        return {"job": "image-count"}
+
+    def image_path(self, image_id):
+        return self.dataset.image_path(image_id)
+
+    def image_size(self, image_id):
+        return self.dataset.image_size(image_id)
+
+    def score(self, predictor, image_id, clock) -> dict:
+        return {"read": 1}
+
+    def summarize(self, model_type, records, reference) -> dict:
+        return {"read": sum(r.get("read", 0) for r in records), "first": reference is None}
+
+    def markdown_table(self, models) -> str:
+        return "\n".join(f"{model['label']}: {model['read']}" for model in models)
+
+    def report_fields(self, models) -> dict:
+        return {"protocol": {"job": "image-count"}, "dataset": self.dataset.report_entry(self.image_ids)}
+
+
+class ImageCountBenchmark:
+    @staticmethod
+    def add_arguments(parser):
+        parser.add_argument("--annotations", required=True, type=Path)
+
+    @staticmethod
+    def job_from_args(args):
+        return ImageCount(CocoInstances(args.annotations, args.images), args.max_images)
+
+
+def test_a_new_job_is_a_module_and_a_registration(data, models, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(cli.BENCHMARKS, "count", (ImageCountBenchmark, "images read"))
+    out = tmp_path / "out"
+    args = eval_args(data, models, out, "--max-images", "2")
+    assert main(["eval", "count"] + args[2:]) == 0
+    assert capsys.readouterr().out.splitlines() == ["vit_test: 2", "bigl_test: 2"]
+    report = json.loads((out / "results.json").read_text())
+    assert [(m["name"], m["read"], m["first"]) for m in report["models"]] == [("vit_test", 2, True), ("bigl_test", 2, False)]
+    assert report["protocol"] == {"job": "image-count"} and report["dataset"]["selected_images"] == 2
+    assert report["command"].startswith("bigl-sam eval count ") and report["arguments"]["max_images"] == 2

@@ -9,14 +9,14 @@ from bigl_sam import SamPredictor, build_sam
 from bigl_sam.evaluation.clicker import ClickRule, interior_point
 from bigl_sam.evaluation.coco import CocoInstances
 from bigl_sam.evaluation.decoding import DecoderClock, Decoding, Target, box_ious, click_ious
-from bigl_sam.evaluation.interactive import number_of_clicks, summarize
+from bigl_sam.evaluation.interactive import click_summary, number_of_clicks
 from bigl_sam.evaluation.protocol import PRESETS, RITM_RULE
 from bigl_sam.images import load_image
 from eval_coco_data import make_coco_dataset, rectangle
 
 RITM = RITM_RULE
 EFFICIENTVIT = PRESETS["efficientvit"].rule
-OURS = PRESETS["ours"].rule
+AREA = ClickRule("interior", "area", pixel_centre=True)  # no preset's rule: the clicker's other options
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def record_calls(predictor, monkeypatch) -> list:
     return calls
 
 
-@pytest.mark.parametrize("rule, feed_logits", [(EFFICIENTVIT, False), (OURS, True)], ids=["efficientvit", "ours"])
+@pytest.mark.parametrize("rule, feed_logits", [(EFFICIENTVIT, False), (AREA, True)], ids=["efficientvit", "area"])
 def test_clicks_accumulate_at_the_rules_coordinates(predictor, instances, monkeypatch, rule, feed_logits):
     calls = record_calls(predictor, monkeypatch)
     decoder_time = clock()
@@ -124,7 +124,7 @@ def test_noc_and_nof_on_a_predictor_perfect_after_known_clicks():
     assert curves[2].tolist() == [0.0] * 20
     assert [number_of_clicks(c, 0.9, 20) for c in curves] == [1, 4, 20]
     records = [{"image_id": 0, "file": "x.png", "objects": [{"id": k, "ious": c.tolist()} for k, c in enumerate(curves)]}]
-    summary = summarize(records, 20)
+    summary = click_summary(records, 20)
     assert summary["noc"] == {"85": pytest.approx(25 / 3), "90": pytest.approx(25 / 3)}
     assert summary["nof"] == {"85": 1, "90": 1}
     assert summary["miou_per_click"][0] == pytest.approx(100 / 3) and summary["miou_per_click"][3] == pytest.approx(200 / 3)
@@ -132,7 +132,7 @@ def test_noc_and_nof_on_a_predictor_perfect_after_known_clicks():
 
 def test_nof_counts_reaching_the_threshold_only_at_the_last_click_as_ritm_does():
     assert number_of_clicks([0.0] * 19 + [0.95], 0.9, 20) == 20
-    summary = summarize([{"image_id": 0, "file": "x", "objects": [{"id": 1, "ious": [0.0] * 19 + [0.95]}]}], 20)
+    summary = click_summary([{"image_id": 0, "file": "x", "objects": [{"id": 1, "ious": [0.0] * 19 + [0.95]}]}], 20)
     assert summary["nof"]["90"] == 1
 
 

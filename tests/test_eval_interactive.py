@@ -72,6 +72,8 @@ def test_report_has_noc_nof_curve_and_plot(first_run):
     assert 1 <= model["noc"]["85"] <= 3 and 0 <= model["nof"]["90"] <= 5
     assert set(model["time_split"]["parts"]) == {"load", "encoder", "decoder", "scoring"}
     assert report["protocol"]["max_clicks"] == 3 and report["protocol"]["click_rule"]["correction"] == "distance"
+    assert report["arguments"]["max_clicks"] == 3 and report["arguments"]["select"] == "argmax"
+    assert report["dataset"]["preset"] is None and report["plot"] == str(out / "iou_per_click.png")
     with Image.open(out / "iou_per_click.png") as plot:
         assert plot.format == "PNG" and plot.size[0] > 300
 

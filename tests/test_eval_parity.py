@@ -16,10 +16,9 @@ from bigl_sam.evaluation.clicker import Click, Clicker, interior_point
 from bigl_sam.evaluation.coco import CocoInstances
 from bigl_sam.evaluation.decoding import DecoderClock, Decoding, Target, box_masks, click_ious
 from bigl_sam.evaluation.detections import coco_ap
-from bigl_sam.evaluation.instances import CocoMiou
+from bigl_sam.evaluation.instances import CocoMiou, miou_summary
 from bigl_sam.evaluation.masks import DATASETS, MaskFolders
 from bigl_sam.evaluation.protocol import PRESETS, RITM_RULE, Protocol
-from bigl_sam.evaluation.report import summarize
 from bigl_sam.images import load_image
 from eval_coco_data import polygon_annotation, rectangle
 
@@ -96,15 +95,15 @@ def test_fixture_has_a_1024_pixel_instance_and_an_empty_mask(coco_fixture):
 
 @pytest.mark.parametrize("prompt", ["box", "point"])
 def test_efficientvit_scores_empty_masks_and_counts_bounds_in_both_buckets(coco_fixture, predictor, prompt):
-    efficientvit, ours = (CocoMiou(coco_fixture, Protocol(prompt, preset=p), 16) for p in ("efficientvit", "ours"))
+    efficientvit, disjoint = (CocoMiou(coco_fixture, Protocol(prompt, preset=p), 16) for p in ("efficientvit", "efficientsam"))
     record = {"image_id": 1, "file": "picture.png", **efficientvit.score(predictor, 1, clock())}
     assert [i["id"] for i in record["instances"]] == [1, 2, 3] and record["empty_masks"] == [3]
     assert record["instances"][2]["iou"] == 0.0  # scored, at IoU 0 whatever SAM predicts
-    summary = summarize([record], efficientvit.protocol.inclusive_buckets)
+    summary = miou_summary([record], efficientvit.protocol.inclusive_buckets)
     assert summary["instances"] == {"all": 3, "small": 2, "medium": 2, "large": 0}
-    own = {"image_id": 1, "file": "picture.png", **ours.score(predictor, 1, clock())}
-    assert [i["id"] for i in own["instances"]] == [1, 2] and own["empty_masks"] == [3]
-    assert summarize([own], ours.protocol.inclusive_buckets)["instances"] == {"all": 2, "small": 0, "medium": 2, "large": 0}
+    other = {"image_id": 1, "file": "picture.png", **disjoint.score(predictor, 1, clock())}
+    assert [i["id"] for i in other["instances"]] == [1, 2] and other["empty_masks"] == [3]
+    assert miou_summary([other], disjoint.protocol.inclusive_buckets)["instances"] == {"all": 2, "small": 0, "medium": 2, "large": 0}
 
 
 def test_empty_mask_gets_ritms_click_under_efficientvit():
@@ -136,11 +135,11 @@ class ExactPredictor:
         return masks, torch.tensor([[0.1, 0.9, 0.5]]).repeat(n, 1), torch.zeros(n, 3, 256, 256)
 
 
-@pytest.mark.parametrize("rule, second_label", [(EFFICIENTVIT, 0), (RITM_RULE, -1), (PRESETS["ours"].rule, -1)],
-                         ids=["efficientvit", "interactive", "ours"])
+@pytest.mark.parametrize("rule, second_label", [(EFFICIENTVIT, 0), (RITM_RULE, -1), (PRESETS["efficientsam"].rule, -1)],
+                         ids=["efficientvit", "interactive", "efficientsam"])
 def test_click_on_an_exact_mask(rule, second_label):
     """EfficientViT-SAM's clicker adds a negative click at (0, 0) once the mask is exact, and the decoder
-    gets it; the interactive job and `ours` keep the exact mask (the second point is SAM's padding, -1)."""
+    gets it; the interactive job and `efficientsam` keep the exact mask (the second point is SAM's padding, -1)."""
     obj = rectangle(20, 24, 6, 4, 18, 16)
     assert Clicker(obj, rule).next(obj) == (Click(0, 0, False) if rule is EFFICIENTVIT else None)
     fake = ExactPredictor(obj)

@@ -59,6 +59,7 @@ def test_box_xywh_to_xyxy():
         ({"prompt": "clicks", "clicks": 0}, "at least 1"),
         ({"prompt": "box", "clicks": 3}, "needs --prompt clicks"),
         ({"preset": "samurai"}, "unknown --protocol"),
+        ({"preset": "ours", "select": "argmax"}, "--protocol ours was removed"),
         ({"preset": "efficientsam", "prompt": "clicks", "clicks": 3}, "defines no --prompt clicks"),
     ],
 )
@@ -82,15 +83,14 @@ def test_ignored_pixels_count_nowhere_in_the_iou():
 
 
 def test_presets_take_their_papers_settings():
-    efficientvit, edgesam, ours = Protocol(), Protocol(preset="edgesam"), Protocol(preset="ours")
+    efficientvit, edgesam, efficientsam = Protocol(), Protocol(preset="edgesam"), Protocol(preset="efficientsam")
     assert efficientvit.preset == "efficientvit" and efficientvit.select == "argmax"
     assert efficientvit.rule.correction == "distance" and not efficientvit.rule.pixel_centre
     assert not efficientvit.feed_logits and efficientvit.score_crowd
     assert efficientvit.score_empty and efficientvit.inclusive_buckets and efficientvit.rule.on_exact == "corner"
-    assert not ours.score_empty and not ours.inclusive_buckets and ours.rule.on_exact == "stop"
+    assert not efficientsam.score_empty and not efficientsam.inclusive_buckets and efficientsam.rule.on_exact == "stop"
     assert edgesam.select == "single" and edgesam.rule is None and not edgesam.score_crowd  # edgesam.py's steps
     assert edgesam.to_dict()["click_rule"] is None
-    assert ours.rule.correction == "area" and ours.rule.pixel_centre and ours.feed_logits
     assert Protocol(preset="efficientsam", prompt="point").rule.first == "random"
     assert Protocol(select="oracle").select == "oracle"  # --select overrides the preset's
-    assert set(PRESETS) == {"efficientvit", "edgesam", "efficientsam", "ours"}
+    assert set(PRESETS) == {"efficientvit", "edgesam", "efficientsam"}

@@ -1,8 +1,9 @@
-"""From per-image records to numbers and the table."""
+"""From per-image records to the mIoU numbers and their table, and the time split every job reports."""
 
 import pytest
 
-from bigl_sam.evaluation.report import differences, markdown_table, summarize, time_split, time_split_cell
+from bigl_sam.evaluation.instances import differences, miou_summary, miou_table
+from bigl_sam.evaluation.report import time_split, time_split_cell
 
 
 def _record(image_id, instances, load=0.1, encode=0.3, decode=0.6):
@@ -18,7 +19,7 @@ RECORDS = [
 
 
 def test_summary_means_per_size_bucket():
-    summary = summarize(RECORDS)
+    summary = miou_summary(RECORDS)
     assert summary["miou"]["all"] == pytest.approx(100 * (0.5 + 0.8 + 1.0 + 0.2) / 4)
     assert summary["miou"]["small"] == pytest.approx(100 * (0.5 + 0.2) / 2)
     assert summary["miou"]["medium"] == pytest.approx(80.0)
@@ -27,7 +28,7 @@ def test_summary_means_per_size_bucket():
 
 
 def test_summary_counts_time_and_skips():
-    summary = summarize(RECORDS)
+    summary = miou_summary(RECORDS)
     assert summary["images"] == 2
     assert summary["seconds"] == pytest.approx(2.0)
     assert summary["images_per_s"] == pytest.approx(1.0)
@@ -37,13 +38,13 @@ def test_summary_counts_time_and_skips():
 
 
 def test_empty_bucket_has_no_mean():
-    summary = summarize([_record(1, [(100, 0.5)])])
+    summary = miou_summary([_record(1, [(100, 0.5)])])
     assert summary["miou"]["large"] is None and summary["instances"]["large"] == 0
 
 
 def test_differences_to_the_reference():
-    reference = summarize(RECORDS)
-    other = summarize([_record(1, [(100, 0.4), (5000, 0.8)]), _record(2, [(20000, 0.9), (200, 0.2)])])
+    reference = miou_summary(RECORDS)
+    other = miou_summary([_record(1, [(100, 0.4), (5000, 0.8)]), _record(2, [(20000, 0.9), (200, 0.2)])])
     delta = differences(other, reference)
     assert delta["small"] == pytest.approx(-5.0)
     assert delta["medium"] == pytest.approx(0.0)
@@ -51,9 +52,9 @@ def test_differences_to_the_reference():
 
 
 def test_table_has_a_row_per_model_and_deltas_after_the_first():
-    reference = {"label": "vit_h", **summarize(RECORDS)}
-    student = {"label": "bigl_h_b", **summarize([_record(1, [(100, 0.4), (5000, 0.8)])])}
-    lines = markdown_table([reference, student]).splitlines()
+    reference = {"label": "vit_h", **miou_summary(RECORDS)}
+    student = {"label": "bigl_h_b", **miou_summary([_record(1, [(100, 0.4), (5000, 0.8)])])}
+    lines = miou_table([reference, student]).splitlines()
     assert len(lines) == 4
     assert lines[2].startswith("| vit_h | 62.5 |") and "(" not in lines[2]
     assert lines[3].startswith("| bigl_h_b | 60.0 (-2.5) | 40.0 (+5.0) | 80.0 (+0.0) | – |")

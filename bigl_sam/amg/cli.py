@@ -13,11 +13,9 @@ from tqdm import tqdm
 
 from .. import distributed
 from ..errors import BiglSamError
-from ..evaluation.runner import ModelSpec
 from ..evaluation.sharding import Shard, gather_to_main
 from ..images import IMAGE_SUFFIXES, load_image
-from ..pretrained import choose_weights
-from ..weights import WEIGHTS_DIR_HELP
+from ..options import add_device_options, add_model_options, model_spec
 from . import bench, outputs
 from .generator import MaskGenerator
 from .settings import add_setting_arguments, settings_from_args
@@ -28,22 +26,12 @@ OUTPUT_MODES = ("binary_mask", "coco_rle")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", required=True, type=Path, help="folder of the images (not its subfolders)")
     parser.add_argument("--out", type=Path, default=None, help="folder of the masks (resumes what it holds)")
-    parser.add_argument("--model", default="bigl_b_t", help="registry name (default bigl_b_t)")
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="weights of --model; left out: the student's file in --weights-dir, else one built "
-                             "from SAM's official files there, else random weights")
-    parser.add_argument("--weights-dir", type=Path, default=None, metavar="DIR",
-                        help=f"where to look for weights (default: {WEIGHTS_DIR_HELP})")
-    parser.add_argument("--keep-ratio", type=float, default=None,
-                        help="share of tokens in the P-path, for students (default: the one their file was saved "
-                             "with)")
+    add_model_options(parser, default_model="bigl_b_t")
     parser.add_argument("--output-mode", choices=OUTPUT_MODES, default="binary_mask",
                         help="per image: a folder of PNG masks and metadata.csv, or a JSON of COCO RLEs (as SAM's "
                              "scripts/amg.py); masks_coco.json for the whole folder either way")
     parser.add_argument("--max-images", type=int, default=None, help="the first N images (by file name)")
-    parser.add_argument("--device", default=None, help="default: this rank's GPU if there is one, else cpu")
-    parser.add_argument("--dtype", choices=tuple(distributed.DTYPES), default="float32",
-                        help="bfloat16: autocast the encoder and decoder (for GPUs)")
+    add_device_options(parser)
     parser.add_argument("--bench", action="store_true",
                         help="time SAM's SamAutomaticMaskGenerator and this generator on the images instead "
                              "(checks that the masks are the same); writes nothing")
@@ -52,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    spec = ModelSpec(args.model, choose_weights(args.model, args.checkpoint, args.weights_dir), args.keep_ratio)
+    spec = model_spec(args, args.model, args.checkpoint)
     files = image_files(args.images, args.max_images)
     if args.bench:
         device = distributed.pick_device(args.device)

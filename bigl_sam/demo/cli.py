@@ -12,7 +12,7 @@ from ..distributed import DTYPES, note_bfloat16
 from ..errors import BiglSamError
 from ..images import IMAGE_SUFFIXES
 from ..modeling.config import MODEL_CONFIGS
-from ..weights import WEIGHTS_DIR_HELP
+from ..options import add_model_options
 from .inference import compile_decoder
 from .models import DemoModels, load_demo_models
 
@@ -24,17 +24,9 @@ MAX_PORT = 65535
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     names = sorted(MODEL_CONFIGS)
     add = parser.add_argument
-    add("--model", default="bigl_b_t", choices=names, help="model to run (default: bigl_b_t)")
-    add("--checkpoint", type=Path, metavar="PATH",
-        help="its weights (default: MODEL.pth, else the one MODEL*.pth, in --weights-dir; else a student built from "
-             "SAM's official files there, else random weights)")
+    add_model_options(parser, default_model="bigl_b_t")
     add("--compare", choices=names, help="also run this model (e.g. vit_h) on the same clicks")
     add("--compare-checkpoint", type=Path, metavar="PATH", help="weights of the --compare model")
-    add("--keep-ratio", type=float, metavar="R",
-        help="starting share of tokens for the P-path (students; default: the one the file was saved with, "
-             "1.0 for a student built from SAM's files)")
-    add("--weights-dir", type=Path, default=None, metavar="DIR",
-        help=f"where to look for weights (default: {WEIGHTS_DIR_HELP})")
     add("--dtype", choices=tuple(DTYPES), default="float32",
         help="the image encoder's precision (bfloat16: autocast; default float32)")
     add("--examples", type=Path, metavar="DIR",

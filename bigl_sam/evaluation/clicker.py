@@ -15,10 +15,10 @@ One simulator serves every protocol; a `ClickRule` says where they differ:
   not ground truth), both padded as above and both zero at pixels already clicked; click the larger maximum,
   positive on the missed region, negative on the false one; a tie goes to the false region. `area` compares
   the regions' pixel counts instead (a tie goes to the missed region) and clicks the larger one's interior
-  point (this project's own protocol before the presets).
+  point (no preset uses it).
 - `pixel_centre`: the prompt coordinate of pixel (x, y). RITM and EfficientViT-SAM hand SAM the
   integer index (x, y); SAM's coordinate frame puts that pixel's centre at (x + 0.5, y + 0.5), which is what
-  `pixel_centre=True` gives (this project's own protocol).
+  `pixel_centre=True` gives (no preset uses it).
 - `on_exact`: what happens when nothing is left to correct (the prediction is exact outside the ignore mask,
   or every error pixel is clicked). `stop`: no click, the mask keeps its result. `corner`: a negative click
   at pixel (0, 0), which is what RITM's clicker code does there (both maxima are 0, so it takes the first

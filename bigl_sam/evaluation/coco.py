@@ -61,6 +61,12 @@ class CocoInstances:
             raise BiglSamError(f"{self.annotations_path}: no image with a scorable ({crowd}area >= 1) annotation")
         return ids
 
+    def report_entry(self, image_ids: Sequence[int]) -> dict:
+        """The dataset as a report names it: the files, the annotation file's sha256, the selection's size."""
+        return {"annotations": str(self.annotations_path), "annotations_sha256": self.sha256,
+                "run_hash_covers": "the annotation file's content (sha256), not its path",
+                "images": str(self.images_dir), "selected_images": len(image_ids)}
+
     def skipped_annotations(self, image_ids: Sequence[int]) -> Dict[str, int]:
         """How many annotations of these images the protocol leaves out, and why."""
         reasons = Counter(self._skip_reason(a) for i in image_ids for a in self._annotations(i))

@@ -31,11 +31,12 @@ from ..weights import sha256_of
 from .coco import CocoInstances, read_json
 from .decoding import DecoderClock, Decoding, box_masks
 from .protocol import box_xywh_to_xyxy
-from .report import rate, time_split, time_split_cell
+from .report import image_counts, number_cell, rate, table, time_split, time_split_cell
 from .runner import Job
 
 AP_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # COCOeval.stats[0:6], x100
 SEGMENTATION_KEYS = ("image_id", "category_id", "score")  # of the detection, kept in its segmentation result
+SEGMENTATION_RESULTS = "segmentations_{model}.json"  # in out_dir, per model
 
 
 def read_detections(path: Path, dataset: CocoInstances, score_threshold: float) -> Dict[int, List[dict]]:
@@ -80,10 +81,11 @@ def _is_finite(value) -> bool:
 
 
 class DetectionMasks(Job):
-    """Every image of the annotation file (with or without detections: AP counts both), in id order."""
+    """Every image of the annotation file (with or without detections: AP counts both), in id order. With
+    `out_dir`, each model's masks are written there as a COCO results file."""
 
     def __init__(self, dataset: CocoInstances, detections_path: Path, score_threshold: float, select: str,
-                 batch_size: int, max_images: Optional[int] = None) -> None:
+                 batch_size: int, max_images: Optional[int] = None, out_dir: Optional[Path] = None) -> None:
         if not 0.0 <= score_threshold <= 1.0:
             raise BiglSamError(f"--score-threshold must be in [0, 1], got {score_threshold}")
         self.dataset, self.batch_size = dataset, batch_size
@@ -98,6 +100,7 @@ class DetectionMasks(Job):
             raise BiglSamError(f"{self.detections_path}: no detection with score >= {score_threshold} on the "
                                f"{len(self.image_ids)} selected images")
         self.sha256 = sha256_of(self.detections_path, progress=False)
+        self.out_dir = out_dir
 
     def settings(self) -> dict:
         return {"job": "coco-detections", "select": self.decoding.select, "annotations_sha256": self.dataset.sha256,
@@ -125,6 +128,24 @@ class DetectionMasks(Job):
                 results.append({key: det[key] for key in SEGMENTATION_KEYS} | {"segmentation": segmentation})
         return {"segmentations": results}
 
+    def summarize(self, model_type: str, records: Sequence[dict], reference: Optional[dict]) -> dict:
+        out_file = None if self.out_dir is None else self.out_dir / SEGMENTATION_RESULTS.format(model=model_type)
+        return ap_summary(records, self.dataset, out_file)
+
+    def markdown_table(self, models: Sequence[dict]) -> str:
+        return ap_table(models)
+
+    def report_fields(self, models: Sequence[dict]) -> dict:
+        return {
+            "protocol": {"prompt": "detector boxes", "select": self.decoding.select,
+                         "multimask_output": self.decoding.select != "single", "score_threshold": self.score_threshold,
+                         "metric": "COCOeval segm, maxDets 1/10/100",
+                         "pixels": "as stored (EXIF orientation not applied)",
+                         "source": "mit-han-lab/efficientvit applications/efficientvit_sam/eval_efficientvit_sam_model.py"},
+            "dataset": {**self.dataset.report_entry(self.image_ids), "detections": str(self.detections_path),
+                        "detections_sha256": self.sha256},
+        }
+
 
 def segmentation_results(records: Sequence[dict]) -> List[dict]:
     """The COCO results file: every mask of every scored image, in image order."""
@@ -149,7 +170,7 @@ def coco_ap(dataset: CocoInstances, results: List[dict], image_ids: Sequence[int
     return {metric: None if value < 0 else 100.0 * float(value) for metric, value in zip(AP_METRICS, evaluation.stats[:6])}
 
 
-def summarize(records: Sequence[dict], dataset: CocoInstances, out_file: Optional[Path]) -> dict:
+def ap_summary(records: Sequence[dict], dataset: CocoInstances, out_file: Optional[Path]) -> dict:
     """One model's AP; with `out_file`, its masks written there as a COCO segmentation results file."""
     evaluated = [r for r in records if "segmentations" in r]
     results = segmentation_results(evaluated)
@@ -159,21 +180,16 @@ def summarize(records: Sequence[dict], dataset: CocoInstances, out_file: Optiona
     return {
         "ap": coco_ap(dataset, results, [r["image_id"] for r in evaluated]),
         "masks": len(results),
-        "images": len(evaluated),
+        **image_counts(records, evaluated),
         "segmentation_results": None if out_file is None else str(out_file),
-        "skipped_images": [{"file": r["file"], "reason": r["skipped"]} for r in records if "skipped" in r],
-        "exif_rotated_images": sum("exif_orientation" in r for r in evaluated),
         "time_split": split,
         "images_per_s": rate(sum(bool(r["segmentations"]) for r in evaluated), split["seconds"]),
     }
 
 
-def markdown_table(models: Sequence[dict]) -> str:
+def ap_table(models: Sequence[dict]) -> str:
+    """models: dicts with `label` and the keys of `ap_summary`."""
     header = ["model", *AP_METRICS, "masks", "images/s", "time: load/encoder/decoder/scoring"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for model in models:
-        cells = [model["label"]] + ["–" if model["ap"][m] is None else f"{model['ap'][m]:.1f}" for m in AP_METRICS]
-        cells += [str(model["masks"]), "–" if model["images_per_s"] is None else f"{model['images_per_s']:.2f}"]
-        cells.append(time_split_cell(model["time_split"]))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    rows = [[model["label"], *(number_cell(model["ap"][m], 1) for m in AP_METRICS), str(model["masks"]),
+             number_cell(model["images_per_s"], 2), time_split_cell(model["time_split"])] for model in models]
+    return table(header, rows)

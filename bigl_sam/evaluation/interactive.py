@@ -10,33 +10,81 @@ click the IoU of the chosen mask is recorded. From those curves, following RITM'
 - mIoU@k: mean IoU after k clicks, x100.
 
 Every object runs all `max_clicks` rounds (RITM stops at its target IoU, which does not change NoC), so one
-run gives NoC at every threshold and the whole curve.
+run gives NoC at every threshold and the whole curve. With `--out`, the mIoU-per-click curves are plotted
+there (`plot.py`).
 """
 
+import argparse
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from segment_anything import SamPredictor
 
+from ..errors import BiglSamError
 from .coco import CocoInstances
 from .decoding import DecoderClock, Decoding, Target, click_ious
-from .masks import MaskFolders
-from .protocol import RITM_RULE
-from .report import rate, time_split, time_split_cell
+from .masks import DATASETS, MaskFolders
+from .plot import plot_curves
+from .protocol import RITM_RULE, SELECTIONS
+from .report import image_counts, number_cell, rate, table, time_split, time_split_cell
 from .runner import Job
 
 NOC_THRESHOLDS = (0.85, 0.90)
 DEFAULT_MAX_CLICKS = 20
 TABLE_CLICKS = (1, 3, 5)  # mIoU@k columns of the table, besides mIoU@max_clicks
+PLOT_FILE = "iou_per_click.png"  # in out_dir
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `eval interactive` besides those every benchmark has."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--masks", type=Path, help="folder of object masks, matched to --images by file stem")
+    source.add_argument("--annotations", type=Path, help="or a COCO instances JSON")
+    parser.add_argument("--dataset", choices=tuple(DATASETS), default=None,
+                        help="a benchmark's mask rule, as RITM reads it (sets --ignore-value and --union)")
+    parser.add_argument("--ignore-value", type=int, default=None,
+                        help="mask value that counts nowhere (GrabCut: 128)")
+    parser.add_argument("--union", action="store_true", help="one object of all mask values, not one per value")
+    parser.add_argument("--max-clicks", type=int, default=DEFAULT_MAX_CLICKS)
+    parser.add_argument("--select", choices=SELECTIONS, default="argmax")
+    parser.add_argument("--feed-logits", action="store_true",
+                        help="give each round the previous round's low-res logits as mask input")
+
+
+def job_from_args(args: argparse.Namespace) -> "ClickCurves":
+    if args.max_clicks < 1:
+        raise BiglSamError(f"--max-clicks must be at least 1, got {args.max_clicks}")
+    if args.annotations is not None and (args.ignore_value is not None or args.union):
+        raise BiglSamError("--ignore-value and --union read mask values of --masks; with --annotations each "
+                           "annotation is one object: leave them out")
+    if args.masks is not None:
+        dataset = _mask_folders(args)
+    elif args.dataset is not None:
+        raise BiglSamError(f"--dataset {args.dataset} is a rule for mask folders: give --masks, not --annotations")
+    else:
+        dataset = CocoInstances(args.annotations, args.images)
+    return ClickCurves(dataset, Decoding(args.select, args.feed_logits), args.max_clicks, args.batch_size,
+                       args.max_images, args.out)
+
+
+def _mask_folders(args: argparse.Namespace) -> MaskFolders:
+    """The mask folders under --dataset's rule, or under --ignore-value and --union."""
+    if args.dataset is None:
+        return MaskFolders(args.images, args.masks, args.ignore_value, args.union)
+    if args.ignore_value is not None or args.union:
+        raise BiglSamError(f"--dataset {args.dataset} sets the mask rule: leave out --ignore-value and --union")
+    return MaskFolders.with_preset(args.images, args.masks, args.dataset)
 
 
 class ClickCurves(Job):
-    """The IoU-per-click curve of every object of a mask-folder set or a COCO file."""
+    """The IoU-per-click curve of every object of a mask-folder set or a COCO file; with `out_dir`, the
+    models' mean curves plotted there."""
 
     def __init__(self, dataset: Union[MaskFolders, CocoInstances], decoding: Decoding, max_clicks: int,
-                 batch_size: int, max_images: Optional[int] = None) -> None:
+                 batch_size: int, max_images: Optional[int] = None, out_dir: Optional[Path] = None) -> None:
         self.dataset, self.decoding, self.max_clicks, self.batch_size = dataset, decoding, max_clicks, batch_size
+        self.out_dir = out_dir
         self.image_ids: List[int] = dataset.image_ids(max_images)
         self.images_dir: Path = dataset.images_dir
 
@@ -65,6 +113,26 @@ class ClickCurves(Job):
                             self.batch_size)
         return {"objects": [{"id": object_id, "ious": curve.tolist()} for (object_id, _), curve in zip(objects, curves)]}
 
+    def summarize(self, model_type: str, records: Sequence[dict], reference: Optional[dict]) -> dict:
+        return click_summary(records, self.max_clicks)
+
+    def markdown_table(self, models: Sequence[dict]) -> str:
+        return click_table(models, self.max_clicks)
+
+    def report_fields(self, models: Sequence[dict]) -> dict:
+        fields = {
+            "protocol": {"clicker": "RITM (isegm/inference/clicker.py)", "click_rule": RITM_RULE.to_dict(),
+                         "max_clicks": self.max_clicks, "select": self.decoding.select,
+                         "feed_logits": self.decoding.feed_logits, "noc_thresholds": list(NOC_THRESHOLDS),
+                         "nof": "objects whose NoC equals max_clicks (RITM's count)",
+                         "pixels": "as stored (EXIF orientation not applied)"},
+            "dataset": self.dataset.report_entry(self.image_ids),
+        }
+        if self.out_dir is not None:
+            curves = [(model["label"], model["miou_per_click"]) for model in models]
+            fields["plot"] = str(plot_curves(self.out_dir / PLOT_FILE, curves, "mIoU after each click"))
+        return fields
+
 
 def number_of_clicks(curve: Sequence[float], threshold: float, max_clicks: int) -> int:
     """RITM's NoC of one object: the first click (1-based) with IoU >= threshold, else `max_clicks`."""
@@ -72,7 +140,7 @@ def number_of_clicks(curve: Sequence[float], threshold: float, max_clicks: int) 
     return int(reached[0]) + 1 if len(reached) else max_clicks
 
 
-def summarize(records: Sequence[dict], max_clicks: int) -> dict:
+def click_summary(records: Sequence[dict], max_clicks: int) -> dict:
     """One model's NoC, NoF and mIoU-per-click from its image records."""
     evaluated = [r for r in records if "objects" in r]
     curves = [o["ious"] for r in evaluated for o in r["objects"]]
@@ -90,27 +158,23 @@ def summarize(records: Sequence[dict], max_clicks: int) -> dict:
         "nof": nof,
         "miou_per_click": per_click,
         "objects": len(curves),
-        "images": len(evaluated),
-        "skipped_images": [{"file": r["file"], "reason": r["skipped"]} for r in records if "skipped" in r],
-        "exif_rotated_images": sum("exif_orientation" in r for r in evaluated),
+        **image_counts(records, evaluated),
         "time_split": split,
         "images_per_s": rate(len(evaluated), split["seconds"]),
     }
 
 
-def markdown_table(models: Sequence[dict], max_clicks: int) -> str:
-    """models: dicts with `label` and the keys of `summarize`."""
+def click_table(models: Sequence[dict], max_clicks: int) -> str:
+    """models: dicts with `label` and the keys of `click_summary`."""
     clicks = [k for k in TABLE_CLICKS if k < max_clicks] + [max_clicks]
     header = ["model", "NoC@85", "NoC@90", "NoF@85", "NoF@90"] + [f"mIoU@{k}" for k in clicks]
     header += ["objects", "images/s", "time: load/encoder/decoder/scoring"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for model in models:
         curve = model["miou_per_click"]
-        cells = [model["label"]]
-        cells += ["–" if model["noc"][t] is None else f"{model['noc'][t]:.2f}" for t in ("85", "90")]
+        cells = [model["label"]] + [number_cell(model["noc"][t], 2) for t in ("85", "90")]
         cells += [str(model["nof"][t]) for t in ("85", "90")]
         cells += [f"{curve[k - 1]:.1f}" if curve else "–" for k in clicks]
-        cells += [str(model["objects"]), "–" if model["images_per_s"] is None else f"{model['images_per_s']:.2f}"]
-        cells.append(time_split_cell(model["time_split"]))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        cells += [str(model["objects"]), number_cell(model["images_per_s"], 2), time_split_cell(model["time_split"])]
+        rows.append(cells)
+    return table(header, rows)

@@ -59,7 +59,10 @@ DATASETS = {
 
 
 class MaskFolders:
-    """Images under `images_dir`, masks under `masks_dir`, paired by file stem, in stem order."""
+    """Images under `images_dir`, masks under `masks_dir`, paired by file stem, in stem order. preset: the
+    `DATASETS` name whose rule it follows (`with_preset`), if any."""
+
+    preset: Optional[str] = None
 
     def __init__(self, images_dir, masks_dir, ignore_value: Optional[int] = None, union: bool = False,
                  object_above: int = 0) -> None:
@@ -74,6 +77,21 @@ class MaskFolders:
         self.images, self.masks = images, masks
         for stem in self.stems:
             self._check(stem)
+
+    @classmethod
+    def with_preset(cls, images_dir, masks_dir, name: str) -> "MaskFolders":
+        """The folders read under the rule of `DATASETS[name]`."""
+        rule = DATASETS[name]
+        folders = cls(images_dir, masks_dir, rule.ignore_value, rule.union, rule.object_above)
+        folders.preset = name
+        return folders
+
+    def report_entry(self, image_ids: List[int]) -> dict:
+        """The folders and their mask rule as a report names them, and the selection's size."""
+        return {"images": str(self.images_dir), "masks": str(self.masks_dir), "preset": self.preset,
+                "preset_source": None if self.preset is None else DATASETS[self.preset].source,
+                "ignore_value": self.ignore_value, "union": self.union, "object_above": self.object_above,
+                "selected_images": len(image_ids)}
 
     def image_ids(self, max_images: Optional[int] = None) -> List[int]:
         """Image ids are positions in stem order; the first `max_images` of them."""

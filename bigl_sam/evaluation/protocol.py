@@ -57,16 +57,23 @@ PRESETS = {
     "efficientsam": Preset("EfficientSAM paper (yformer/EfficientSAM has no evaluation code)",
                            ClickRule("random", "distance", pixel_centre=False), feed_logits=False,
                            select="argmax", score_crowd=False, prompts=("box", "point")),
-    # This project's protocol before the presets: click at pixel centres, corrections to the larger error by
-    # area, the previous round's logits fed back.
-    "ours": Preset("bigl_sam/evaluation (this project)", ClickRule("interior", "area", pixel_centre=True),
-                   feed_logits=True, select="argmax", score_crowd=False),
 }
 DEFAULT_PRESET = "efficientvit"
+# Presets no longer offered, and what to use instead.
+REMOVED_PRESETS = {"ours": "it followed no paper's protocol; --protocol efficientvit is the default"}
 # Interactive segmentation (NoC) uses RITM's clicker, as RITM, SimpleClick and FocSAM evaluate. An exact mask
 # keeps its result: RITM's evaluation stops an object once it reaches the target IoU, so its NoC never sees
 # the clicker's (0, 0) click.
 RITM_RULE = ClickRule("interior", "distance", pixel_centre=False)
+
+
+def preset(name: str) -> Preset:
+    """The preset `--protocol name`; an unknown or removed name is one error line."""
+    if name in REMOVED_PRESETS:
+        raise BiglSamError(f"--protocol {name} was removed: {REMOVED_PRESETS[name]}")
+    if name not in PRESETS:
+        raise BiglSamError(f"unknown --protocol {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]
 
 
 @dataclass(frozen=True)
@@ -81,13 +88,12 @@ class Protocol:
     preset: str = DEFAULT_PRESET
 
     def __post_init__(self) -> None:
-        if self.preset not in PRESETS:
-            raise BiglSamError(f"unknown --protocol {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        chosen = preset(self.preset)
         if self.select is None:
-            object.__setattr__(self, "select", PRESETS[self.preset].select)
+            object.__setattr__(self, "select", chosen.select)
         if self.prompt not in PROMPTS:
             raise BiglSamError(f"unknown prompt {self.prompt!r}; choose one of {', '.join(PROMPTS)}")
-        if self.prompt not in PRESETS[self.preset].prompts:
+        if self.prompt not in chosen.prompts:
             raise BiglSamError(f"--protocol {self.preset} defines no --prompt {self.prompt}")
         if self.select not in SELECTIONS:
             raise BiglSamError(f"unknown mask selection {self.select!r}; choose one of {', '.join(SELECTIONS)}")
@@ -100,6 +106,10 @@ class Protocol:
     def click_rounds(self) -> int:
         """How many decoder rounds a prompt takes: a box or a point is one, K clicks are K."""
         return self.clicks if self.prompt == "clicks" else 1
+
+    @property
+    def source(self) -> str:
+        return PRESETS[self.preset].source
 
     @property
     def rule(self) -> Optional[ClickRule]:

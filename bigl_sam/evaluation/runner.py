@@ -4,7 +4,9 @@ per image; rank 0 gathers the records.
 
 A job (`instances.CocoMiou`, `edgesam.EdgeSamMiou`, `interactive.ClickCurves`, `detections.DetectionMasks`)
 says which images, what identifies its results (`settings`), how an image is encoded (`encode`; SAM's own
-preprocessing unless it says otherwise) and how one encoded image is scored (`score`).
+preprocessing unless it says otherwise) and how one encoded image is scored (`score`); then, from the
+records, each model's numbers (`summarize`), the table of all models (`markdown_table`) and what the report
+says beside them (`report_fields`).
 """
 
 import sys
@@ -73,10 +75,12 @@ def keep_ratio_of(model: Sam) -> Optional[float]:
 
 
 class Job:
-    """What the runner needs from a job; see the module docstring."""
+    """What the runner and the report need from a job; see the module docstring. out_dir: where the job
+    writes its extra files (masks, plots; None: it writes none)."""
 
     image_ids: List[int]
     images_dir: Path
+    out_dir: Optional[Path] = None
     # True when a record depends on which other images the process scored before it (then the number of
     # processes is part of the run's settings).
     results_depend_on_sharding = False
@@ -104,6 +108,19 @@ class Job:
 
     def score(self, predictor: SamPredictor, image_id: int, clock: DecoderClock) -> dict:
         """The job's fields of the image's record, from the encoded image in `predictor`."""
+        raise NotImplementedError
+
+    def summarize(self, model_type: str, records: Sequence[dict], reference: Optional[dict]) -> dict:
+        """One model's numbers from the records of every selected image (in selection order); `reference`:
+        the first model's summary (None for the first model itself)."""
+        raise NotImplementedError
+
+    def markdown_table(self, models: Sequence[dict]) -> str:
+        """One row per model; models: dicts with `label` and the keys of `summarize`, the reference first."""
+        raise NotImplementedError
+
+    def report_fields(self, models: Sequence[dict]) -> dict:
+        """What results.json says beside the models: the protocol and the dataset at least."""
         raise NotImplementedError
 
 
