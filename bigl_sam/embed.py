@@ -27,7 +27,7 @@ from .fileio import atomic_write_text, check_writable
 from .images import IMAGE_SUFFIXES, load_image
 from .modeling.config import MODEL_CONFIGS
 from .pretrained import choose_weights
-from .weights import WEIGHTS_DIR_HELP, sha256_of
+from .weights import WEIGHTS_DIR_HELP, folder_line, sha256_of
 
 SKIPPED_FILE = "skipped.json"
 # What must match for an image's record to count as done by this run.
@@ -61,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
     if args.keep_ratio is not None and keep_ratio_of(model) is None:
         raise BiglSamError(f"--keep-ratio: {args.model} is SAM's own encoder, only big.LITTLE students route tokens")
     if shard.is_main:
+        if args.checkpoint is None:  # the rule searched the weights folder
+            print(folder_line(spec.weights.folder), file=sys.stderr)
         print(spec.weights.describe(), file=sys.stderr)
         distributed.note_bfloat16(process.device, args.dtype)
     settings = {
