@@ -196,6 +196,17 @@ def test_an_incomplete_folder_is_one_line_exit_2(case, export_folder, tmp_path, 
     assert re.search(message, line), line
 
 
+def test_check_takes_the_folder_alone(tmp_path, capsys):
+    for extra, message in [(["--check", "--model", "vit_test", "--keep-ratio", "0.5"],
+                            "--check reads the export at --out and exports nothing: leave out --model, --keep-ratio"),
+                           ([], "--model is required (or --check, to check an earlier export)"),
+                           (["--check"], "export folder not found")]:
+        capsys.readouterr()
+        assert main(["export", "onnx", "--format", "anylabeling", "--out", str(tmp_path / "none"), *extra]) == 2
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert error.startswith("bigl-sam export: error: ") and message in error, error
+
+
 def test_onnx_predictor_refuses_an_anylabeling_folder(export_folder, capsys):
     folder = export_folder("vit_test")[1]
     with pytest.raises(BiglSamError, match="an export for AnyLabeling .*: `bigl-sam export onnx` without --format"):

@@ -195,7 +195,6 @@ def config_yaml(model_name: str, keep_ratio: Optional[float]) -> str:
     return "".join(f"{key}: {json.dumps(value)}\n" for key, value in values.items())  # JSON scalars are YAML
 
 
-
 def open_anylabeling(folder: Path) -> Tuple[dict, object, object]:
     """config.yaml of `folder` and onnxruntime sessions of the encoder and decoder it names, read as AnyLabeling
     reads them (the paths relative to the config's folder); with the export record when export.json is there
@@ -206,7 +205,7 @@ def open_anylabeling(folder: Path) -> Tuple[dict, object, object]:
             YAML mapping, lacks a key of `CONFIG_KEYS` or is not of type segment_anything, an encoder or
             decoder file it names that is missing, unreadable, or not of the interface AnyLabeling runs.
     """
-    import yaml  # a dependency of gradio, so always there; only this reader needs it
+    import yaml  # the onnx extra's (gradio's too); only this reader needs it
 
     folder = Path(folder)
     if not folder.is_dir():

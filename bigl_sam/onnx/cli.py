@@ -10,7 +10,7 @@ from tqdm import tqdm
 from ..errors import BiglSamError, check_keep_ratio
 from .interface import ANYLABELING_FORMAT, DEFAULT_OPSET, OPSETS
 
-ONNX_EXTRA = ("onnx", "onnxruntime", "onnxscript")  # what the [onnx] extra installs
+ONNX_EXTRA = ("onnx", "onnxruntime", "onnxscript", "yaml")  # the modules the [onnx] extra installs
 ONNX_INSTALL = 'pip install -e ".[onnx]"'
 
 
