@@ -26,6 +26,7 @@ from .evaluation.sharding import Shard, gather_to_main
 from .fileio import atomic_write_text, check_writable
 from .images import IMAGE_SUFFIXES, load_image
 from .options import add_device_options, add_model_options, model_spec
+from .pretrained import folder_lines
 from .weights import sha256_of
 
 SKIPPED_FILE = "skipped.json"
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     if args.keep_ratio is not None and keep_ratio_of(model) is None:
         raise BiglSamError(f"--keep-ratio: {args.model} is SAM's own encoder, only big.LITTLE students route tokens")
     if shard.is_main:
-        print(spec.weights.describe(), file=sys.stderr)
+        print("\n".join(folder_lines([spec.weights]) + [spec.weights.describe()]), file=sys.stderr)
         distributed.note_bfloat16(process.device, args.dtype)
     settings = {
         "model": args.model,

@@ -19,14 +19,14 @@ downloaded here.
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from segment_anything.modeling import Sam
 
 from .build import build_model, build_sam, build_student_from_sam
 from .errors import BiglSamError
 from .modeling import BigLittleConfig, get_config
-from .weights import KnownCheckpoint, check_size, folder_problem, read_manifest, weights_dir
+from .weights import KnownCheckpoint, check_size, folder_line, folder_problem, read_manifest, weights_dir
 
 PathLike = Union[str, Path]
 CHECKPOINT, OFFICIAL, RANDOM = "checkpoint", "official", "random"
@@ -48,6 +48,7 @@ class WeightsChoice:
     files: Tuple[Path, ...] = ()
     wanted: Tuple[str, ...] = ()
     folder_problem: Optional[str] = None
+    searched: bool = True  # False when a checkpoint was given: the folder was not looked at
 
     @property
     def random(self) -> bool:
@@ -84,6 +85,12 @@ class WeightsChoice:
         return f"{self.name}: RANDOM WEIGHTS (none of {looked_for} in {self.folder})"
 
 
+def folder_lines(choices: Sequence[WeightsChoice]) -> List[str]:
+    """The line a command prints about the weights folder, before its `WeightsChoice.describe` lines: the
+    folder the rule searched, once, when it looked there for any of `choices` (none when each had a checkpoint)."""
+    return [folder_line(folder) for folder in sorted({choice.folder for choice in choices if choice.searched})]
+
+
 def sam_vit_label(name: str) -> str:
     """ "ViT-B" for bigl_b_t (its P-path's SAM), "ViT-H" for vit_h."""
     config = get_config(name)
@@ -103,7 +110,7 @@ def choose_weights(
     config = get_config(name)
     folder = weights_dir(None if folder is None else Path(folder))
     if checkpoint is not None:
-        return WeightsChoice(name, CHECKPOINT, folder, (Path(checkpoint),))
+        return WeightsChoice(name, CHECKPOINT, folder, (Path(checkpoint),), searched=False)
     student = isinstance(config, BigLittleConfig)
     problem = folder_problem(folder)
     student_file = _student_file(name, folder) if student and problem is None else None

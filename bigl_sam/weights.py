@@ -1,8 +1,9 @@
 """`bigl-sam weights list|download|verify`: the manifest of known checkpoints, and getting them safely.
 
 The manifest ships inside the package (`bigl_sam/manifest.json`). Weights live in one folder:
-`--dir`, else `$BIGL_SAM_WEIGHTS`, else the user cache folder (`$XDG_CACHE_HOME/bigl-sam/weights`,
-`~/.cache/bigl-sam/weights` when XDG_CACHE_HOME is not set).
+`--dir`, else `$BIGL_SAM_WEIGHTS`, else the checkout's `weights/` when the package runs from a source
+checkout (`checkout_weights_dir`), else the user cache folder (`$XDG_CACHE_HOME/bigl-sam/weights`,
+`~/.cache/bigl-sam/weights` when XDG_CACHE_HOME is not set), as an installed wheel has no checkout.
 
 A download goes to `NAME.part` (resumed with an HTTP range request when one is there), is checked
 against the manifest's size and sha256, and only then renamed to NAME: a file that fails the check is
@@ -14,6 +15,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -24,8 +26,13 @@ from tqdm import tqdm
 
 from .errors import BiglSamError
 
-MANIFEST = Path(__file__).resolve().with_name("manifest.json")
-WEIGHTS_DIR_HELP = "$BIGL_SAM_WEIGHTS, else ~/.cache/bigl-sam/weights (under $XDG_CACHE_HOME if set)"
+PACKAGE_DIR = Path(__file__).resolve().parent
+MANIFEST = PACKAGE_DIR / "manifest.json"
+CHECKOUT_WEIGHTS = "weights"  # the source checkout's weights folder, beside bigl_sam/
+# A pyproject.toml's line naming this project (the [project] table's `name`).
+PROJECT_NAME_LINE = re.compile(r"""^name\s*=\s*["']bigl-sam["']\s*(#.*)?$""", re.MULTILINE)
+WEIGHTS_DIR_HELP = ("$BIGL_SAM_WEIGHTS, else the checkout's weights/ when run from a source checkout, else "
+                    "~/.cache/bigl-sam/weights (under $XDG_CACHE_HOME if set)")
 CHUNK = 1 << 20
 TIMEOUT_S = 30
 RANGE_NOT_SATISFIABLE = 416  # HTTP: the .part is at least as long as the file on the server
@@ -42,13 +49,35 @@ class KnownCheckpoint:
 
 
 def weights_dir(override: Optional[Path] = None) -> Path:
-    """`override` (--dir), else $BIGL_SAM_WEIGHTS, else the user cache folder."""
+    """`override` (--dir), else $BIGL_SAM_WEIGHTS, else the checkout's weights/ (`checkout_weights_dir`), else
+    the user cache folder."""
     if override is not None:
         return Path(override)
     if os.environ.get("BIGL_SAM_WEIGHTS"):
         return Path(os.environ["BIGL_SAM_WEIGHTS"])
+    checkout = checkout_weights_dir()
+    if checkout is not None:
+        return checkout
     cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(cache) / "bigl-sam" / "weights"
+
+
+def checkout_weights_dir() -> Optional[Path]:
+    """The source checkout's `weights/` folder when the package runs from a checkout: the package folder's
+    parent holds a pyproject.toml naming bigl-sam and a `weights/` folder. An installed wheel never matches
+    (site-packages has no pyproject.toml of bigl-sam beside the package)."""
+    root = PACKAGE_DIR.parent
+    try:
+        project = (root / "pyproject.toml").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    folder = root / CHECKOUT_WEIGHTS
+    return folder if PROJECT_NAME_LINE.search(project) and folder.is_dir() else None
+
+
+def folder_line(folder: Path) -> str:
+    """The one line a command prints about the weights folder it searched."""
+    return f"weights folder: {folder}"
 
 
 def folder_problem(folder: Path) -> Optional[str]:
@@ -199,7 +228,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     manifest, folder = read_manifest(args.manifest), weights_dir(args.dir)
     if args.action == "list":
-        print(f"weights folder: {folder}")
+        print(folder_line(folder))
         for entry in manifest.values():
             print(f"{entry.name:<24} {entry.model:<6} {entry.bytes / 1e9:6.2f} GB  {status(entry, folder)}")
         return 0

@@ -1,7 +1,10 @@
 """`bigl-sam export onnx --format anylabeling`: the folder samexporter's (AnyLabeling's) SegmentAnythingONNX
-loads, giving SamPredictor's masks, for a student at keep 0.25 and SAM's own encoder; config.yaml."""
+loads, giving SamPredictor's masks, for a student at keep 0.25 and SAM's own encoder; config.yaml; an
+incomplete folder refused in one line."""
 
 import json
+import re
+import shutil
 
 import numpy as np
 import pytest
@@ -13,6 +16,8 @@ yaml = pytest.importorskip("yaml")
 
 from bigl_sam import SamPredictor, build_sam  # noqa: E402
 from bigl_sam.cli import main  # noqa: E402
+from bigl_sam.errors import BiglSamError  # noqa: E402
+from bigl_sam.onnx import OnnxPredictor  # noqa: E402
 from bigl_sam.onnx.anylabeling import CANVAS_HW, CONFIG_KEYS, RGB_INPUT  # noqa: E402
 from bigl_sam.onnx.export import check_out  # noqa: E402
 from bigl_sam.onnx.predictor import open_session  # noqa: E402
@@ -31,18 +36,31 @@ def photo_like() -> np.ndarray:
     return np.asarray(image)
 
 
+@pytest.fixture(scope="module")
+def export_folder(tmp_path_factory, student_checkpoint, official_checkpoint):
+    """export_folder(name) -> (name, folder, model): `--format anylabeling` of a random `name` (bigl_test at
+    keep 0.25), exported once per module, and the PyTorch model it was exported from."""
+    made = {}
+
+    def make(name: str):
+        if name not in made:
+            checkpoint = student_checkpoint(name) if name == "bigl_test" else official_checkpoint(name)
+            folder = tmp_path_factory.mktemp(f"anylabeling_{name}")
+            ratio = ["--keep-ratio", "0.25"] if name == "bigl_test" else []
+            assert main(["export", "onnx", "--format", "anylabeling", "--model", name, "--checkpoint",
+                         str(checkpoint), "--out", str(folder), *ratio]) == 0
+            model = build_sam(name, checkpoint)
+            if name == "bigl_test":
+                model.image_encoder.keep_ratio = 0.25
+            made[name] = name, folder, model
+        return made[name]
+
+    return make
+
+
 @pytest.fixture(scope="module", params=["bigl_test", "vit_test"])
-def exported(request, tmp_path_factory, student_checkpoint, official_checkpoint):
-    name = request.param
-    checkpoint = student_checkpoint(name) if name == "bigl_test" else official_checkpoint(name)
-    folder = tmp_path_factory.mktemp(f"anylabeling_{name}")
-    ratio = ["--keep-ratio", "0.25"] if name == "bigl_test" else []
-    assert main(["export", "onnx", "--format", "anylabeling", "--model", name, "--checkpoint", str(checkpoint),
-                 "--out", str(folder), *ratio]) == 0
-    model = build_sam(name, checkpoint)
-    if name == "bigl_test":
-        model.image_encoder.keep_ratio = 0.25
-    return name, folder, model
+def exported(request, export_folder):
+    return export_folder(request.param)
 
 
 def test_config_yaml_has_every_key_anylabeling_reads(exported):
@@ -52,9 +70,9 @@ def test_config_yaml_has_every_key_anylabeling_reads(exported):
     assert (folder / config["encoder_model_path"]).is_file() and (folder / config["decoder_model_path"]).is_file()
     assert name in config["display_name"] and ("keep ratio 0.25" in config["display_name"]) == (name == "bigl_test")
     assert (config["max_height"], config["max_width"]) == CANVAS_HW
-    manifest = json.loads((folder / "export.json").read_text())
-    assert manifest["format"] == "anylabeling" and manifest["check"]["passed"]
-    assert manifest["keep_ratio"] == ({"fixed": 0.25} if name == "bigl_test" else None)
+    record = json.loads((folder / "export.json").read_text())
+    assert record["format"] == "anylabeling" and record["check"]["passed"]
+    assert record["keep_ratio"] == ({"fixed": 0.25} if name == "bigl_test" else None)
     check_out(folder)  # an export again to this folder may replace it: config.yaml is an export's file
 
 
@@ -100,3 +118,100 @@ def test_anylabeling_keep_ratio_arguments_are_one_line(tmp_path, capsys):
                      "--keep-ratio", ratio]) == 2
         error = capsys.readouterr().err.strip().splitlines()[-1]
         assert error.startswith("bigl-sam export: error: ") and message in error, error
+
+
+def check(folder, capsys, layout="anylabeling"):
+    """`bigl-sam export onnx --format LAYOUT --check --out FOLDER`: its exit code and last line of output."""
+    capsys.readouterr()
+    code = main(["export", "onnx", "--format", layout, "--check", "--out", str(folder)])
+    captured = capsys.readouterr()
+    return code, (captured.err if code else captured.out).strip().splitlines()[-1]
+
+
+def test_check_loads_a_complete_folder(exported, capsys):
+    name, folder, _ = exported
+    code, line = check(folder, capsys)
+    assert code == 0 and line.startswith(f"{folder}: loads as AnyLabeling loads it ({name}"), line
+
+
+def rewrite_config(folder, drop=(), **changes):
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    config.update(changes)
+    (folder / "config.yaml").write_text(yaml.safe_dump({k: v for k, v in config.items() if k not in drop}))
+
+
+def rewrite_record(folder, **changes):
+    record = json.loads((folder / "export.json").read_text())
+    (folder / "export.json").write_text(json.dumps(dict(record, **changes)))
+
+
+def truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def two_input_encoder(path):
+    """An encoder of the default format's interface (image 1 x 3 x S x S, keep_ratio): not what AnyLabeling feeds."""
+    onnx = pytest.importorskip("onnx")
+    image = onnx.helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, [1, 3, 1024, 1024])
+    ratio = onnx.helper.make_tensor_value_info("keep_ratio", onnx.TensorProto.FLOAT, [])
+    out = onnx.helper.make_tensor_value_info("image_embeddings", onnx.TensorProto.FLOAT, [1, 3, 1024, 1024])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["image"], ["image_embeddings"])], "g",
+                                   [image, ratio], [out])
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)]), path)
+
+
+INCOMPLETE = {  # name: (what is done to a copy of a good folder, the error line's expected part)
+    "no config.yaml": (lambda f: (f / "config.yaml").unlink(), r"config\.yaml: not found; AnyLabeling's"),
+    "config not YAML": (lambda f: (f / "config.yaml").write_text("type: [segment_anything\n"), "not readable YAML"),
+    "config a list": (lambda f: (f / "config.yaml").write_text("- type\n"), "not a mapping of AnyLabeling's keys"),
+    "other type": (lambda f: rewrite_config(f, type="yolov5"), "type is 'yolov5'; AnyLabeling runs this folder only"),
+    **{f"no {key}": ((lambda key: lambda f: rewrite_config(f, drop=(key,)))(key),
+                     f"config\\.yaml: lacks {key}, which AnyLabeling requires") for key in CONFIG_KEYS},
+    "no encoder": (lambda f: (f / "encoder.onnx").unlink(),
+                   r"encoder\.onnx: not found \(config\.yaml names it as encoder_model_path\)"),
+    "no decoder": (lambda f: (f / "decoder.onnx").unlink(),
+                   r"decoder\.onnx: not found \(config\.yaml names it as decoder_model_path\)"),
+    "encoder named elsewhere": (lambda f: rewrite_config(f, encoder_model_path="models/encoder.onnx"),
+                                r"models/encoder\.onnx: not found \(config\.yaml names it as encoder_model_path"),
+    "truncated encoder": (lambda f: truncate(f / "encoder.onnx"), r"encoder\.onnx: not a readable ONNX model"),
+    "corrupt decoder": (lambda f: (f / "decoder.onnx").write_bytes(b"not a model"),
+                        r"decoder\.onnx: not a readable ONNX model"),
+    "default-format encoder": (lambda f: two_input_encoder(f / "encoder.onnx"),
+                               r"encoder\.onnx: takes image \[1, 3, 1024, 1024\], keep_ratio \[\]; AnyLabeling feeds one"),
+    "decoder swapped for the encoder": (lambda f: shutil.copy(f / "encoder.onnx", f / "decoder.onnx"),
+                                        r"decoder\.onnx: not a SAM ONNX decoder"),
+    "export.json of another export": (lambda f: rewrite_record(f, export_id="0" * 32),
+                                      r"encoder\.onnx: not the file export\.json describes"),
+}
+
+
+@pytest.mark.parametrize("case", INCOMPLETE)
+def test_an_incomplete_folder_is_one_line_exit_2(case, export_folder, tmp_path, capsys):
+    spoil, message = INCOMPLETE[case]
+    folder = tmp_path / "export"
+    shutil.copytree(export_folder("vit_test")[1], folder)
+    spoil(folder)
+    code, line = check(folder, capsys)
+    assert code == 2 and line.startswith("bigl-sam export: error: "), line
+    assert re.search(message, line), line
+
+
+def test_check_takes_the_folder_alone(tmp_path, capsys):
+    for extra, message in [(["--check", "--model", "vit_test", "--keep-ratio", "0.5"],
+                            "--check reads the export at --out and exports nothing: leave out --model, --keep-ratio"),
+                           ([], "--model is required (or --check, to check an earlier export)"),
+                           (["--check"], "export folder not found")]:
+        capsys.readouterr()
+        assert main(["export", "onnx", "--format", "anylabeling", "--out", str(tmp_path / "none"), *extra]) == 2
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert error.startswith("bigl-sam export: error: ") and message in error, error
+
+
+def test_onnx_predictor_refuses_an_anylabeling_folder(export_folder, capsys):
+    folder = export_folder("vit_test")[1]
+    with pytest.raises(BiglSamError, match="an export for AnyLabeling .*: `bigl-sam export onnx` without --format"):
+        OnnxPredictor.from_folder(folder)
+    with pytest.raises(BiglSamError, match=r"encoder\.onnx: not a bigl-sam encoder export"):
+        OnnxPredictor(folder / "encoder.onnx", folder / "decoder.onnx")
+    code, line = check(folder, capsys, layout="bigl-sam")
+    assert code == 2 and "an export for AnyLabeling" in line, line

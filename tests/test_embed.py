@@ -2,6 +2,10 @@
 a kill, torchrun shards, and bad embeddings refused in one line."""
 
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +18,7 @@ from bigl_sam import SamPredictor, build_model, build_sam, load_image, set_embed
 from bigl_sam.cli import main
 from bigl_sam.embeddings import EmbeddingError, embedding_path, record_path, save_embedding
 from bigl_sam.modeling import get_config
+from bigl_sam.weights import folder_line, weights_dir
 
 from conftest import run_torchrun
 
@@ -45,11 +50,17 @@ def records(out: Path) -> dict:
     return {p.name[: -len(".json")]: json.loads(p.read_text()) for p in out.glob("*.png.json")}
 
 
-def test_predictor_set_from_an_embedding_predicts_as_after_set_image(tmp_path, student_checkpoint, one_thread):
+def folder_lines(capsys) -> list:
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("weights folder:")]
+
+
+def test_predictor_set_from_an_embedding_predicts_as_after_set_image(tmp_path, student_checkpoint, one_thread,
+                                                                     capsys):
     checkpoint = student_checkpoint("bigl_test")
     image_path = photo(tmp_path / "images" / "photo.png", seed=0)
     assert embed(tmp_path / "images", tmp_path / "out", "--model", "bigl_test", "--checkpoint", checkpoint,
                  "--keep-ratio", 0.25) == 0
+    assert folder_lines(capsys) == []  # --checkpoint: no weights folder searched
     record = records(tmp_path / "out")["photo.png"]
     assert record["original_size"] == [375, 500] and record["input_size"] == [768, 1024]
     assert record["keep_ratio"] == 0.25 and record["model"] == "bigl_test"
@@ -73,47 +84,103 @@ def test_predictor_set_from_an_embedding_predicts_as_after_set_image(tmp_path, s
         set_embedding(SamPredictor(model), embedding_path(tmp_path / "out", "photo.png"))
 
 
-def test_resume_after_a_kill_does_no_image_twice(tmp_path, monkeypatch, one_thread):
-    photos(tmp_path / "images", 3)
-    out = tmp_path / "out"
+def killed_after_one_image(monkeypatch):
+    """Makes the next embed run stop (KeyboardInterrupt, as a kill) once its second image's .npy is on disk
+    and before its record is: the first image is done, the second is not. Returns a function undoing it."""
     real_write_text = bigl_sam.embeddings.atomic_write_text
     written = []
 
     def killed_at_the_second_record(path, text):
         written.append(Path(path).name)
-        if len(written) == 2:  # img1.png.npy is on disk, its record is not: img1 is not done
+        if len(written) == 2:
             raise KeyboardInterrupt
         return real_write_text(path, text)
 
     monkeypatch.setattr(bigl_sam.embeddings, "atomic_write_text", killed_at_the_second_record)
+    return lambda: monkeypatch.setattr(bigl_sam.embeddings, "atomic_write_text", real_write_text)
+
+
+def test_resume_after_a_kill_does_no_image_twice(tmp_path, monkeypatch, one_thread, capsys):
+    photos(tmp_path / "images", 3)
+    out = tmp_path / "out"
+    undo = killed_after_one_image(monkeypatch)
     assert embed(tmp_path / "images", out, "--model", "vit_test") == 130
     assert sorted(records(out)) == ["img0.png"] and embedding_path(out, "img1.png").is_file()
     first_record = record_path(out, "img0.png").stat().st_mtime_ns
 
     saved = []
     real_save = bigl_sam.embed.save_embedding
-    monkeypatch.setattr(bigl_sam.embeddings, "atomic_write_text", real_write_text)
+    undo()
     monkeypatch.setattr(bigl_sam.embed, "save_embedding", lambda out_dir, name, *rest: saved.append(name) or
                         real_save(out_dir, name, *rest))
     assert embed(tmp_path / "images", out, "--model", "vit_test") == 0
     assert saved == ["img1.png", "img2.png"]
     assert sorted(records(out)) == ["img0.png", "img1.png", "img2.png"]
     assert record_path(out, "img0.png").stat().st_mtime_ns == first_record
+    capsys.readouterr()
     assert embed(tmp_path / "images", out, "--model", "vit_test") == 0 and saved == ["img1.png", "img2.png"]
+    assert folder_lines(capsys) == [folder_line(weights_dir())]  # the folder the rule searched, once
 
 
-def test_torchrun_two_processes_embed_each_image_once(tmp_path):
-    images = photos(tmp_path / "images", 2)
+def test_torchrun_finishes_a_half_done_folder_with_each_image_once(tmp_path, monkeypatch, one_thread):
+    images = photos(tmp_path / "images", 3)
     (tmp_path / "images" / "broken.png").write_bytes(b"not an image")
     out = tmp_path / "out"
+    killed_after_one_image(monkeypatch)  # one process, then killed: img0 done, img1's .npy without its record
+    assert embed(tmp_path / "images", out, "--model", "vit_test") == 130
+    assert sorted(records(out)) == ["img0.png"]
+    first_record = record_path(out, "img0.png").stat().st_mtime_ns
+
     done = run_torchrun(["embed", "--images", tmp_path / "images", "--out", out, "--model", "vit_test"])
     assert done.returncode == 0, done.stderr[-2000:]
     found = records(out)
     assert sorted(found) == [p.name for p in images]
-    # sorted: broken.png, img0, img1; rank r takes every second one from r
-    assert [found[p.name]["written_by"] for p in images] == [{"rank": 1, "world_size": 2}, {"rank": 0, "world_size": 2}]
+    # sorted: broken.png, img0, img1, img2; rank r takes every second one from r, and rank 1 finds img0 done
+    assert [found[p.name]["written_by"] for p in images] == [
+        {"rank": 0, "world_size": 1}, {"rank": 0, "world_size": 2}, {"rank": 1, "world_size": 2}]
+    assert record_path(out, "img0.png").stat().st_mtime_ns == first_record
+    assert "embed [rank 1]: 1 of 2 images already in" in done.stderr
+    assert "embed [rank 0]: " not in done.stderr  # rank 0 had nothing done: no such line
     skipped = json.loads((out / "skipped.json").read_text())["skipped"]
     assert [entry["file"] for entry in skipped] == ["broken.png"]
+
+
+def run_ranks(cli_args, processes: int = 2, timeout_s: int = 240) -> list:
+    """`bigl-sam ARGS` as `processes` ranks of one process group, each run to its own end (torchrun's agent
+    stops the others once one fails, which would hide what they do): [(process, stdout, stderr)]. A rank
+    that waits for another one that has given up runs into the timeout."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "bigl_sam.cli", *map(str, cli_args)]
+    ranks = []
+    for rank in range(processes):
+        env = dict(os.environ, OMP_NUM_THREADS="1", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(processes),
+                   LOCAL_WORLD_SIZE=str(processes), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        ranks.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        return [(rank, *rank.communicate(timeout=timeout_s)) for rank in ranks]
+    finally:
+        for rank in ranks:
+            rank.kill()
+
+
+def test_every_rank_refuses_a_folder_of_another_run_in_one_line(tmp_path, official_checkpoint):
+    """The folder's one record of another run (other weights) is of an image in rank 0's share: rank 1
+    refuses too, rather than embed its share and then wait for rank 0 forever."""
+    photos(tmp_path / "images", 2)
+    out = tmp_path / "out"
+    assert embed(tmp_path / "images", tmp_path / "first", "--model", "vit_test") == 0
+    out.mkdir()
+    for suffix in (".npy", ".json"):  # img0 only: rank 0's image
+        (out / f"img0.png{suffix}").write_bytes((tmp_path / "first" / f"img0.png{suffix}").read_bytes())
+    finished = run_ranks(["embed", "--images", tmp_path / "images", "--out", out, "--model", "vit_test",
+                          "--checkpoint", official_checkpoint("vit_test")])
+    for process, _, stderr in finished:
+        errors = [line for line in stderr.splitlines() if line.startswith("bigl-sam embed: error: ")]
+        assert process.returncode == 2 and len(errors) == 1, stderr[-2000:]
+        assert "holds embeddings of another run (img0.png: weights_files" in errors[0], errors[0]
+    assert sorted(records(out)) == ["img0.png"]  # nothing written by either rank
 
 
 @pytest.fixture(scope="module")

@@ -70,18 +70,18 @@ def bigl_export(tmp_path_factory, student_checkpoint):
 
 def test_export_writes_both_files_and_a_passed_check(vit_export):
     folder, checkpoint = vit_export
-    manifest = json.loads((folder / "export.json").read_text())
-    assert manifest["model"] == "vit_test" and manifest["keep_ratio"] is None and manifest["opset"] == OPSETS[-1]
+    record = json.loads((folder / "export.json").read_text())
+    assert record["model"] == "vit_test" and record["keep_ratio"] is None and record["opset"] == OPSETS[-1]
     assert [o.version for o in onnx.load(str(folder / "encoder.onnx")).opset_import if o.domain == ""] == [OPSETS[-1]]
-    assert sorted(manifest["files"]) == ["decoder.onnx", "encoder.onnx"]
-    assert manifest["files"]["encoder.onnx"] == {"bytes": (folder / "encoder.onnx").stat().st_size,
+    assert sorted(record["files"]) == ["decoder.onnx", "encoder.onnx"]
+    assert record["files"]["encoder.onnx"] == {"bytes": (folder / "encoder.onnx").stat().st_size,
                                                  "sha256": sha256_of(folder / "encoder.onnx", progress=False)}
-    assert manifest["checkpoint"] == {"path": str(checkpoint), "sha256": sha256_of(checkpoint, progress=False)}
-    assert manifest["check"]["passed"] and not manifest["check"]["failures"]
-    diffs = manifest["check"]["max_abs_diff"]
+    assert record["checkpoint"] == {"path": str(checkpoint), "sha256": sha256_of(checkpoint, progress=False)}
+    assert record["check"]["passed"] and not record["check"]["failures"]
+    diffs = record["check"]["max_abs_diff"]
     assert set(diffs) == {"encoder", "decoder:points", "decoder:box", "decoder:points+box", "decoder:mask_input"}
     assert max(diffs.values()) < 1e-3
-    assert {"torch", "onnx", "onnxruntime"} <= set(manifest["versions"])
+    assert {"torch", "onnx", "onnxruntime"} <= set(record["versions"])
 
 
 def test_weights_beside_the_graph_are_moved_into_place_and_pass_the_check(monkeypatch, tmp_path, official_checkpoint):
@@ -329,9 +329,9 @@ def test_real_size_student_exports_and_passes_the_check(tmp_path):
 
     from conftest import randomize_
 
-    manifest = export_onnx(randomize_(build_model(get_config("bigl_b_t")), 0), tmp_path, check_ratios=[0.25])
-    assert manifest["check"]["passed"], manifest["check"]
-    assert manifest["check"]["max_abs_diff"]["encoder@0.25"] < 1e-3
+    record = export_onnx(randomize_(build_model(get_config("bigl_b_t")), 0), tmp_path, check_ratios=[0.25])
+    assert record["check"]["passed"], record["check"]
+    assert record["check"]["max_abs_diff"]["encoder@0.25"] < 1e-3
 
 
 def test_bench_times_onnxruntime_and_int8_in_the_same_rounds(tmp_path, capsys):
@@ -492,7 +492,7 @@ def test_from_folder_refuses_files_that_export_json_does_not_describe(tmp_path, 
     cases = {
         "sam_encoder": (dict(**{"encoder.onnx": sam_folder}), r"encoder\.onnx: \d+ bytes, export\.json records"),
         "sam_decoder": (dict(**{"decoder.onnx": sam_folder}), r"decoder\.onnx: \d+ bytes, export\.json records"),
-        "sam_manifest": (dict(**{"export.json": sam_folder}), r"\.onnx: \d+ bytes, export\.json records"),
+        "sam_record": (dict(**{"export.json": sam_folder}), r"\.onnx: \d+ bytes, export\.json records"),
     }
     for name, (files, message) in cases.items():
         with pytest.raises(BiglSamError, match=message) as err:
@@ -500,24 +500,24 @@ def test_from_folder_refuses_files_that_export_json_does_not_describe(tmp_path, 
         assert "\n" not in str(err.value)
     # A decoder of the same size (one model exported twice has them): the export ids tell them apart.
     same_size = mixed("same_size", **{"decoder.onnx": sam_folder})
-    manifest = json.loads((same_size / "export.json").read_text())
-    manifest["files"]["decoder.onnx"]["bytes"] = (same_size / "decoder.onnx").stat().st_size
-    (same_size / "export.json").write_text(json.dumps(manifest))
+    record = json.loads((same_size / "export.json").read_text())
+    record["files"]["decoder.onnx"]["bytes"] = (same_size / "decoder.onnx").stat().st_size
+    (same_size / "export.json").write_text(json.dumps(record))
     with pytest.raises(BiglSamError, match="come from two different exports"):
         OnnxPredictor.from_folder(same_size)
     with pytest.raises(BiglSamError, match="come from two different exports"):
         OnnxPredictor(student_folder / "encoder.onnx", sam_folder / "decoder.onnx")
     stale = mixed("stale")
-    manifest = json.loads((stale / "export.json").read_text())
-    (stale / "export.json").write_text(json.dumps(dict(manifest, keep_ratio=None)))
+    record = json.loads((stale / "export.json").read_text())
+    (stale / "export.json").write_text(json.dumps(dict(record, keep_ratio=None)))
     with pytest.raises(BiglSamError, match="describes an encoder without a keep-ratio input, unlike"):
         OnnxPredictor.from_folder(stale)
-    manifest["export_id"] = "0" * 32
-    (stale / "export.json").write_text(json.dumps(manifest))
+    record["export_id"] = "0" * 32
+    (stale / "export.json").write_text(json.dumps(record))
     with pytest.raises(BiglSamError, match=r"encoder\.onnx: not the file export\.json describes"):
         OnnxPredictor.from_folder(stale)
-    del manifest["files"]
-    (stale / "export.json").write_text(json.dumps(manifest))
+    del record["files"]
+    (stale / "export.json").write_text(json.dumps(record))
     with pytest.raises(BiglSamError, match="does not list encoder.onnx and decoder.onnx with their sizes"):
         OnnxPredictor.from_folder(stale)
     (stale / "export.json").unlink()

@@ -6,9 +6,11 @@ import json
 import re
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
+import bigl_sam.weights
 from bigl_sam.cli import main
 from bigl_sam.weights import read_manifest, weights_dir
 
@@ -142,6 +144,7 @@ def test_list_says_present_only_for_the_right_size(tmp_path, capsys):
 
 
 def test_default_weights_folder_is_the_variable_else_the_user_cache(monkeypatch, tmp_path):
+    monkeypatch.setattr(bigl_sam.weights, "PACKAGE_DIR", fake_package(tmp_path / "site-packages"))  # not a checkout
     monkeypatch.setenv("BIGL_SAM_WEIGHTS", str(tmp_path / "mine"))
     assert weights_dir() == tmp_path / "mine"
     monkeypatch.delenv("BIGL_SAM_WEIGHTS")
@@ -150,3 +153,40 @@ def test_default_weights_folder_is_the_variable_else_the_user_cache(monkeypatch,
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert weights_dir() == tmp_path / "home" / ".cache" / "bigl-sam" / "weights"
+
+
+def fake_package(root, pyproject=None, weights=True):
+    """A package folder `root/bigl_sam` as weights.py would sit in it: `root` with a pyproject.toml of
+    `pyproject` (None: none) and a weights/ folder (or not)."""
+    (root / "bigl_sam").mkdir(parents=True)
+    if pyproject is not None:
+        (root / "pyproject.toml").write_text(pyproject)
+    if weights:
+        (root / "weights").mkdir()
+    return root / "bigl_sam"
+
+
+OURS = '[project]\nname = "bigl-sam"\nversion = "0.1.0"\n'
+
+
+@pytest.mark.parametrize("layout, pyproject, weights, expected", [
+    ("checkout", OURS, True, "checkout"),
+    ("checkout without weights/", OURS, False, "cache"),
+    ("another project's checkout", '[project]\nname = "bigl-sam-plugin"\n', True, "cache"),
+    ("wheel in site-packages", None, True, "cache"),  # site-packages/weights/ of another package
+])
+def test_weights_folder_is_the_checkouts_only_from_a_checkout(monkeypatch, tmp_path, layout, pyproject, weights,
+                                                              expected):
+    monkeypatch.setattr(bigl_sam.weights, "PACKAGE_DIR", fake_package(tmp_path / "root", pyproject, weights))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("BIGL_SAM_WEIGHTS")
+    folders = {"checkout": tmp_path / "root" / "weights", "cache": tmp_path / "cache" / "bigl-sam" / "weights"}
+    assert weights_dir() == folders[expected], layout
+    monkeypatch.setenv("BIGL_SAM_WEIGHTS", str(tmp_path / "mine"))  # the variable first, checkout or not
+    assert weights_dir() == tmp_path / "mine"
+
+
+def test_this_checkout_has_its_weights_folder():
+    """The tests run from the source checkout: its weights/ (README only in git) is the checkout's folder."""
+    assert bigl_sam.weights.checkout_weights_dir() == Path(__file__).resolve().parents[1] / "weights"
+    assert (Path(__file__).resolve().parents[1] / "weights" / "README.md").is_file()

@@ -18,6 +18,7 @@ from typing import Any, Dict, List
 from .. import distributed
 from ..errors import BiglSamError
 from ..options import WEIGHTS_RULE_HELP, add_device_options, add_weights_options, model_spec
+from ..pretrained import folder_lines
 from . import coco_jobs, interactive
 from .report import write_json
 from .runner import Evaluation, ModelSpec, evaluate_models
@@ -95,7 +96,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _say_which_weights(specs) -> None:
-    """One line per model: the weights the rule took (`pretrained.choose_weights`), and from which files."""
+    """The weights folder the rule searched, if it did, then one line per model: the weights the rule took
+    (`pretrained.choose_weights`), and from which files."""
+    for line in folder_lines([spec.weights for spec in specs]):
+        print(line, file=sys.stderr)
     for spec in specs:
         caveat = ": the numbers measure the pipeline and its speed, not mask quality" if spec.random_weights else ""
         print(spec.weights.describe() + caveat, file=sys.stderr)

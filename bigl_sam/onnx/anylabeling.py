@@ -9,13 +9,16 @@ encoder one input: the photo resized (AnyLabeling: into a 684 x 1024 canvas; sam
   (in the metadata as for the bigl-sam format; a one-input caller has no way to feed a dial);
 - decoder.onnx: the same SAM ONNX decoder as the bigl-sam format;
 - config.yaml: what AnyLabeling reads (`type: segment_anything`, names, the two paths, sizes);
-- export.json: as for the bigl-sam format, with the format and the fixed keep ratio.
+- export.json: the export record, as for the bigl-sam format, with the format and the fixed keep ratio.
+
+`open_anylabeling` reads such a folder as AnyLabeling does (config.yaml, then the two files it names) and
+refuses an incomplete one in one line; `bigl-sam export onnx --format anylabeling --check --out DIR` runs it.
 """
 
 import json
 import uuid
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -39,17 +42,23 @@ from .export import (
     check_out,
     check_report,
     export_decoder,
-    export_record,
-    write_manifest,
+    record_entries,
+    write_record,
 )
 from .interface import ANYLABELING_CONFIG_FILE as CONFIG_FILE
-from .interface import DECODER_FILE, DEFAULT_KEEP_RATIO_KEY, DEFAULT_OPSET, EMBEDDING_OUTPUT, ENCODER_FILE
-from .predictor import open_session
+from .interface import ANYLABELING_FORMAT
+from .interface import DECODER_FILE, DEFAULT_KEEP_RATIO_KEY, DEFAULT_OPSET, EMBEDDING_OUTPUT
+from .interface import ENCODER_FILE, RECORD_FILE
+from .predictor import check_decoder_session, open_session
+from .record import check_export_ids, read_export_record
 
 RGB_INPUT = "image"  # H x W x 3 float32, RGB 0-255, the photo resized to fit S x S
 CANVAS_HW = (684, 1024)  # AnyLabeling's input_size: every photo is resized into it (pixels)
+# The keys AnyLabeling's `segment_anything` model reads from config.yaml; a config without one fails to load.
 CONFIG_KEYS = ("type", "name", "display_name", "encoder_model_path", "decoder_model_path", "input_size",
                "max_width", "max_height")
+MODEL_TYPE = "segment_anything"
+REEXPORT_ANYLABELING = "export it again (`bigl-sam export onnx --format anylabeling`)"
 
 
 class RgbImageEncoder(torch.nn.Module):
@@ -83,7 +92,7 @@ def export_anylabeling(
     waiting=None,
 ) -> dict:
     """Writes encoder.onnx, decoder.onnx, config.yaml and export.json into `out` as `export_onnx` does (built and
-    checked beside `out`, then swapped in whole); returns export.json's content.
+    checked beside `out`, then swapped in whole); returns the export record.
 
     Args:
         keep_ratio: a student's keep ratio, fixed in the graph (default: the model's); must be None for SAM's
@@ -109,19 +118,20 @@ def export_anylabeling(
         export_rgb_encoder(model, keep_ratio, folder / ENCODER_FILE, opset, export_id)
         say(f"exporting SAM's prompt encoder and mask decoder to {out / DECODER_FILE}")
         export_decoder(model, folder / DECODER_FILE, opset, export_id)
-        say("checking both files in onnxruntime against PyTorch")
-        check = check_anylabeling(model, keep_ratio, folder)
         atomic_write_text(folder / CONFIG_FILE, config_yaml(model.config.name, keep_ratio))
-        manifest = {
+        say("checking both files in onnxruntime against PyTorch")
+        _, encoder, decoder = open_anylabeling(folder)
+        check = check_anylabeling(model, keep_ratio, encoder, decoder)
+        record = {
             "model": model.config.name,
-            "format": "anylabeling",
+            "format": ANYLABELING_FORMAT,
             "checkpoint": checkpoint,
             "keep_ratio": {"fixed": keep_ratio} if is_student else None,
             "encoder_input": f"{RGB_INPUT}: H x W x 3 float32 RGB 0-255, H and W up to {model.image_encoder.img_size}",
-            **export_record(folder, export_id, opset, check),
+            **record_entries(folder, export_id, opset, check),
         }
-        write_manifest(out, folder, manifest)
-    return manifest
+        write_record(out, folder, record)
+    return record
 
 
 def export_rgb_encoder(
@@ -141,11 +151,9 @@ def export_rgb_encoder(
     _save(program, path)
 
 
-def check_anylabeling(model: Sam, keep_ratio: Optional[float], folder: Path) -> dict:
-    """The encoder on the check image resized as samexporter feeds it (long side to S) and as AnyLabeling
-    feeds it (into its 684 x 1024 canvas), against PyTorch on the same pixels; then the decoder."""
-    encoder = open_session(folder / ENCODER_FILE)
-    decoder = open_session(folder / DECODER_FILE)
+def check_anylabeling(model: Sam, keep_ratio: Optional[float], encoder, decoder) -> dict:
+    """The encoder (a session) on the check image resized as samexporter feeds it (long side to S) and as
+    AnyLabeling feeds it (into its 684 x 1024 canvas), against PyTorch on the same pixels; then the decoder."""
     side = model.image_encoder.img_size
     image = check_image()
     h, w = resized_shape(*image.shape[:2], side)
@@ -186,3 +194,51 @@ def config_yaml(model_name: str, keep_ratio: Optional[float]) -> str:
     }
     return "".join(f"{key}: {json.dumps(value)}\n" for key, value in values.items())  # JSON scalars are YAML
 
+
+def open_anylabeling(folder: Path) -> Tuple[dict, object, object]:
+    """config.yaml of `folder` and onnxruntime sessions of the encoder and decoder it names, read as AnyLabeling
+    reads them (the paths relative to the config's folder); with the export record when export.json is there
+    (files of another export, or truncated, are refused as `OnnxPredictor.from_folder` refuses them).
+
+    Raises:
+        BiglSamError: one line naming the problem: no folder or no config.yaml, a config.yaml that is not a
+            YAML mapping, lacks a key of `CONFIG_KEYS` or is not of type segment_anything, an encoder or
+            decoder file it names that is missing, unreadable, or not of the interface AnyLabeling runs.
+    """
+    import yaml  # the onnx extra's (gradio's too); only this reader needs it
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BiglSamError(f"{folder}: AnyLabeling export folder not found")
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        raise BiglSamError(f"{path}: not found; AnyLabeling's \"Load custom model\" reads it; {REEXPORT_ANYLABELING}")
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        reason = " ".join(str(err).split())
+        raise BiglSamError(f"{path}: not readable YAML ({reason})") from None
+    if not isinstance(config, dict):
+        raise BiglSamError(f"{path}: not a mapping of AnyLabeling's keys ({', '.join(CONFIG_KEYS)})")
+    missing = [key for key in CONFIG_KEYS if key not in config]
+    if missing:
+        raise BiglSamError(f"{path}: lacks {', '.join(missing)}, which AnyLabeling requires; {REEXPORT_ANYLABELING}")
+    if config["type"] != MODEL_TYPE:
+        raise BiglSamError(f"{path}: type is {config['type']!r}; AnyLabeling runs this folder only as {MODEL_TYPE}")
+    files = {}
+    for key in ("encoder_model_path", "decoder_model_path"):
+        file = folder / str(config[key])
+        if not file.is_file():
+            raise BiglSamError(f"{file}: not found ({CONFIG_FILE} names it as {key}); {REEXPORT_ANYLABELING}")
+        files[key] = file
+    encoder, decoder = open_session(files["encoder_model_path"]), open_session(files["decoder_model_path"])
+    inputs = encoder.get_inputs()
+    if len(inputs) != 1 or len(inputs[0].shape) != 3:
+        found = ", ".join(f"{i.name} {i.shape}" for i in inputs)
+        raise BiglSamError(f"{files['encoder_model_path']}: takes {found}; AnyLabeling feeds one H x W x 3 RGB "
+                           f"image ({REEXPORT_ANYLABELING})")
+    check_decoder_session(decoder, files["decoder_model_path"])
+    if (folder / RECORD_FILE).is_file():
+        record = read_export_record(folder)
+        check_export_ids(encoder, decoder, files["encoder_model_path"], files["decoder_model_path"], record["export_id"])
+    return config, encoder, decoder

@@ -1,4 +1,5 @@
-"""`bigl-sam export onnx`: encoder.onnx, decoder.onnx and export.json for onnxruntime deployments."""
+"""`bigl-sam export onnx`: encoder.onnx, decoder.onnx and export.json for onnxruntime deployments; with
+`--check`, the checks a loader of the folder at --out makes, exporting nothing."""
 
 import argparse
 import importlib.util
@@ -7,20 +8,20 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..errors import BiglSamError, check_keep_ratio
-from .interface import DEFAULT_OPSET, OPSETS
+from .interface import ANYLABELING_FORMAT, DEFAULT_OPSET, OPSETS
 
-ONNX_EXTRA = ("onnx", "onnxruntime", "onnxscript")  # what the [onnx] extra installs
+ONNX_EXTRA = ("onnx", "onnxruntime", "onnxscript", "yaml")  # the modules the [onnx] extra installs
 ONNX_INSTALL = 'pip install -e ".[onnx]"'
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("format", choices=["onnx"], help="the export format")
-    parser.add_argument("--model", required=True, help="model name, e.g. bigl_b_t or vit_b")
+    parser.add_argument("--model", default=None, help="model name, e.g. bigl_b_t or vit_b (required unless --check)")
     parser.add_argument(
         "--checkpoint", type=Path, default=None, help="weights for --model (default: untrained random weights)"
     )
     parser.add_argument("--out", type=Path, required=True, help="folder for encoder.onnx, decoder.onnx, export.json")
-    parser.add_argument("--format", dest="layout", choices=["bigl-sam", "anylabeling"], default="bigl-sam",
+    parser.add_argument("--format", dest="layout", choices=["bigl-sam", ANYLABELING_FORMAT], default="bigl-sam",
                         help="anylabeling: an encoder taking the resized RGB image (preprocessing inside, the keep "
                              "ratio fixed) and a config.yaml, for AnyLabeling's \"Load custom model\" (docs/labeling.md)")
     parser.add_argument(
@@ -33,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "the keep ratio stays an input of encoder.onnx. With --format anylabeling: the one keep ratio fixed in "
         "the encoder (default: the model's)",
     )
+    parser.add_argument("--check", action="store_true",
+                        help="export nothing: load the export at --out as its user does (OnnxPredictor.from_folder; "
+                             "with --format anylabeling: config.yaml and the two files it names) and say what is wrong")
 
 
 def require_onnx_extra(what: str) -> None:
@@ -44,6 +48,10 @@ def require_onnx_extra(what: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     require_onnx_extra("bigl-sam export onnx")
+    if args.check:
+        return check(args)
+    if args.model is None:
+        raise BiglSamError("--model is required (or --check, to check an earlier export)")
     from ..build import build_sam
     from .export import check_opset, check_out, export_onnx
     from ..weights import sha256_of
@@ -70,26 +78,46 @@ def run(args: argparse.Namespace) -> int:
         def waiting() -> None:
             tqdm.write(f"waiting for another export to {args.out} to finish")
 
-        if args.layout == "anylabeling":
+        if args.layout == ANYLABELING_FORMAT:
             from .anylabeling import export_anylabeling
 
             if ratios is not None and len(ratios) != 1:
                 raise BiglSamError(f"--keep-ratio with --format anylabeling is the one ratio fixed in the encoder, "
                                    f"got {args.keep_ratio!r}")
             ratio = None if ratios is None else ratios[0]
-            manifest = export_anylabeling(
+            record = export_anylabeling(
                 model, args.out, ratio, opset=opset, checkpoint=checkpoint, progress=step, waiting=waiting
             )
         else:
-            manifest = export_onnx(
+            record = export_onnx(
                 model, args.out, opset=opset, check_ratios=ratios, checkpoint=checkpoint, progress=step, waiting=waiting
             )
         bar.update(1)
     if checkpoint is None:
         print(f"note: {args.model} was exported with untrained random weights (no --checkpoint)")
-    diffs = ", ".join(f"{k} {v:.2g}" for k, v in manifest["check"]["max_abs_diff"].items())
-    config = ", config.yaml" if args.layout == "anylabeling" else ""
+    diffs = ", ".join(f"{k} {v:.2g}" for k, v in record["check"]["max_abs_diff"].items())
+    config = ", config.yaml" if args.layout == ANYLABELING_FORMAT else ""
     print(f"wrote {args.out}: encoder.onnx, decoder.onnx{config}, export.json; max abs difference to PyTorch: {diffs}")
+    return 0
+
+
+def check(args: argparse.Namespace) -> int:
+    """`--check`: the folder at --out loaded as its user loads it; one error line for what is wrong."""
+    given = [flag for flag, value in (("--model", args.model), ("--checkpoint", args.checkpoint),
+                                      ("--keep-ratio", args.keep_ratio), ("--opset", args.opset)) if value is not None]
+    if given:
+        raise BiglSamError(f"--check reads the export at --out and exports nothing: leave out {', '.join(given)}")
+    if args.layout == ANYLABELING_FORMAT:
+        from .anylabeling import open_anylabeling
+
+        config = open_anylabeling(args.out)[0]
+        print(f"{args.out}: loads as AnyLabeling loads it ({config['display_name']}: {config['encoder_model_path']}, "
+              f"{config['decoder_model_path']})")
+    else:
+        from .predictor import OnnxPredictor
+
+        OnnxPredictor.from_folder(args.out)
+        print(f"{args.out}: loads in OnnxPredictor (encoder.onnx, decoder.onnx, export.json agree)")
     return 0
 
 

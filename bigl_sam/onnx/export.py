@@ -10,7 +10,7 @@
   image: same embeddings, a little more work on padded images.
 - decoder.onnx: segment_anything's own `SamOnnxModel` (prompt encoder, mask decoder, upscaling), all four
   masks returned, the number of points dynamic: SAM's ONNX decoder interface, unchanged.
-- export.json: what was exported from which checkpoint, with which versions, and the check's results.
+- export.json, the export record: what was exported from which checkpoint, with which versions, and the check's results.
 
 The check runs both files in onnxruntime on a generated image and a few prompts and compares them with
 PyTorch; beyond the tolerances below the export fails (the previous export stays; the new files are kept
@@ -49,14 +49,14 @@ from .interface import (
     EXPORT_ID_KEY,
     IMAGE_INPUT,
     KEEP_RATIO_INPUT,
-    MANIFEST_FILE,
     OPSETS,
+    RECORD_FILE,
 )
-from .manifest import file_records
+from .record import file_records
 from .predictor import open_session
 
 # What an export folder may hold (a model over 2 GB keeps its weights in NAME.onnx.data).
-EXPORT_FILES = {ENCODER_FILE, DECODER_FILE, MANIFEST_FILE, ANYLABELING_CONFIG_FILE, f"{ENCODER_FILE}.data",
+EXPORT_FILES = {ENCODER_FILE, DECODER_FILE, RECORD_FILE, ANYLABELING_CONFIG_FILE, f"{ENCODER_FILE}.data",
                 f"{DECODER_FILE}.data"}
 MAX_POINTS = 64  # upper bound of the decoder's dynamic number of points (SAM's interface has no other)
 # Max abs difference onnxruntime vs PyTorch allowed at export (float32 both; measured differences are
@@ -88,7 +88,7 @@ def export_onnx(
     progress=None,
     waiting=None,
 ) -> dict:
-    """Writes encoder.onnx, decoder.onnx and export.json into `out`; returns export.json's content.
+    """Writes encoder.onnx, decoder.onnx and the export record (export.json) into `out`; returns the record.
 
     The three files are written and checked in a new folder beside `out`, which then replaces `out` as a
     whole (`fileio.atomic_folder`): a kill at any moment leaves the previous export or the new one, and a
@@ -119,7 +119,7 @@ def export_onnx(
         export_decoder(model, folder / DECODER_FILE, opset, export_id)
         say("checking both files in onnxruntime against PyTorch")
         check = check_export(model, folder, ratios)
-        manifest = {
+        record = {
             "model": model.config.name,
             "checkpoint": checkpoint,
             "keep_ratio": (
@@ -127,23 +127,23 @@ def export_onnx(
                 if is_student
                 else None
             ),
-            **export_record(folder, export_id, opset, check),
+            **record_entries(folder, export_id, opset, check),
         }
-        write_manifest(out, folder, manifest)
-    return manifest
+        write_record(out, folder, record)
+    return record
 
 
-def export_record(folder: Path, export_id: str, opset: int, check: dict) -> dict:
-    """The entries of export.json every format has: the export's id, its files, opset, versions and check."""
+def record_entries(folder: Path, export_id: str, opset: int, check: dict) -> dict:
+    """The entries of the export record every format has: the export's id, its files, opset, versions and check."""
     return {"export_id": export_id, "files": file_records(folder), "opset": opset, "versions": _versions(),
             "check": check}
 
 
-def write_manifest(out: Path, folder: Path, manifest: dict) -> None:
-    """Writes export.json (`manifest`, with its "check") into `folder`, the new export of `out` being built;
+def write_record(out: Path, folder: Path, record: dict) -> None:
+    """Writes the export record `record` (export.json, with its "check") into `folder`, the new export of `out` being built;
     if the check failed, moves `folder` to `OUT.failed` and raises (`out` is then unchanged)."""
-    atomic_write_text(folder / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
-    check = manifest["check"]
+    atomic_write_text(folder / RECORD_FILE, json.dumps(record, indent=2) + "\n")
+    check = record["check"]
     if not check["passed"]:
         real = Path(os.path.realpath(out))
         failed = real.with_name(f"{real.name}.failed")
@@ -328,7 +328,7 @@ def check_decoder(model: Sam, decoder, features: torch.Tensor, diffs: Dict[str, 
 
 
 def check_report(diffs: Dict[str, float], failures: List[str]) -> dict:
-    """export.json's "check" entry."""
+    """The export record's "check" entry."""
     return {
         "max_abs_diff": {k: float(f"{v:.3g}") for k, v in diffs.items()},
         "tolerance": {"embeddings": EMBEDDING_TOLERANCE, "decoder": DECODER_TOLERANCE},

@@ -4,7 +4,8 @@ for SAM's ONNX decoder take ours unchanged."""
 
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
-MANIFEST_FILE = "export.json"
+RECORD_FILE = "export.json"  # the export record: what was exported, its files, the check
+ANYLABELING_FORMAT = "anylabeling"  # the export record's "format" of `--format anylabeling` exports
 ANYLABELING_CONFIG_FILE = "config.yaml"  # `--format anylabeling` only: what AnyLabeling's "Load custom model" reads
 
 DEFAULT_OPSET = 18

@@ -14,17 +14,17 @@ import numpy as np
 from ..errors import BiglSamError, PromptError, check_keep_ratio
 from ..images import PIXEL_MEAN, PIXEL_STD, check_size, resized_shape, sam_input_array
 from .interface import (
+    ANYLABELING_FORMAT,
     DECODER_FILE,
     DECODER_INPUTS,
     DEFAULT_KEEP_RATIO_KEY,
     EMBEDDING_OUTPUT,
     ENCODER_FILE,
-    EXPORT_ID_KEY,
     IMAGE_INPUT,
     KEEP_RATIO_INPUT,
-    MANIFEST_FILE,
+    RECORD_FILE,
 )
-from .manifest import REEXPORT, check_export_ids, read_manifest
+from .record import REEXPORT, check_export_ids, read_export_record
 
 PathLike = Union[str, Path]
 MASK_THRESHOLD = 0.0  # SAM's `Sam.mask_threshold`
@@ -50,6 +50,15 @@ def open_session(path: PathLike, providers: Optional[Sequence[str]] = None, thre
     except Exception as err:  # onnxruntime raises its own pybind types for every kind of bad file
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise BiglSamError(f"{path}: not a readable ONNX model, truncated or corrupt ({reason})") from None
+
+
+def check_decoder_session(session, path: Path) -> dict:
+    """{input name: shape} of `session` (the file `path`) if it has SAM's ONNX decoder inputs, else one
+    `BiglSamError` line."""
+    found = {i.name: i.shape for i in session.get_inputs()}
+    if sorted(found) != sorted(DECODER_INPUTS):
+        raise BiglSamError(f"{path}: not a SAM ONNX decoder (inputs {list(found)}, expected {list(DECODER_INPUTS)})")
+    return found
 
 
 def prompt_array(value, name: str) -> np.ndarray:
@@ -102,14 +111,19 @@ class OnnxPredictor:
     @classmethod
     def from_folder(cls, folder: PathLike, **kwargs) -> "OnnxPredictor":
         """The encoder.onnx and decoder.onnx that `bigl-sam export onnx --out FOLDER` wrote, once checked
-        against the export.json beside them (`manifest.read_manifest`: sizes, export id, keep-ratio input)."""
+        against the export record beside them (export.json, `record.read_export_record`: sizes, export id,
+        keep-ratio input)."""
         folder = Path(folder)
-        manifest = read_manifest(folder)
+        record = read_export_record(folder)
+        if record.get("format") == ANYLABELING_FORMAT:
+            raise BiglSamError(f"{folder}: an export for AnyLabeling (its encoder takes the resized RGB image); "
+                               f"OnnxPredictor takes the default format: `bigl-sam export onnx` without --format")
         predictor = cls(folder / ENCODER_FILE, folder / DECODER_FILE, **kwargs)
-        predictor._check_ids(folder / ENCODER_FILE, folder / DECODER_FILE, manifest["export_id"])
-        student = manifest.get("keep_ratio") is not None
+        check_export_ids(predictor.encoder, predictor.decoder, folder / ENCODER_FILE, folder / DECODER_FILE,
+                         record["export_id"])
+        student = record.get("keep_ratio") is not None
         if predictor.has_keep_ratio != student:
-            raise BiglSamError(f"{folder / MANIFEST_FILE}: describes an encoder {'with' if student else 'without'} a "
+            raise BiglSamError(f"{folder / RECORD_FILE}: describes an encoder {'with' if student else 'without'} a "
                                f"keep-ratio input, unlike {folder / ENCODER_FILE}; {REEXPORT}")
         return predictor
 
@@ -244,18 +258,12 @@ class OnnxPredictor:
 
     def _check_interfaces(self, encoder: Path, decoder: Path) -> None:
         """Names and embedding shapes the two models must share, and their export ids (when both have one)."""
-        inputs = [i.name for i in self.encoder.get_inputs()]
+        inputs = {i.name: i.shape for i in self.encoder.get_inputs()}
         outputs = {o.name: o.shape for o in self.encoder.get_outputs()}
-        if inputs[:1] != [IMAGE_INPUT] or EMBEDDING_OUTPUT not in outputs:
+        if list(inputs)[:1] != [IMAGE_INPUT] or len(inputs[IMAGE_INPUT]) != 4 or EMBEDDING_OUTPUT not in outputs:
             raise BiglSamError(f"{encoder}: not a bigl-sam encoder export (inputs {inputs}, outputs {list(outputs)})")
-        found = {i.name: i.shape for i in self.decoder.get_inputs()}
-        if sorted(found) != sorted(DECODER_INPUTS):
-            raise BiglSamError(f"{decoder}: not a SAM ONNX decoder (inputs {list(found)}, expected {list(DECODER_INPUTS)})")
+        found = check_decoder_session(self.decoder, decoder)
         if outputs[EMBEDDING_OUTPUT] != found[EMBEDDING_OUTPUT]:
             raise BiglSamError(f"{encoder} gives {EMBEDDING_OUTPUT} of shape {outputs[EMBEDDING_OUTPUT]}, {decoder} takes "
                                f"{found[EMBEDDING_OUTPUT]}: the models of two different SAMs")
-        self._check_ids(encoder, decoder)
-
-    def _check_ids(self, encoder: Path, decoder: Path, manifest_id: Optional[str] = None) -> None:
-        ids = [session.get_modelmeta().custom_metadata_map.get(EXPORT_ID_KEY) for session in (self.encoder, self.decoder)]
-        check_export_ids(*ids, encoder, decoder, manifest_id)
+        check_export_ids(self.encoder, self.decoder, encoder, decoder)
