@@ -10,7 +10,7 @@ from bigl_sam import build_sam, load_student, save_checkpoint
 from bigl_sam.cli import main
 from bigl_sam.errors import BiglSamError
 from bigl_sam.evaluation.runner import ModelSpec
-from bigl_sam.pretrained import CHECKPOINT, OFFICIAL, RANDOM, choose_weights
+from bigl_sam.pretrained import CHECKPOINT, OFFICIAL, RANDOM, choose_weights, folder_lines
 
 OFFICIAL_TEST_FILE = "sam_vit_test_000000.pth"
 
@@ -169,3 +169,10 @@ def test_random_weights_say_why(tmp_path, folders):
             assert choice.random and choice.folder_problem == problem
         expected = f"weights folder {tmp_path / name} {problem}; looked for bigl_test*.pth, {OFFICIAL_TEST_FILE})"
         assert choose_weights("bigl_test", None, tmp_path / name, folders["manifest"]).describe().endswith(expected)
+
+
+def test_the_weights_folder_is_named_once_and_only_when_it_was_searched(tmp_path):
+    searched = [choose_weights(name, folder=tmp_path) for name in ("vit_test", "bigl_test")]
+    given = choose_weights("vit_test", checkpoint=tmp_path / "mine.pth", folder=tmp_path)
+    assert folder_lines(searched + [given]) == [f"weights folder: {tmp_path}"]
+    assert folder_lines([given]) == []
