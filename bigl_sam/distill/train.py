@@ -155,7 +155,7 @@ def train_step(model, trainer, teacher, optimizer, batch: dict, step: int, cfg: 
         group["lr"] = lr
     ratio = keep_ratio_at(step, cfg.keep_ratio_range, cfg.seed)
     images = batch["image"].to(process.device, non_blocking=True)
-    valid_hw = batch["valid_hw"].to(process.device)
+    valid_hw = batch["input_size"].to(process.device)
     with autocast:
         target = teacher.targets(batch, images)
         losses = compute_losses(model, trainer, images, target, valid_hw, ratio, cfg,
@@ -181,7 +181,7 @@ def compute_losses(
 ) -> Dict[str, torch.Tensor]:
     """images: B x 3 x S x S, teacher: B x C x G x G, valid_hw: B x 2 -> loss terms (scalars)."""
     extents = [tuple(hw) for hw in valid_hw.tolist()]  # the P-path budget goes to image tokens only
-    student = encoder(images, keep_ratio=ratio, valid_size=extents).float()
+    student = encoder(images, keep_ratio=ratio, input_size=extents).float()
     region = loss_region(cfg.loss_region, valid_hw, teacher.shape[-1], images.shape[-1])
     terms = embedding_loss(student, teacher, region)
     terms["loss"] = terms["mse"] + cfg.cosine_weight * terms["cosine"]
@@ -210,7 +210,7 @@ def evaluate(model: Sam, teacher, heldout, cfg: TrainConfig, autocast) -> Dict[f
     sums: Dict[float, Dict[str, float]] = {ratio: {} for ratio in eval_keep_ratios(cfg.keep_ratio_range)}
     for start in range(0, len(heldout), cfg.batch):
         batch = collate([heldout[(i, 0)] for i in range(start, min(start + cfg.batch, len(heldout)))])
-        images, valid_hw = batch["image"].to(device), batch["valid_hw"].to(device)
+        images, valid_hw = batch["image"].to(device), batch["input_size"].to(device)
         with autocast:
             target = teacher.targets(batch, images)
             for ratio, totals in sums.items():
