@@ -99,10 +99,10 @@ def load_sam(checkpoint: Checkpoint) -> Sam:
 def build_student_from_sam(
     name: str, encoder_checkpoint: Optional[Checkpoint], decoder_checkpoint: Optional[Checkpoint] = None
 ) -> Sam:
-    """A fresh student: P-path, patch/position embedding and neck from the SAM checkpoint of the matching
-    size; prompt encoder and mask decoder from `decoder_checkpoint` (the teacher's; defaults to the
-    encoder's file). Router and E-path start fresh, the E-path with a zero residual scale. Either
-    checkpoint may be any SAM file `load_sam` reads, or one read already.
+    """A fresh student: P-path, patch/position embedding and neck from `encoder_checkpoint`, a SAM of the
+    student's `sam_model_type`; prompt encoder and mask decoder from `decoder_checkpoint` (usually the SAM of
+    its `decoder_model_type`; default: the encoder's file). Router and E-path start fresh, the E-path with a
+    zero residual scale. Either checkpoint may be any SAM file `load_sam` reads, or one read already.
     """
     config = get_config(name)
     if not is_student(config):

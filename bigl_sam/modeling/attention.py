@@ -6,10 +6,10 @@ either every token of the field (dense) or a selected subset (routed, the P-path
 Routed queries of a global layer attend at their true grid positions; routed queries of a windowed layer are
 put back at their cells of their windows, so the windowed SDPA call has static shapes. One code path serves
 CPU and GPU: SDPA with the position terms materialised as an additive bias (FlexAttention with a
-`score_mod` was measured about 2x slower on this project's CPU). The bias-free form, one unmasked SDPA call
-on widened heads (`[q * s, rel_h, rel_w] . [k, onehot(row), onehot(col)]`, exact), was measured slower too
-on this project's AVX2 CPU, in float32 and emulated bfloat16: it adds 2G to the width of every query-key
-product (64 -> 192 in a global layer), and with values narrower than the widened heads it ran slower still.
+`score_mod` ran slower on CPU). The bias-free form, one unmasked SDPA call on widened heads
+(`[q * s, rel_h, rel_w] . [k, onehot(row), onehot(col)]`, exact), ran slower too on CPU, in float32 and
+bfloat16: it adds 2G to the width of every query-key product (64 -> 192 in a global layer), and with values
+narrower than the widened heads it ran slower still.
 """
 
 from typing import Optional, Tuple
