@@ -155,7 +155,7 @@ def train_step(model, trainer, teacher, optimizer, batch: dict, step: int, cfg: 
         group["lr"] = lr
     ratio = keep_ratio_at(step, cfg.keep_ratio_range, cfg.seed)
     images = batch["image"].to(process.device, non_blocking=True)
-    valid_hw = batch["input_size"].to(process.device)
+    valid_hw = batch["valid_hw"].to(process.device)
     with autocast:
         target = teacher.targets(batch, images)
         losses = compute_losses(model, trainer, images, target, valid_hw, ratio, cfg,
@@ -210,7 +210,7 @@ def evaluate(model: Sam, teacher, heldout, cfg: TrainConfig, autocast) -> Dict[f
     sums: Dict[float, Dict[str, float]] = {ratio: {} for ratio in eval_keep_ratios(cfg.keep_ratio_range)}
     for start in range(0, len(heldout), cfg.batch):
         batch = collate([heldout[(i, 0)] for i in range(start, min(start + cfg.batch, len(heldout)))])
-        images, valid_hw = batch["image"].to(device), batch["input_size"].to(device)
+        images, valid_hw = batch["image"].to(device), batch["valid_hw"].to(device)
         with autocast:
             target = teacher.targets(batch, images)
             for ratio, totals in sums.items():
