@@ -11,7 +11,7 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 from .checkpoint import ModelWeights, as_weights, check_config, load_state_dict_into
 from .errors import CheckpointError
 from .images import PIXEL_MEAN, PIXEL_STD
-from .modeling import BigLittleConfig, BigLittleImageEncoder, SamVitConfig, get_config
+from .modeling import BIGL_CONFIGS, BigLittleConfig, BigLittleImageEncoder, SamVitConfig, get_config, is_student
 from .modeling.config import MODEL_CONFIGS, ModelConfig
 
 PathLike = Union[str, Path]
@@ -21,8 +21,8 @@ Checkpoint = Union[PathLike, ModelWeights]
 
 def build_model(config: ModelConfig) -> Sam:
     """A randomly initialised SAM for `config`, in eval mode, with `model.config` set."""
-    vit = config.p_path if isinstance(config, BigLittleConfig) else config
-    if isinstance(config, BigLittleConfig):
+    vit = config.p_path if is_student(config) else config
+    if is_student(config):
         image_encoder = BigLittleImageEncoder(config)
     else:
         image_encoder = _sam_vit_encoder(config)
@@ -74,14 +74,14 @@ def build_sam(name: str, checkpoint: Optional[Checkpoint] = None) -> Sam:
     if checkpoint is None:
         return model
     weights = as_weights(checkpoint)
-    if isinstance(model.config, BigLittleConfig) and not weights.is_student:
+    if is_student(model) and not is_student(weights):
         raise CheckpointError(
             f"{weights.source}: is a SAM checkpoint, not a {name} student; start a student from it "
             f"with bigl_sam.build_student_from_sam({name!r}, encoder_checkpoint=..., decoder_checkpoint=...)"
         )
     if weights.config is not None:
         check_config(weights.config, model.config, weights.source)
-    if weights.is_student:
+    if is_student(weights):
         model.image_encoder.keep_ratio = weights.config.keep_ratio  # the ratio the file was saved with
     load_state_dict_into(model, weights.state, weights.source)
     return model
@@ -99,14 +99,14 @@ def load_sam(checkpoint: Checkpoint) -> Sam:
 def build_student_from_sam(
     name: str, encoder_checkpoint: Optional[Checkpoint], decoder_checkpoint: Optional[Checkpoint] = None
 ) -> Sam:
-    """A fresh student: P-path, patch/position embedding and neck from the SAM checkpoint of the matching
-    size; prompt encoder and mask decoder from `decoder_checkpoint` (the teacher's; defaults to the
-    encoder's file). Router and E-path start fresh, the E-path with a zero residual scale. Either
-    checkpoint may be any SAM file `load_sam` reads, or one read already.
+    """A fresh student: P-path, patch/position embedding and neck from `encoder_checkpoint`, a SAM of the
+    student's `sam_model_type`; prompt encoder and mask decoder from `decoder_checkpoint` (usually the SAM of
+    its `decoder_model_type`; default: the encoder's file). Router and E-path start fresh, the E-path with a
+    zero residual scale. Either checkpoint may be any SAM file `load_sam` reads, or one read already.
     """
     config = get_config(name)
-    if not isinstance(config, BigLittleConfig):
-        raise CheckpointError(f"{name} is not a big.LITTLE student; known students: {', '.join(_students())}")
+    if not is_student(config):
+        raise CheckpointError(f"{name} is not a big.LITTLE student; known students: {', '.join(BIGL_CONFIGS)}")
     encoder = _sam_weights(encoder_checkpoint) if encoder_checkpoint is not None else None
     if encoder is not None:
         _check_p_path_size(encoder, config)
@@ -124,7 +124,7 @@ def build_student_from_sam(
 
 def _sam_weights(checkpoint: Checkpoint) -> ModelWeights:
     weights = as_weights(checkpoint)
-    if weights.is_student:
+    if is_student(weights):
         raise CheckpointError(f"{weights.source}: is a bigl-sam student, expected a SAM checkpoint")
     return weights
 
@@ -132,12 +132,12 @@ def _sam_weights(checkpoint: Checkpoint) -> ModelWeights:
 def _check_p_path_size(weights: ModelWeights, config: BigLittleConfig) -> None:
     """The SAM file a P-path starts from must be of the P-path's size."""
     vit = weights.architecture()
-    if vit.name == config.init_from or replace(vit, name=config.p_path.name) == config.p_path:
+    if vit.name == config.sam_model_type or replace(vit, name=config.p_path.name) == config.p_path:
         return
-    students = [n for n in _students() if MODEL_CONFIGS[n].init_from == vit.name]
+    students = [name for name, c in BIGL_CONFIGS.items() if c.sam_model_type == vit.name]
     hint = f"use {' or '.join(students)}" if students else "no student starts from it"
     raise CheckpointError(
-        f"{weights.source}: holds a SAM {vit.name}, but {config.name}'s P-path is a {config.init_from} ({hint})"
+        f"{weights.source}: holds a SAM {vit.name}, but {config.name}'s P-path is a {config.sam_model_type} ({hint})"
     )
 
 
@@ -147,10 +147,6 @@ def _part(weights: ModelWeights, module: str) -> Dict[str, torch.Tensor]:
     if not part:
         raise CheckpointError(f"{weights.source}: has no {prefix}* keys; not a SAM checkpoint")
     return part
-
-
-def _students():
-    return [name for name, config in MODEL_CONFIGS.items() if isinstance(config, BigLittleConfig)]
 
 
 def _registry_entry(name: str) -> Callable[..., Sam]:

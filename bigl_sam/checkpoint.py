@@ -27,7 +27,7 @@ from . import hf_layout
 from .errors import CheckpointError
 from .fileio import atomic_write, atomic_write_bytes
 from .modeling.config import (
-    MODEL_CONFIGS, BigLittleConfig, ModelConfig, config_from_dict, config_to_dict, infer_sam_vit_name,
+    MODEL_CONFIGS, ModelConfig, config_from_dict, config_to_dict, infer_sam_vit_name, is_student,
 )
 
 FORMAT = "bigl-sam/1"
@@ -103,10 +103,6 @@ class ModelWeights:
     state: Dict[str, torch.Tensor]
     source: str
 
-    @property
-    def is_student(self) -> bool:
-        return isinstance(self.config, BigLittleConfig)
-
     def architecture(self) -> ModelConfig:
         """The config, else the official SAM ViT read off the weights' width and depth."""
         return self.config if self.config is not None else MODEL_CONFIGS[infer_sam_vit_name(self.state, self.source)]
@@ -124,7 +120,7 @@ def read_model(path: PathLike) -> ModelWeights:
         state = read_checkpoint(path)
         config, state = (None, state) if state.get("format") != FORMAT else _split_student_checkpoint(state, path)
     _check_state_dict(state, path)
-    if not isinstance(config, BigLittleConfig):
+    if not is_student(config):
         state = hf_layout.to_official(state, path) if hf_layout.is_hf_layout(state) else state
     return ModelWeights(config, state, str(path))
 
@@ -228,10 +224,10 @@ def check_config(found: ModelConfig, wanted: ModelConfig, path: PathLike) -> Non
 
 
 def _arch(config: ModelConfig) -> dict:
-    """The fields that fix the weights' shapes (keep_ratio and teacher do not)."""
+    """The fields that fix the weights' shapes (keep_ratio and decoder_model_type do not)."""
     data = config_to_dict(config)
     data.pop("keep_ratio", None)
-    data.pop("teacher", None)
+    data.pop("decoder_model_type", None)
     return data
 
 
@@ -279,7 +275,7 @@ def save_checkpoint(model: nn.Module, path: PathLike) -> Path:
     A student's config carries the keep ratio its encoder has now, which it loads with again.
     `*.safetensors`: the weights with FORMAT and the config (JSON) in the file's metadata; else a `.pth`."""
     config = model.config
-    if isinstance(config, BigLittleConfig):
+    if is_student(config):
         config = replace(config, keep_ratio=model.image_encoder.keep_ratio)
     if Path(path).suffix == SAFETENSORS:
         from safetensors.torch import save

@@ -3,10 +3,10 @@
 
 1. a student checkpoint for that name in the weights folder: `NAME.pth`, else the one `NAME*.pth` there
    (several, and no `NAME.pth`, are an error that lists them);
-2. else SAM's official files (names and sizes from the manifest): a student's P-path from the file of the
-   P-path's size (`sam_vit_b_01ec64.pth` for `bigl_b_t`), its prompt encoder and mask decoder from its
-   teacher's file (`sam_vit_h_4b8939.pth`) if that is there, else from the same file; SAM's own models
-   load their own file;
+2. else SAM's official files (names and sizes from the manifest): a student's P-path from the file of its
+   `sam_model_type` (`sam_vit_b_01ec64.pth` for `bigl_b_t`), its prompt encoder and mask decoder from the
+   file of its `decoder_model_type` (`sam_vit_h_4b8939.pth`) if that is there, else from the same file;
+   SAM's own models load their own file;
 3. else random weights, said loudly, with why (nothing found, or a weights folder that is missing or no
    folder).
 
@@ -25,7 +25,7 @@ from segment_anything.modeling import Sam
 
 from .build import build_model, build_sam, build_student_from_sam
 from .errors import BiglSamError
-from .modeling import BigLittleConfig, get_config
+from .modeling import get_config, is_student
 from .weights import KnownCheckpoint, check_size, folder_line, folder_problem, read_manifest, weights_dir
 
 PathLike = Union[str, Path]
@@ -55,13 +55,9 @@ class WeightsChoice:
         return self.kind == RANDOM
 
     @property
-    def is_student(self) -> bool:
-        return isinstance(get_config(self.name), BigLittleConfig)
-
-    @property
     def untrained_router(self) -> bool:
         """A student built from SAM's files: exactly SAM at keep 1.0, untrained below."""
-        return self.kind == OFFICIAL and self.is_student
+        return self.kind == OFFICIAL and is_student(get_config(self.name))
 
     def describe(self) -> str:
         """One line: which of the three the rule took, and from which files."""
@@ -76,7 +72,8 @@ class WeightsChoice:
                 f"{decoder}); untrained router: at keep ratio 1.0, its default, it is exactly SAM "
                 f"{sam_vit_label(self.name)}"
             )
-        looked_for = ", ".join(([f"{self.name}*.pth"] if self.is_student else []) + list(self.wanted))
+        student_files = [f"{self.name}*.pth"] if is_student(get_config(self.name)) else []
+        looked_for = ", ".join(student_files + list(self.wanted))
         if not looked_for:
             return f"{self.name}: RANDOM WEIGHTS (no checkpoint given, and the manifest names no official file for it)"
         if self.folder_problem:
@@ -94,7 +91,7 @@ def folder_lines(choices: Sequence[WeightsChoice]) -> List[str]:
 def sam_vit_label(name: str) -> str:
     """ "ViT-B" for bigl_b_t (its P-path's SAM), "ViT-H" for vit_h."""
     config = get_config(name)
-    vit = config.init_from if isinstance(config, BigLittleConfig) else config.name
+    vit = config.sam_model_type if is_student(config) else config.name
     return "ViT-" + vit.split("_", 1)[1].upper()
 
 
@@ -111,14 +108,14 @@ def choose_weights(
     folder = weights_dir(None if folder is None else Path(folder))
     if checkpoint is not None:
         return WeightsChoice(name, CHECKPOINT, folder, (Path(checkpoint),), searched=False)
-    student = isinstance(config, BigLittleConfig)
+    student = is_student(config)
     problem = folder_problem(folder)
     student_file = _student_file(name, folder) if student and problem is None else None
     if student_file is not None:
         return WeightsChoice(name, CHECKPOINT, folder, (student_file,))
     known = read_manifest(None if manifest is None else Path(manifest))
-    encoder_entry = _official_entry(known, config.init_from if student else config.name)
-    decoder_entry = _official_entry(known, config.teacher) if student else None
+    encoder_entry = _official_entry(known, config.sam_model_type if student else config.name)
+    decoder_entry = _official_entry(known, config.decoder_model_type) if student else None
     wanted = tuple(dict.fromkeys(e.name for e in (encoder_entry, decoder_entry) if e is not None))
     encoder_file = None if problem else _present(encoder_entry, folder)
     if encoder_file is None:
@@ -173,7 +170,7 @@ def load_student(name: str, weights_dir: Optional[PathLike] = None, manifest: Op
     """A big.LITTLE student by the rule: its checkpoint in the weights folder, else built from SAM's official
     files there (keep ratio 1.0: exactly SAM), else random weights (with a warning).
     `model.weights_source.describe()` says which, and from which files."""
-    if not isinstance(get_config(name), BigLittleConfig):
+    if not is_student(get_config(name)):
         raise BiglSamError(f"{name} is SAM's own model, not a student; use sam_model_registry[{name!r}](checkpoint)")
     choice = choose_weights(name, folder=weights_dir, manifest=manifest)
     if choice.random:

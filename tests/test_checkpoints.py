@@ -9,7 +9,8 @@ import torch
 
 import bigl_sam
 from bigl_sam import CheckpointError, build_model, build_sam, build_student_from_sam, load_sam, save_checkpoint
-from bigl_sam.modeling import BIGL_CONFIGS, SAM_VIT_CONFIGS, get_config
+from bigl_sam.checkpoint import read_model
+from bigl_sam.modeling import BIGL_CONFIGS, SAM_VIT_CONFIGS, get_config, is_student
 
 
 def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -28,12 +29,20 @@ def test_registry_keeps_sam_keys_and_adds_students():
     assert bigl_sam.SamPredictor is __import__("segment_anything").SamPredictor
 
 
+def test_is_student_answers_for_configs_models_encoders_and_files(official_checkpoint, student_checkpoint):
+    student, sam = build_model(get_config("bigl_test")), build_model(get_config("vit_test"))
+    assert is_student(get_config("bigl_test")) and is_student(student) and is_student(student.image_encoder)
+    assert not any(is_student(x) for x in (get_config("vit_test"), sam, sam.image_encoder, None))
+    assert is_student(read_model(student_checkpoint("bigl_test")))
+    assert not is_student(read_model(official_checkpoint("vit_test")))
+
+
 @pytest.mark.parametrize("student", ["bigl_b_t", "bigl_l_s", "bigl_h_b"])
 def test_student_p_path_has_the_exact_layout_of_its_sam(student):
     """Every image_encoder tensor of SAM ViT-B/L/H has a twin of the same name and shape in the student."""
     config = BIGL_CONFIGS[student]
     with torch.device("meta"):
-        sam = build_model(SAM_VIT_CONFIGS[config.init_from]).state_dict()
+        sam = build_model(SAM_VIT_CONFIGS[config.sam_model_type]).state_dict()
         ours = build_model(config).state_dict()
     for key, tensor in sam.items():
         assert key in ours and ours[key].shape == tensor.shape, key
@@ -201,6 +210,18 @@ def test_student_file_with_a_broken_config(tmp_path, student_checkpoint):
     with pytest.raises(CheckpointError) as err:
         load_sam(path)
     assert "broken config" in one_line(err)
+
+
+@pytest.mark.parametrize("old, new", [("init_from", "sam_model_type"), ("teacher", "decoder_model_type")])
+def test_student_config_under_other_keys_is_refused(tmp_path, student_checkpoint, old, new):
+    """Student files were never released under other config keys: nothing guesses what one meant."""
+    state = _student_state(student_checkpoint)
+    state["config"][old] = state["config"].pop(new)
+    path = tmp_path / "odd.pth"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError) as err:
+        load_sam(path)
+    assert "broken config" in one_line(err) and str(path) in one_line(err)
 
 
 def _load_error(path) -> str:

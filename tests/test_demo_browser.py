@@ -110,7 +110,7 @@ def test_upload_click_and_see_a_mask(page_url, browser, tmp_path):
     assert np.abs(after[120, 160] - POSITIVE_COLOR).max() < 40  # the click landed where it was made
     status = browser.find_element(By.ID, "bigl-status").text
     assert "bigl_test" in status and "vit_test" in status and "ms" in status
-    assert browser.find_element(By.CSS_SELECTOR, "#bigl-teacher img").is_displayed()
+    assert browser.find_element(By.CSS_SELECTOR, "#bigl-compare img").is_displayed()
 
     browser.find_element(By.ID, "bigl-undo").click()
     wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, "#bigl-candidates img"))

@@ -11,7 +11,7 @@ from PIL import Image
 from bigl_sam.cli import main
 from bigl_sam.demo import render
 from bigl_sam.demo.api import segment
-from bigl_sam.demo.handlers import MAIN, TEACHER, DemoHandlers
+from bigl_sam.demo.handlers import COMPARE, MAIN, DemoHandlers
 from bigl_sam.demo.inference import MAX_POINTS
 from bigl_sam.demo.models import load_demo_models
 from bigl_sam.demo.render import overlay_mask, routing_heat_map
@@ -127,13 +127,13 @@ def test_keep_ratio_dial_reencodes_and_replays_clicks(student):
         student.reencode(square, 1.5)
 
 
-def test_compare_mode_runs_the_same_clicks_on_the_teacher(compare):
+def test_compare_mode_runs_the_same_clicks_on_the_compare_model(compare):
     session = compare.click(compare.upload(picture(24, 24), Session()), 12, 12)
-    assert set(session.encodings) == set(session.predictions) == {MAIN, TEACHER}
-    assert session.encodings[TEACHER].keep_ratio is None and session.encodings[TEACHER].routing is None
-    assert not np.array_equal(session.predictions[MAIN].masks, session.predictions[TEACHER].masks)
+    assert set(session.encodings) == set(session.predictions) == {MAIN, COMPARE}
+    assert session.encodings[COMPARE].keep_ratio is None and session.encodings[COMPARE].routing is None
+    assert not np.array_equal(session.predictions[MAIN].masks, session.predictions[COMPARE].masks)
     view = compare.view(session)
-    assert view.teacher_image.shape == (24, 24, 3)
+    assert view.compare_image.shape == (24, 24, 3)
     assert "vit_test" in view.status and "all tokens" in view.status
 
 

@@ -12,7 +12,8 @@ from bigl_sam.checkpoint import read_checkpoint
 from bigl_sam.cli import main
 from bigl_sam.distill.augment import augment, augmentation_seed
 from bigl_sam.distill.cache import TeacherCache, list_images
-from bigl_sam.distill.data import valid_cells, valid_mask
+from bigl_sam.distill.data import loss_region
+from bigl_sam.modeling.routing import token_extent
 from bigl_sam.images import sam_input
 from bigl_sam.modeling import get_config
 
@@ -64,8 +65,8 @@ def test_sam_input_is_what_the_predictor_feeds_the_encoder(official_checkpoint):
     x, valid_hw = sam_input(image, model.pixel_mean, model.pixel_std, 1024)
     assert valid_hw == (614, 1024)
     assert torch.equal(x, seen[0])
-    mask = valid_mask(torch.tensor([valid_hw]), 64, 1024)
-    assert mask.shape == (1, 1, 64, 64) and mask.sum() == 39 * 64 == np.prod(valid_cells(valid_hw, 64, 1024))
+    mask = loss_region("valid", torch.tensor([valid_hw]), 64, 1024)
+    assert mask.shape == (1, 1, 64, 64) and mask.sum() == 39 * 64 == np.prod(token_extent(valid_hw, 16))
 
 
 def test_cache_round_trips_embedding_seed_and_valid_region(cache, images, official_checkpoint):

@@ -40,15 +40,23 @@ def test_automatic_mask_generator(student, image):
 
 def test_keep_ratio_is_a_runtime_knob(student, image):
     predictor = SamPredictor(student)
+    routing = []  # each block returns (tokens, the indexes its P-path updated): what the predictor routed
+    hooks = [block.register_forward_hook(lambda module, args, out: routing.append(out[1]))
+             for block in student.image_encoder.blocks]  # fmt: skip
     features = {}
-    for ratio in (0.25, 0.5, 0.25):
-        student.image_encoder.keep_ratio = ratio
-        predictor.set_image(image)
-        features.setdefault(ratio, []).append(predictor.features.clone())
-        counts = routing_map(student.image_encoder.last_routing, (64, 64))[0]
-        # 240 x 320 fills 768 x 1024 of the input: 48 of 64 token rows hold the image.
-        assert counts[:48].mean().item() == pytest.approx(ratio, abs=1e-3)
-        assert counts[48:].max().item() == 0, "the P-path budget must not go to padding"
+    try:
+        for ratio in (0.25, 0.5, 0.25):
+            student.image_encoder.keep_ratio = ratio
+            routing.clear()
+            predictor.set_image(image)
+            features.setdefault(ratio, []).append(predictor.features.clone())
+            counts = routing_map(routing, (64, 64))[0]
+            # 240 x 320 fills 768 x 1024 of the input: 48 of 64 token rows hold the image.
+            assert counts[:48].mean().item() == pytest.approx(ratio, abs=1e-3)
+            assert counts[48:].max().item() == 0, "the P-path budget must not go to padding"
+    finally:
+        for hook in hooks:
+            hook.remove()
     assert torch.equal(*features[0.25]), "the same budget must give the same embedding"
     assert not torch.allclose(features[0.25][0], features[0.5][0])
 

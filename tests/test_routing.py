@@ -15,8 +15,10 @@ from bigl_sam.images import sam_input
 from bigl_sam.modeling import get_config, routing_map
 from bigl_sam.modeling.attention import Attention
 from bigl_sam.modeling.blocks import BigLittleBlock
-from bigl_sam.modeling.config import BigLittleConfig, config_from_dict, config_to_dict
-from bigl_sam.modeling.routing import plan_routing, router_log_scores, score_gate, token_extents
+from bigl_sam.modeling.config import BigLittleConfig
+from bigl_sam.modeling.routing import (
+    plan_routing, router_log_scores, score_gate, token_extent, token_extent_mask, token_extents,
+)
 
 from conftest import SMALL_IMG_SIZE, randomize_, small_test_configs, tie_every_score_
 
@@ -42,7 +44,20 @@ def test_extent_is_read_off_sam_padding(student):
     # 640 x 480 -> 1024 x 768 pixels -> 64 x 48 tokens; 640 x 427 -> 1024 x 683 -> 43 rows (the last one partial).
     x = torch.cat([photo_input(student, 640, 480), photo_input(student, 640, 427), photo_input(student, 300, 900)])
     assert token_extents(x, 16) == [(48, 64), (43, 64), (64, 22)]
-    assert token_extents(x, 16, valid_size=[(768, 1024), (683, 1024), (1024, 342)]) == [(48, 64), (43, 64), (64, 22)]
+    assert token_extents(x, 16, input_size=[(768, 1024), (683, 1024), (1024, 342)]) == [(48, 64), (43, 64), (64, 22)]
+
+
+def test_token_extent_counts_a_partial_token_for_ints_and_tensors():
+    sizes, tokens = [(768, 1024), (683, 1024), (1, 17)], [(48, 64), (43, 64), (1, 2)]
+    assert [token_extent(size, 16) for size in sizes] == tokens
+    assert token_extent(torch.tensor(sizes), 16).tolist() == [list(t) for t in tokens]
+
+
+def test_token_extent_mask_is_the_top_left_block_of_the_grid():
+    mask = token_extent_mask(torch.tensor([[2, 3], [4, 4]]), (4, 5))
+    assert mask.shape == (2, 4, 5) and mask.dtype == torch.bool
+    assert mask[0, :2, :3].all() and mask[0].sum() == 6
+    assert mask[1, :, :4].all() and not mask[1, :, 4].any()
 
 
 def test_budget_goes_to_image_tokens_only(student):
@@ -58,11 +73,11 @@ def test_budget_goes_to_image_tokens_only(student):
     assert shares[:36].mean().item() == pytest.approx(0.25, abs=1e-3)
 
 
-def test_explicit_valid_size_equals_the_scan(student):
+def test_explicit_input_size_equals_the_scan(student):
     x = photo_input(student, 640, 480)
     with torch.no_grad():
         scanned = student.image_encoder(x, keep_ratio=0.3)
-        given = student.image_encoder(x, keep_ratio=0.3, valid_size=(768, 1024))
+        given = student.image_encoder(x, keep_ratio=0.3, input_size=(768, 1024))
     assert torch.equal(scanned, given)
 
 
@@ -133,7 +148,7 @@ def test_routed_tokens_of_a_padded_image_equal_sam():
     block.load_state_dict(sam.state_dict(), strict=False)
     x = torch.randn(1, GRID, GRID, 32)
     plan = plan_routing([(30, 50)], 0.5, (GRID, GRID), "cpu")
-    assert plan.extent == (30, 50)
+    assert plan.token_extent == (30, 50)
     out, index = block(x, plan)
     ref = sam(x).reshape(1, -1, 32)
     torch.testing.assert_close(out.reshape(1, -1, 32)[0, index[0]], ref[0, index[0]], atol=2e-5, rtol=1e-4)
@@ -210,18 +225,12 @@ def test_little_path_attention_is_a_config_field():
     windowed = get_config("bigl_b_t")
     assert windowed.little_attn == "window"
     assert {windowed.little_window(i) for i in range(12)} == {windowed.little_window_size}
-    paper = BigLittleConfig("paper_b_t", init_from="vit_b", little_dim=192, little_heads=3, little_attn="match")
+    paper = BigLittleConfig("paper_b_t", sam_model_type="vit_b", little_dim=192, little_heads=3, little_attn="match")
     assert [paper.little_window(i) for i in (0, 2, 5)] == [14, 0, 0]
     encoder = build_model(paper).image_encoder
     assert encoder.blocks[2].little.block.window_size == 0
     with pytest.raises(ValueError, match="little_attn"):
-        BigLittleConfig("bad", init_from="vit_b", little_dim=192, little_heads=3, little_attn="global")
-
-
-def test_files_from_before_the_field_keep_their_global_little_path():
-    old = config_to_dict(get_config("bigl_b_t"))
-    del old["little_attn"], old["little_window_size"]
-    assert config_from_dict(old).little_attn == "match"
+        BigLittleConfig("bad", sam_model_type="vit_b", little_dim=192, little_heads=3, little_attn="global")
 
 
 
@@ -264,9 +273,9 @@ def test_an_all_zero_input_runs_and_costs_what_a_square_image_costs(small_studen
         )
 
 
-def test_a_valid_size_without_pixels_is_refused():
+def test_an_input_size_without_pixels_is_refused():
     with pytest.raises(ValueError, match="at least 1 x 1"):
-        token_extents(torch.zeros(1, 3, 64, 64), 16, valid_size=(0, 64))
+        token_extents(torch.zeros(1, 3, 64, 64), 16, input_size=(0, 64))
 
 
 @torch.no_grad()

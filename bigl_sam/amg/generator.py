@@ -225,7 +225,7 @@ class MaskGenerator:
         the part kept.
         """
         size = self.model.image_encoder.img_size
-        filled = self.predictor.input_size  # (rows, cols) of the S x S input the crop fills
+        filled = self.predictor.input_size  # (h, w) in pixels: the part of the S x S input the crop fills
         low_h, low_w = low_res.shape[-2:]
         factor = size // low_h
         if factor * low_h != size or factor * low_w != size:

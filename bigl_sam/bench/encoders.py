@@ -10,7 +10,7 @@ from torch import nn
 from ..build import build_model
 from ..errors import BiglSamError, UnknownModelError
 from ..images import PIXEL_MEAN, PIXEL_STD
-from ..modeling import BigLittleConfig, get_config
+from ..modeling import get_config, is_student
 from ..modeling.config import check_keep_ratio
 from .peers import PEERS, PEERS_INSTALL, build_peer
 
@@ -68,7 +68,7 @@ def build_encoder(name: str, keep_ratio_spec: str, device: torch.device) -> Benc
     config = get_config(name)
     model = build_model(config)
     ratios: Sequence[Optional[float]] = [None]
-    if isinstance(config, BigLittleConfig):
+    if is_student(config):
         ratios = keep_ratios(keep_ratio_spec, config.keep_ratio)
     encoder = model.image_encoder.to(device)
     return BenchEncoder(name, encoder, encoder.img_size, model.pixel_mean.flatten(), model.pixel_std.flatten(),
@@ -80,4 +80,4 @@ def sam_vit_of(name: str) -> Optional[str]:
     if name in PEERS:
         return None
     config = get_config(name)
-    return config.init_from if isinstance(config, BigLittleConfig) else None
+    return config.sam_model_type if is_student(config) else None

@@ -22,7 +22,7 @@ QUEUE_SIZE = 64
 MAX_UPLOAD = "20mb"
 SESSION_CAPACITY = 100  # sessions kept in memory (each holds an image, its embeddings and masks)
 SESSION_TTL_S = 1800  # a session's state is dropped after this long
-CSS = "#bigl-image img, #bigl-teacher img {cursor: crosshair}"
+CSS = "#bigl-image img, #bigl-compare img {cursor: crosshair}"
 HELP = (
     "Upload an image or pick an example, then click on it: **positive points** mark the object, "
     "**negative points** what is not part of it, a **box** takes two clicks (opposite corners). "
@@ -65,7 +65,7 @@ class Page(NamedTuple):
 
     state: gr.State
     image: gr.Image
-    teacher_image: gr.Image
+    compare_image: gr.Image
     candidates: gr.Gallery
     examples: Optional[gr.Examples]
     mode: gr.Radio
@@ -88,7 +88,7 @@ def build_app(handlers: DemoHandlers, examples: Sequence[Path] = ()) -> gr.Block
 
 
 def _page(handlers: DemoHandlers, examples: Sequence[Path]) -> Page:
-    main, teacher = handlers.models.main, handlers.models.teacher
+    main, compare = handlers.models.main, handlers.models.compare
     state = gr.State(Session(), time_to_live=SESSION_TTL_S)
     example_set = None
     with gr.Row():
@@ -103,11 +103,11 @@ def _page(handlers: DemoHandlers, examples: Sequence[Path]) -> Page:
                 example_set = gr.Examples(
                     [[str(p)] for p in examples], inputs=[image], label="Examples", elem_id="bigl-examples"
                 )
-        with gr.Column(scale=3, visible=teacher is not None):
-            teacher_image = gr.Image(
-                label=f"{teacher.name} (teacher): the same clicks" if teacher else "teacher",
+        with gr.Column(scale=3, visible=compare is not None):
+            compare_image = gr.Image(
+                label=f"{compare.name}: the same clicks" if compare else "compare",
                 interactive=False,
-                elem_id="bigl-teacher",
+                elem_id="bigl-compare",
             )
         with gr.Column(scale=2):
             mode = gr.Radio(list(MODES), value=MODES[0], label="Click adds", elem_id="bigl-mode")
@@ -140,10 +140,10 @@ def _page(handlers: DemoHandlers, examples: Sequence[Path]) -> Page:
             visible=main.is_student,
             elem_id="bigl-routing",
         )
-    shown = dict(image=image, teacher_image=teacher_image, candidates=candidates, mask_png=download,
+    shown = dict(image=image, compare_image=compare_image, candidates=candidates, mask_png=download,
                  status=status, routing=routing)  # fmt: skip
     outputs = [state, *(shown[name] for name in View._fields)]
-    return Page(state, image, teacher_image, candidates, example_set, mode, undo, clear, everything, keep_ratio,
+    return Page(state, image, compare_image, candidates, example_set, mode, undo, clear, everything, keep_ratio,
                 outputs)
 
 
@@ -177,7 +177,7 @@ def _wire(page: Page, handlers: DemoHandlers) -> None:
         page.examples.load_input_event.then(on_upload, *new_image, **encoder)
     page.keep_ratio.release(step(handlers.reencode), [state, page.keep_ratio], outputs, **encoder)
     page.image.select(on_click, [state], outputs, **decoder)
-    page.teacher_image.select(on_click, [state], outputs, **decoder)
+    page.compare_image.select(on_click, [state], outputs, **decoder)
     page.candidates.select(on_choose, [state], outputs, **decoder)
     page.mode.change(step(handlers.set_mode), [state, page.mode], outputs, **decoder)
     page.undo.click(step(handlers.undo), [state], outputs, **decoder)

@@ -50,7 +50,7 @@ def example_images(folder: Optional[Path] = None) -> List[Path]:
 
 
 def _compile_decoders(models: DemoModels) -> None:
-    for demo_model in filter(None, (models.main, models.teacher)):
+    for demo_model in models.shown:
         print(f"compiling {demo_model.name}'s mask decoder for fast clicks (--no-compile skips it)...", flush=True)
         try:
             print(f"  done in {compile_decoder(demo_model.model):.0f} s", flush=True)
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         args.model, args.checkpoint, args.compare, args.compare_checkpoint, args.keep_ratio, args.weights_dir,
         encoder_dtype=DTYPES[args.dtype],
     )
-    for demo_model in filter(None, (models.main, models.teacher)):
+    for demo_model in models.shown:
         print(demo_model.weights.describe(), flush=True)
     if not args.no_compile:
         _compile_decoders(models)

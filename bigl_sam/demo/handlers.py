@@ -17,7 +17,7 @@ from .models import DemoModel, DemoModels, weights_note
 from .render import color_masks, draw_prompts, overlay_mask, routing_heat_map, save_mask_png, thumbnail, working_image
 from .session import MODES, Session
 
-MAIN, TEACHER = "main", "teacher"
+MAIN, COMPARE = "main", "compare"
 EVERYTHING = " Everything: "  # starts the note of the last "Everything" run
 
 
@@ -25,7 +25,7 @@ class View(NamedTuple):
     """What the page shows for a session, in the order of the app's output components."""
 
     image: Optional[np.ndarray]  # the main model's mask over the image, with the clicks
-    teacher_image: Optional[np.ndarray]  # the same clicks on the teacher (--compare)
+    compare_image: Optional[np.ndarray]  # the same clicks on the --compare model
     candidates: List[Tuple[np.ndarray, str]]  # every candidate mask with its predicted IoU
     mask_png: Optional[str]  # the chosen mask, for download
     status: str  # markdown: latencies, keep ratio, prompts, what to do next
@@ -40,8 +40,8 @@ class DemoHandlers:
 
     def _roles(self):
         yield MAIN, self.models.main
-        if self.models.teacher is not None:
-            yield TEACHER, self.models.teacher
+        if self.models.compare is not None:
+            yield COMPARE, self.models.compare
 
     # ---- events -------------------------------------------------------------------------------------
 
@@ -141,7 +141,7 @@ class DemoHandlers:
         routing = session.encodings[MAIN].routing
         return View(
             image=self._picture(session, MAIN, chosen),
-            teacher_image=self._picture(session, TEACHER, session.chosen_index(TEACHER)),
+            compare_image=self._picture(session, COMPARE, session.chosen_index(COMPARE)),
             candidates=candidates,
             mask_png=None if main is None else str(save_mask_png(main.masks[chosen], self.workdir)),
             status=self._status(session),

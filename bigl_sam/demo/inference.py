@@ -17,8 +17,9 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from ..distributed import autocast
 from ..errors import BiglSamError
 from ..images import sam_input
-from ..modeling.config import check_keep_ratio
+from ..modeling.config import check_keep_ratio, is_student
 from ..modeling.encoder import BigLittleImageEncoder, routing_map
+from ..modeling.routing import token_extent
 
 Size = Tuple[int, int]
 
@@ -52,10 +53,6 @@ class Prediction:
         return int(np.argmax(self.scores))
 
 
-def is_student(model: Sam) -> bool:
-    return isinstance(model.image_encoder, BigLittleImageEncoder)
-
-
 @torch.inference_mode()
 def encode_image(
     model: Sam, image: np.ndarray, keep_ratio: Optional[float] = None, dtype: torch.dtype = torch.float32
@@ -68,9 +65,9 @@ def encode_image(
     x = x[None]
     routing, ratio = None, None
     with autocast(x.device, dtype):
-        if is_student(model):
+        if is_student(encoder):
             ratio = check_keep_ratio(encoder.keep_ratio if keep_ratio is None else keep_ratio)
-            features, layers = encoder.forward_with_routing(x, ratio, valid_size=input_size)
+            features, layers = encoder.forward_with_routing(x, ratio, input_size=input_size)
             routing = _routing_over_image(layers, encoder, input_size)
         else:
             features = encoder(x)
@@ -92,7 +89,7 @@ def _routing_over_image(layers, encoder: BigLittleImageEncoder, input_size: Size
     patch = encoder.config.p_path.patch_size
     grid = encoder.img_size // patch
     shares = routing_map(layers, (grid, grid))[0].numpy()
-    rows, cols = (-(-side // patch) for side in input_size)
+    rows, cols = token_extent(input_size, patch)
     return shares[:rows, :cols]
 
 
@@ -100,7 +97,7 @@ _DENSE_PE: "weakref.WeakKeyDictionary[torch.nn.Module, torch.Tensor]" = weakref.
 
 
 def dense_positional_encoding(model: Sam) -> torch.Tensor:
-    """1 x 256 x 64 x 64, the same for every image and click: computed once per model (saves ~4 ms a click)."""
+    """1 x 256 x 64 x 64, the same for every image and click: computed once per model, not on every click."""
     encoder = model.prompt_encoder
     if encoder not in _DENSE_PE:
         _DENSE_PE[encoder] = encoder.get_dense_pe()

@@ -5,15 +5,14 @@ banner). Nothing is ever downloaded here.
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import List, Optional, Union
 
 import torch
 from segment_anything.modeling import Sam
 
 from ..errors import BiglSamError
-from ..modeling.config import check_keep_ratio
+from ..modeling.config import check_keep_ratio, is_student
 from ..pretrained import WeightsChoice, choose_weights, load_chosen, sam_vit_label
-from .inference import is_student
 
 PathLike = Union[str, Path]
 
@@ -31,7 +30,7 @@ class DemoModel:
 
     @property
     def is_student(self) -> bool:
-        return is_student(self.model)
+        return is_student(self.model.image_encoder)
 
     @property
     def weights_label(self) -> str:
@@ -44,11 +43,16 @@ class DemoModel:
 @dataclass(frozen=True)
 class DemoModels:
     main: DemoModel
-    teacher: Optional[DemoModel] = None  # --compare
+    compare: Optional[DemoModel] = None  # --compare: shown beside the main model, on the same clicks
 
     @property
-    def untrained(self):
-        return [m for m in (self.main, self.teacher) if m is not None and not m.trained]
+    def shown(self) -> List[DemoModel]:
+        """The main model, then the --compare one if there is one."""
+        return [m for m in (self.main, self.compare) if m is not None]
+
+    @property
+    def untrained(self) -> List[DemoModel]:
+        return [m for m in self.shown if not m.trained]
 
 
 def load_demo_model(
@@ -81,10 +85,10 @@ def load_demo_models(
         if not main.is_student:
             raise BiglSamError(f"--keep-ratio: {name} is SAM's own encoder, only big.LITTLE students route tokens")
         main.model.image_encoder.keep_ratio = check_keep_ratio(keep_ratio, "--keep-ratio")
-    teacher = None
+    compared = None
     if compare is not None:
-        teacher = load_demo_model(compare, compare_checkpoint, weights_dir, manifest, encoder_dtype)
-    return DemoModels(main, teacher)
+        compared = load_demo_model(compare, compare_checkpoint, weights_dir, manifest, encoder_dtype)
+    return DemoModels(main, compared)
 
 
 def untrained_banner(models: DemoModels) -> str:

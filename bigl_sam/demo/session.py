@@ -54,7 +54,7 @@ class Prompts:
 
 @dataclass(frozen=True)
 class Session:
-    """Everything one browser has done. Keys of `encodings`/`predictions` are model roles (main, teacher)."""
+    """Everything one browser has done. Keys of `encodings`/`predictions` are model roles (main, compare)."""
 
     image: Optional[np.ndarray] = None  # H x W x 3 uint8
     note: str = ""  # the image's size, and whether the upload was scaled down

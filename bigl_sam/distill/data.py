@@ -9,7 +9,6 @@ replays the augmentation the cache stored for the item, the image one draws augm
 image (epoch 0: the original), so the data stays a function of the step and the seed.
 """
 
-import math
 from pathlib import Path
 from typing import Sequence, Tuple
 
@@ -18,32 +17,20 @@ from torch.utils.data import Dataset
 
 from ..errors import BiglSamError
 from ..images import load_image, sam_input
+from ..modeling.routing import token_extent, token_extent_mask
 from .augment import augment, augmentation_seed
 
 Key = Tuple[int, int]  # (item, epoch)
 LOSS_REGIONS = ("full", "valid")
 
 
-def valid_mask(valid_hw: torch.Tensor, grid: int, img_size: int) -> torch.Tensor:
-    """B x 2 (h, w) image extents in input pixels -> B x 1 x grid x grid, 1 where a cell sees the image."""
-    cell = img_size / grid
-    rows = torch.arange(grid, device=valid_hw.device)
-    inside_h = rows[None, :] < torch.ceil(valid_hw[:, :1] / cell)
-    inside_w = rows[None, :] < torch.ceil(valid_hw[:, 1:] / cell)
-    return (inside_h[:, :, None] & inside_w[:, None, :]).unsqueeze(1).float()
-
-
-def loss_region(region: str, valid_hw: torch.Tensor, grid: int, img_size: int) -> torch.Tensor:
-    """B x 1 x grid x grid weights of the embedding loss: every cell ("full") or the image's ("valid")."""
+def loss_region(region: str, input_size: torch.Tensor, grid: int, img_size: int) -> torch.Tensor:
+    """B x 1 x grid x grid weights of the embedding loss: every cell ("full") or the cells that see the
+    image ("valid"), for images of B x 2 `input_size` (h, w) in input pixels of an img_size square."""
     if region == "valid":
-        return valid_mask(valid_hw, grid, img_size)
-    return torch.ones(valid_hw.shape[0], 1, grid, grid, device=valid_hw.device)
-
-
-def valid_cells(valid_hw: Sequence[int], grid: int, img_size: int) -> Tuple[int, int]:
-    """How many embedding rows and columns an image of extent (h, w) covers."""
-    cell = img_size / grid
-    return math.ceil(valid_hw[0] / cell), math.ceil(valid_hw[1] / cell)
+        extents = token_extent(input_size, img_size // grid)
+        return token_extent_mask(extents, (grid, grid)).unsqueeze(1).float()
+    return torch.ones(input_size.shape[0], 1, grid, grid, device=input_size.device)
 
 
 class DistillDataset(Dataset):
@@ -64,13 +51,13 @@ class DistillDataset(Dataset):
         index = self.indexes[key[0]]
         entry = self.cache.entry(index)
         image = augment(load_image(Path(self.cache.images_root) / entry.image_id), entry.seed)
-        x, valid_hw = sam_input(image, self.pixel_mean, self.pixel_std, self.cache.img_size)
-        if tuple(valid_hw) != tuple(entry.valid_hw):
+        x, input_size = sam_input(image, self.pixel_mean, self.pixel_std, self.cache.img_size)
+        if tuple(input_size) != tuple(entry.valid_hw):
             raise BiglSamError(
-                f"{entry.image_id} (seed {entry.seed}): rebuilt input covers {valid_hw}, the cache says "
+                f"{entry.image_id} (seed {entry.seed}): rebuilt input covers {input_size}, the cache says "
                 f"{tuple(entry.valid_hw)}; the image changed since the cache was built"
             )
-        return {"image": x, "target": self.cache.embedding(index), "valid_hw": torch.tensor(valid_hw)}
+        return {"image": x, "target": self.cache.embedding(index), "valid_hw": torch.tensor(input_size)}
 
 
 class ImageDataset(Dataset):
@@ -93,8 +80,8 @@ class ImageDataset(Dataset):
         item, epoch = key
         image_id = self.image_ids[item]
         image = augment(load_image(self.root / image_id), augmentation_seed(image_id, epoch))
-        x, valid_hw = sam_input(image, self.pixel_mean, self.pixel_std, self.img_size)
-        return {"image": x, "valid_hw": torch.tensor(valid_hw)}
+        x, input_size = sam_input(image, self.pixel_mean, self.pixel_std, self.img_size)
+        return {"image": x, "valid_hw": torch.tensor(input_size)}
 
 
 def collate(samples) -> dict:

@@ -30,29 +30,30 @@ def embedding_loss(student: torch.Tensor, teacher: torch.Tensor, region: torch.T
 
 
 def mask_loss(
-    sam: Sam, student: torch.Tensor, teacher: torch.Tensor, valid_hw: torch.Tensor, generator: torch.Generator
+    sam: Sam, student: torch.Tensor, teacher: torch.Tensor, input_size: torch.Tensor, generator: torch.Generator
 ) -> torch.Tensor:
     """Student masks vs teacher masks through the frozen prompt encoder and mask decoder.
 
-    Each image gets one random point and one random box inside its valid region; the loss is the binary
+    Each image gets one random point and one random box inside the image; the loss is the binary
     cross-entropy of the student's low-resolution mask logits against the teacher's mask probabilities.
 
     Args:
         student, teacher: B x C x G x G embeddings.
-        valid_hw: B x 2 image extents in input pixels.
+        input_size: B x 2, each image's (h, w) in input pixels.
     """
     losses = []
     for b in range(student.shape[0]):
-        sparse, dense = _random_prompts(sam, valid_hw[b], generator, student.device)
+        sparse, dense = _random_prompts(sam, input_size[b], generator, student.device)
         with torch.no_grad():
             target = _decode(sam, teacher[b : b + 1], sparse, dense).sigmoid()
         losses.append(F.binary_cross_entropy_with_logits(_decode(sam, student[b : b + 1], sparse, dense), target))
     return torch.stack(losses).mean()
 
 
-def _random_prompts(sam: Sam, valid_hw: torch.Tensor, generator: torch.Generator, device: torch.device):
-    """2 prompts (a point, a box) -> sparse 2 x 2 x C and dense 2 x C x G x G prompt embeddings."""
-    h, w = valid_hw.tolist()
+def _random_prompts(sam: Sam, input_size: torch.Tensor, generator: torch.Generator, device: torch.device):
+    """2 prompts (a point, a box) inside `input_size` (h, w) pixels -> sparse 2 x 2 x C and dense
+    2 x C x G x G prompt embeddings."""
+    h, w = input_size.tolist()
     xy = torch.rand(3, 2, generator=generator) * torch.tensor([w, h])
     point = xy[:1].view(1, 1, 2).to(device)
     box = torch.cat([xy[1:].min(dim=0).values, xy[1:].max(dim=0).values]).view(1, 4).to(device)

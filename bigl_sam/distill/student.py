@@ -10,7 +10,7 @@ from segment_anything.modeling import Sam
 from ..build import build_student_from_sam, load_sam
 from ..checkpoint import ModelWeights, read_model
 from ..errors import BiglSamError
-from ..modeling.config import MODEL_CONFIGS, BigLittleConfig, SamVitConfig
+from ..modeling.config import BIGL_CONFIGS, SamVitConfig, is_student
 
 
 def build_student(
@@ -27,7 +27,7 @@ def build_student(
     `read` reads the SAM files (a `checkpoint.ModelReader` reads a file named twice once)."""
     if Path(student).is_file():
         model = load_sam(student)
-        if not isinstance(model.config, BigLittleConfig):
+        if not is_student(model):
             raise BiglSamError(f"--student {student}: holds {model.config.name}, not a big.LITTLE student")
         return model
     torch.manual_seed(seed)
@@ -38,7 +38,7 @@ def build_student(
 def student_for(sam: SamVitConfig, source: str) -> str:
     """The student registered for a SAM ViT's size (its P-path starts as that ViT); of several, the one
     with the narrowest E-path (for ViT-H the lean `bigl_h_s`, which the README says to train first)."""
-    fits = [(c.little_dim, name) for name, c in MODEL_CONFIGS.items() if isinstance(c, BigLittleConfig) and c.p_path == sam]
+    fits = [(c.little_dim, name) for name, c in BIGL_CONFIGS.items() if c.p_path == sam]
     if not fits:
         raise BiglSamError(f"{source}: no student config starts from a SAM {sam.name}; name one with --student")
     return min(fits)[1]

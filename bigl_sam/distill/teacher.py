@@ -16,7 +16,7 @@ from segment_anything.modeling import Sam
 from ..build import Checkpoint, load_sam
 from ..checkpoint import as_weights
 from ..errors import BiglSamError, CheckpointError
-from ..modeling.config import BigLittleConfig
+from ..modeling.config import is_student
 from .cache import TeacherCache, list_images
 from .data import DistillDataset, ImageDataset
 
@@ -75,7 +75,7 @@ def load_sam_teacher(checkpoint: Checkpoint) -> Sam:
     of a SAM ViT); a student is one `CheckpointError`."""
     weights = as_weights(checkpoint)
     model = load_sam(weights)
-    if isinstance(model.config, BigLittleConfig):
+    if is_student(model):
         raise CheckpointError(
             f"{weights.source}: holds the big.LITTLE student {model.config.name}, not a SAM model; "
             f"--teacher-checkpoint takes a SAM-layout checkpoint (the one the student starts from)"

@@ -234,7 +234,7 @@ def compute_losses(
     """images: B x 3 x S x S, teacher: B x C x G x G, valid_hw: B x 2 (pixels) -> loss terms (scalars)."""
     cfg = run.cfg
     extents = [tuple(hw) for hw in valid_hw.tolist()]  # the P-path budget goes to image tokens only
-    student = encoder(images, keep_ratio=ratio, valid_size=extents).float()
+    student = encoder(images, keep_ratio=ratio, input_size=extents).float()
     region = loss_region(cfg.loss_region, valid_hw, teacher.shape[-1], images.shape[-1])
     terms = embedding_loss(student, teacher, region)
     terms["loss"] = terms["mse"] + cfg.cosine_weight * terms["cosine"]

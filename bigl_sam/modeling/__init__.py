@@ -2,10 +2,10 @@ from .config import (
     BIGL_CONFIGS,
     MODEL_CONFIGS,
     SAM_VIT_CONFIGS,
-    TEST_MODELS,
     BigLittleConfig,
     SamVitConfig,
     get_config,
+    is_student,
 )
 from .encoder import BigLittleImageEncoder, routing_map
 
@@ -13,10 +13,10 @@ __all__ = [
     "BIGL_CONFIGS",
     "MODEL_CONFIGS",
     "SAM_VIT_CONFIGS",
-    "TEST_MODELS",
     "BigLittleConfig",
     "BigLittleImageEncoder",
     "SamVitConfig",
     "get_config",
+    "is_student",
     "routing_map",
 ]

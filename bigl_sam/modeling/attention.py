@@ -6,10 +6,10 @@ either every token of the field (dense) or a selected subset (routed, the P-path
 Routed queries of a global layer attend at their true grid positions; routed queries of a windowed layer are
 put back at their cells of their windows, so the windowed SDPA call has static shapes. One code path serves
 CPU and GPU: SDPA with the position terms materialised as an additive bias (FlexAttention with a
-`score_mod` was measured about 2x slower on this project's CPU). The bias-free form, one unmasked SDPA call
-on widened heads (`[q * s, rel_h, rel_w] . [k, onehot(row), onehot(col)]`, exact), was measured slower too
-on this project's AVX2 CPU, in float32 and emulated bfloat16: it adds 2G to the width of every query-key
-product (64 -> 192 in a global layer), and with values narrower than the widened heads it ran slower still.
+`score_mod` ran slower on CPU). The bias-free form, one unmasked SDPA call on widened heads
+(`[q * s, rel_h, rel_w] . [k, onehot(row), onehot(col)]`, exact), ran slower too on CPU, in float32 and
+bfloat16: it adds 2G to the width of every query-key product (64 -> 192 in a global layer), and with values
+narrower than the widened heads it ran slower still.
 """
 
 from typing import Optional, Tuple
@@ -91,7 +91,11 @@ class Attention(nn.Module):
         return self.proj(out)
 
     def routed(
-        self, x: torch.Tensor, index: torch.Tensor, window_size: int, extent: Optional[Tuple[int, int]] = None
+        self,
+        x: torch.Tensor,
+        index: torch.Tensor,
+        window_size: int,
+        token_extent: Optional[Tuple[int, int]] = None,
     ) -> torch.Tensor:
         """Semi-cross attention: only the selected tokens are queries, all tokens of their field are keys.
 
@@ -99,7 +103,7 @@ class Attention(nn.Module):
             x: B x H x W x C, normalised tokens.
             index: B x K, raster indexes (row * W + col) of the selected tokens.
             window_size: side of the windows; 0 for global attention over the grid.
-            extent: (h, w) in tokens that every selected token lies in (default: the whole grid).
+            token_extent: (h, w) in tokens that every selected token lies in (default: the whole grid).
                 Windowed layers project keys and values only for the windows that overlap it.
         Returns:
             B x K x C, the projected attention output of the selected tokens.
@@ -110,7 +114,7 @@ class Attention(nn.Module):
             k, v = self._split_heads(self._fields(x, self.qkv.weight[C:], self.qkv.bias[C:], 0), 2)
             out = self._merge_heads(self.attend(self._heads(queries), k, v, index // W, index % W))
         else:
-            out = self._attend_in_windows(x, queries, index, window_size, extent or (H, W))
+            out = self._attend_in_windows(x, queries, index, window_size, token_extent or (H, W))
         return self.proj(out)
 
     def attend(
@@ -148,12 +152,17 @@ class Attention(nn.Module):
         return torch.stack(outputs, dim=2).flatten(2, 3)[:, :, :queries]
 
     def _attend_in_windows(
-        self, x: torch.Tensor, queries: torch.Tensor, index: torch.Tensor, window_size: int, extent: Tuple[int, int]
+        self,
+        x: torch.Tensor,
+        queries: torch.Tensor,
+        index: torch.Tensor,
+        window_size: int,
+        token_extent: Tuple[int, int],
     ) -> torch.Tensor:
         """Windowed semi-cross attention with static shapes (no per-window counts, no host sync).
 
         Each selected query is put back at its own cell of its window (the other cells hold zero queries,
-        whose outputs are dropped), so dense windowed SDPA calls over the windows that overlap `extent`
+        whose outputs are dropped), so dense windowed SDPA calls over the windows that overlap `token_extent`
         serve every query with SAM's relative positions. Windows are attended in up to four bands (whole
         windows, and the partial ones at the bottom and right edge), so no query is spent on window padding.
         The cost over packing queries per window is the attention product of the empty cells (about 4% of
@@ -164,7 +173,7 @@ class Attention(nn.Module):
         """
         B, H, W, C = x.shape
         ws = window_size
-        crop_h, crop_w = min(H, -(-extent[0] // ws) * ws), min(W, -(-extent[1] // ws) * ws)
+        crop_h, crop_w = min(H, -(-token_extent[0] // ws) * ws), min(W, -(-token_extent[1] // ws) * ws)
         kv = self._fields(x[:, :crop_h, :crop_w], self.qkv.weight[C:], self.qkv.bias[C:], ws)
         k, v = (t.unflatten(0, (B, -(-crop_h // ws), -(-crop_w // ws))) for t in self._split_heads(kv, 2))
         # A cell of the cropped grid per query; queries outside the crop (inactive slots) share a spare cell.

@@ -102,7 +102,7 @@ class BigLittleBlock(_SamBlockParts):
             values, top = top_slots(log_scores, plan.slots)  # sorted: an image's first K_b slots are its own
             active = plan.active()
             gate = (score_gate(values) * active).to(x.dtype)
-            x = self._routed_big(x, normed, top, gate[..., None], plan.extent)
+            x = self._routed_big(x, normed, top, gate[..., None], plan.token_extent)
             index = top.masked_fill(~active, -1)
         return x + self.little(x), index
 
@@ -111,16 +111,23 @@ class BigLittleBlock(_SamBlockParts):
         return x + gate * self.mlp(self.norm2(x))
 
     def _routed_big(
-        self, x: torch.Tensor, normed: torch.Tensor, index: torch.Tensor, gate: torch.Tensor, extent
+        self,
+        x: torch.Tensor,
+        normed: torch.Tensor,
+        index: torch.Tensor,
+        gate: torch.Tensor,
+        token_extent: Tuple[int, int],
     ) -> torch.Tensor:
         """Updates only the selected tokens; the others pay for nothing but being keys and values.
 
-        index: B x K (distinct per image); gate: B x K x 1, 0 for inactive slots (they keep their value).
+        x, normed: B x H x W x C; index: B x K (distinct per image); gate: B x K x 1, 0 for inactive slots
+        (they keep their value); token_extent: (h, w) in tokens that every selected token lies in.
+        Returns B x H x W x C.
         """
         B, H, W, C = x.shape
         tokens = x.reshape(B, H * W, C)
         selected = gather_tokens(tokens, index)
-        selected = selected + gate * self.attn.routed(normed, index, self.window_size, extent)
+        selected = selected + gate * self.attn.routed(normed, index, self.window_size, token_extent)
         selected = selected + gate * self.mlp(self.norm2(selected))
         expanded = index[..., None].expand(-1, -1, C)
         return tokens.scatter(1, expanded, selected.to(tokens.dtype)).view(B, H, W, C)

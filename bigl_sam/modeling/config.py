@@ -2,11 +2,11 @@
 
 `SamVitConfig` describes one of SAM's ViT image encoders (the teachers, and where a student's P-path
 starts from). `BigLittleConfig` describes a big.LITTLE student: its P-path has exactly the shape of the
-SAM ViT named by `init_from`, its E-path is a narrow ViT of width `little_dim`.
+SAM ViT named by `sam_model_type`, its E-path is a narrow ViT of width `little_dim`.
 """
 
 from dataclasses import asdict, dataclass, field
-from typing import Dict, Tuple, Union
+from typing import Any, Dict, Tuple, Union
 
 from ..errors import CheckpointError, UnknownModelError, check_keep_ratio
 from ..images import IMG_SIZE, PATCH_SIZE
@@ -39,7 +39,7 @@ LITTLE_ATTN = ("window", "match")
 @dataclass(frozen=True)
 class BigLittleConfig:
     name: str
-    init_from: str  # the SAM ViT whose shape the P-path copies, e.g. "vit_b"
+    sam_model_type: str  # the SAM ViT whose shape (and, built from SAM, weights) the P-path takes, e.g. "vit_b"
     little_dim: int
     little_heads: int
     keep_ratio: float = 0.25
@@ -51,12 +51,12 @@ class BigLittleConfig:
     # 8 tiles the 64 x 64 grid exactly (14 leaves 16% of every window padding) at a quarter of the
     # attention product per token.
     little_window_size: int = 8
-    teacher: str = "vit_h"  # where the prompt encoder and mask decoder come from by default
-    p_path: SamVitConfig = field(default=None)  # type: ignore[assignment]  # filled from init_from
+    decoder_model_type: str = "vit_h"  # the SAM whose prompt encoder and mask decoder it uses by default
+    p_path: SamVitConfig = field(default=None)  # type: ignore[assignment]  # filled from sam_model_type
 
     def __post_init__(self) -> None:
         if self.p_path is None:
-            object.__setattr__(self, "p_path", SAM_VIT_CONFIGS[self.init_from])
+            object.__setattr__(self, "p_path", SAM_VIT_CONFIGS[self.sam_model_type])
         elif isinstance(self.p_path, dict):
             p_path = dict(self.p_path)
             p_path["global_attn_indexes"] = tuple(p_path["global_attn_indexes"])
@@ -87,20 +87,27 @@ SAM_VIT_CONFIGS: Dict[str, SamVitConfig] = {
 }
 SAM_VIT_CONFIGS["default"] = SAM_VIT_CONFIGS["vit_h"]
 
+# The big.LITTLE students, by registry key.
 BIGL_CONFIGS: Dict[str, BigLittleConfig] = {
-    "bigl_b_t": BigLittleConfig("bigl_b_t", init_from="vit_b", little_dim=192, little_heads=3),
-    "bigl_l_s": BigLittleConfig("bigl_l_s", init_from="vit_l", little_dim=384, little_heads=6),
-    # The paper's pairing for ViT-H: a ViT-B-wide E-path. 0.80x ViT-H's MACs at keep 0.25.
-    "bigl_h_b": BigLittleConfig("bigl_h_b", init_from="vit_h", little_dim=768, little_heads=12),
-    # The lean H student: a narrow E-path, under half of ViT-H's MACs at keep 0.25 (README: train it first).
-    "bigl_h_s": BigLittleConfig("bigl_h_s", init_from="vit_h", little_dim=384, little_heads=6),
+    "bigl_b_t": BigLittleConfig("bigl_b_t", sam_model_type="vit_b", little_dim=192, little_heads=3),
+    "bigl_l_s": BigLittleConfig("bigl_l_s", sam_model_type="vit_l", little_dim=384, little_heads=6),
+    # The paper's pairing for ViT-H: a ViT-B-wide E-path.
+    "bigl_h_b": BigLittleConfig("bigl_h_b", sam_model_type="vit_h", little_dim=768, little_heads=12),
+    # The lean H student: a narrow E-path (`bigl-sam bench` counts the MACs of each).
+    "bigl_h_s": BigLittleConfig("bigl_h_s", sam_model_type="vit_h", little_dim=384, little_heads=6),
     "bigl_test": BigLittleConfig(
-        "bigl_test", init_from="vit_test", little_dim=32, little_heads=1, teacher="vit_test"
+        "bigl_test", sam_model_type="vit_test", little_dim=32, little_heads=1, decoder_model_type="vit_test"
     ),
 }
 
 MODEL_CONFIGS: Dict[str, ModelConfig] = {**SAM_VIT_CONFIGS, **BIGL_CONFIGS}
-TEST_MODELS = ("vit_test", "bigl_test")
+
+
+def is_student(config_or_model: Any) -> bool:
+    """True for a big.LITTLE student: a `BigLittleConfig`, or anything built from one that carries it as
+    `.config` (a model built here, its `BigLittleImageEncoder`). A SAM ViT, None, or a model from elsewhere:
+    False."""
+    return isinstance(getattr(config_or_model, "config", config_or_model), BigLittleConfig)
 
 
 def get_config(name: str) -> ModelConfig:
@@ -123,8 +130,6 @@ def config_from_dict(data: dict) -> ModelConfig:
         data["global_attn_indexes"] = tuple(data["global_attn_indexes"])
         return SamVitConfig(**data)
     if kind == "bigl":
-        # Files written before `little_attn` existed were built with the E-path matching the P-path.
-        data.setdefault("little_attn", "match")
         return BigLittleConfig(**data)
     raise ValueError(f"unknown config kind {kind!r}")
 

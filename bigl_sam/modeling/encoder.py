@@ -10,7 +10,7 @@ from segment_anything.modeling.image_encoder import PatchEmbed
 
 from .blocks import BigLittleBlock
 from .config import BigLittleConfig, check_keep_ratio
-from .routing import RoutingPlan, ValidSize, plan_routing, plan_routing_in_graph, token_extents
+from .routing import InputSize, RoutingPlan, plan_routing, plan_routing_in_graph, token_extents
 
 
 class BigLittleImageEncoder(nn.Module):
@@ -54,43 +54,41 @@ class BigLittleImageEncoder(nn.Module):
             nn.Conv2d(vit.out_chans, vit.out_chans, kernel_size=3, padding=1, bias=False),
             LayerNorm2d(vit.out_chans),
         )
-        self.last_routing: List[Optional[torch.Tensor]] = []
 
     def forward(
-        self, x: torch.Tensor, keep_ratio: Optional[float] = None, valid_size: Optional[ValidSize] = None
+        self, x: torch.Tensor, keep_ratio: Optional[float] = None, input_size: Optional[InputSize] = None
     ) -> torch.Tensor:
         """x: B x 3 x 1024 x 1024 -> B x 256 x 64 x 64. `keep_ratio` overrides `self.keep_ratio`.
 
-        `valid_size`: the image's (h, w) in input pixels (one for all, or one per image), if known; else it
+        `input_size`: the image's (h, w) in input pixels (one for all, or one per image), if known; else it
         is read off the zero padding of `x` (`routing.token_extents`).
         """
-        embeddings, self.last_routing = self.forward_with_routing(x, keep_ratio, valid_size)
-        return embeddings
+        return self.forward_with_routing(x, keep_ratio, input_size)[0]
 
     def forward_with_routing(
         self,
         x: torch.Tensor,
         keep_ratio: Union[float, torch.Tensor, None] = None,
-        valid_size: Optional[ValidSize] = None,
+        input_size: Optional[InputSize] = None,
     ) -> Tuple[torch.Tensor, List[Optional[torch.Tensor]]]:
         """Like `forward`, also returning, per layer, the B x K indexes the P-path updated (-1: a slot the
         image did not use; None: every token).
 
         Safe to call from several threads at once (it stores nothing on the module). At keep < 1 it reads
-        the images' extent once (one host sync, unless `valid_size` is given); the layers then run with
+        the images' extent once (one host sync, unless `input_size` is given); the layers then run with
         static shapes. A 0-dim tensor `keep_ratio` (the ONNX encoder's runtime input, checked where it is
         fed) plans in the graph instead (`routing.plan_routing_in_graph`; the extent is always read off the
         padding), and every layer routes, also at 1.0.
         """
         if isinstance(keep_ratio, torch.Tensor):
-            if valid_size is not None:
-                raise ValueError("valid_size cannot be given with a tensor keep_ratio: the extent is read off x")
+            if input_size is not None:
+                raise ValueError("input_size cannot be given with a tensor keep_ratio: the extent is read off x")
             plan = plan_routing_in_graph(x, keep_ratio, self.config.p_path.patch_size, self.pos_embed.shape[1:3])
             return self._run_blocks(x, plan)
         ratio = check_keep_ratio(self.keep_ratio if keep_ratio is None else keep_ratio)
         plan = None
         if ratio < 1.0:
-            extents = token_extents(x, self.config.p_path.patch_size, valid_size)
+            extents = token_extents(x, self.config.p_path.patch_size, input_size)  # (h, w) in tokens, per image
             plan = plan_routing(extents, ratio, self.pos_embed.shape[1:3], x.device)
         return self._run_blocks(x, plan)
 

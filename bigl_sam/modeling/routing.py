@@ -15,8 +15,8 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
-# The extent of one image in input pixels, (h, w); or one per image of the batch.
-ValidSize = Union[Tuple[int, int], Sequence[Tuple[int, int]]]
+# An image's (h, w) in input pixels, inside the S x S square (as `SamPredictor.input_size`); or one per image.
+InputSize = Union[Tuple[int, int], Sequence[Tuple[int, int]]]
 
 
 @dataclass(frozen=True)
@@ -27,27 +27,29 @@ class RoutingPlan:
         slots: K, P-path slots per image: the largest image's budget (static for the whole pass).
         budget: B, each image's own budget K_b <= K; slots past it are inactive (their update is gated to 0).
         image_tokens: B x N bool, tokens that hold image pixels (N = H x W, raster order).
-        extent: (h, w) in tokens, the largest image's extent; windowed layers skip windows outside it.
+        token_extent: (h, w) in tokens, the largest image's; windowed layers skip windows outside it.
     """
 
     slots: int
     budget: torch.Tensor
     image_tokens: torch.Tensor
-    extent: Tuple[int, int]
+    token_extent: Tuple[int, int]
 
     def active(self) -> torch.Tensor:
         """B x K bool: which of the K slots (in router-score order) each image really uses."""
         return torch.arange(self.slots, device=self.budget.device) < self.budget[:, None]
 
 
-def plan_routing(extents: Sequence[Tuple[int, int]], keep_ratio: float, grid_hw: Tuple[int, int], device) -> RoutingPlan:
-    """The plan for images whose image tokens cover `extents` (per image, (h, w) in tokens, top-left)."""
+def plan_routing(
+    token_extents: Sequence[Tuple[int, int]], keep_ratio: float, grid_hw: Tuple[int, int], device
+) -> RoutingPlan:
+    """The plan for images whose image tokens cover `token_extents` (per image, (h, w) in tokens, top-left)."""
     H, W = grid_hw
-    extents = [(min(h, H), min(w, W)) for h, w in extents]
-    budgets = [max(1, math.ceil(keep_ratio * h * w)) for h, w in extents]
-    image_tokens = _extent_mask(torch.tensor(extents, device=device), grid_hw)
-    extent = (max(h for h, _ in extents), max(w for _, w in extents))
-    return RoutingPlan(max(budgets), torch.tensor(budgets, device=device), image_tokens, extent)
+    token_extents = [(min(h, H), min(w, W)) for h, w in token_extents]
+    budgets = [max(1, math.ceil(keep_ratio * h * w)) for h, w in token_extents]
+    image_tokens = token_extent_mask(torch.tensor(token_extents, device=device), grid_hw).flatten(1)
+    largest = (max(h for h, _ in token_extents), max(w for _, w in token_extents))
+    return RoutingPlan(max(budgets), torch.tensor(budgets, device=device), image_tokens, largest)
 
 
 def plan_routing_in_graph(
@@ -59,33 +61,48 @@ def plan_routing_in_graph(
     Same budgets and image tokens as `token_extents` + `plan_routing` (the budget is computed in float64
     from the tensor's value), and at keep >= 1 every token, padding included, as the dense path of keep 1.0.
     The slot count K = the largest budget is the graph's only data-dependent size (one `.item()`, bounded
-    to [1, H x W]). The extent is the whole grid, so every other shape stays static: windowed layers then
-    project keys and values for every window, not only those overlapping the image; no selected token's
-    output changes.
+    to [1, H x W]). The plan's token extent is the whole grid, so every other shape stays static: windowed
+    layers then project keys and values for every window, not only those overlapping the image; no selected
+    token's output changes.
     """
     H, W = grid_hw
-    pixels = _pixel_extents(images)  # B x 2
-    tokens = torch.minimum(-(-pixels // patch_size), torch.tensor([H, W], device=images.device))
+    tokens = torch.minimum(token_extent(_input_sizes(images), patch_size), torch.tensor([H, W], device=images.device))
     everything = keep_ratio >= 1.0
     budget = torch.ceil(keep_ratio.double() * tokens[:, 0] * tokens[:, 1]).long().clamp(min=1)
     budget = torch.where(everything, H * W, budget)
-    image_tokens = _extent_mask(tokens, grid_hw) | everything
+    image_tokens = token_extent_mask(tokens, grid_hw).flatten(1) | everything
     slots = budget.max().item()
     torch._check(slots >= 1)
     torch._check(slots <= H * W)
     return RoutingPlan(slots, budget, image_tokens, (H, W))
 
 
-def _extent_mask(extents: torch.Tensor, grid_hw: Tuple[int, int]) -> torch.Tensor:
-    """B x 2 extents (h, w) in tokens -> B x N bool, the tokens inside each (N = H x W, raster order)."""
+def token_extent(input_size, patch_size: int):
+    """An image's extent in pixels -> in tokens: the rows and columns of tokens that hold any of its pixels,
+    ceil(h / patch_size) x ceil(w / patch_size).
+
+    Args:
+        input_size: (h, w) in input pixels, or a ... x 2 integer tensor of them.
+        patch_size: the side of one token, in pixels.
+    Returns:
+        (h, w) in tokens: a tuple of ints, or a ... x 2 tensor for a tensor `input_size`.
+    """
+    if isinstance(input_size, torch.Tensor):
+        return -(-input_size // patch_size)
+    h, w = input_size
+    return -(-int(h) // patch_size), -(-int(w) // patch_size)
+
+
+def token_extent_mask(token_extents: torch.Tensor, grid_hw: Tuple[int, int]) -> torch.Tensor:
+    """B x 2 token extents (h, w) -> B x H x W bool, True on the tokens inside each (the top-left h x w)."""
     H, W = grid_hw
-    rows = torch.arange(H, device=extents.device)[None, :, None] < extents[:, 0, None, None]
-    cols = torch.arange(W, device=extents.device)[None, None, :] < extents[:, 1, None, None]
-    return (rows & cols).flatten(1)
+    rows = torch.arange(H, device=token_extents.device)[None, :, None] < token_extents[:, 0, None, None]
+    cols = torch.arange(W, device=token_extents.device)[None, None, :] < token_extents[:, 1, None, None]
+    return rows & cols
 
 
 def token_extents(
-    images: torch.Tensor, patch_size: int, valid_size: Optional[ValidSize] = None
+    images: torch.Tensor, patch_size: int, input_size: Optional[InputSize] = None
 ) -> Sequence[Tuple[int, int]]:
     """Per image, (h, w) in tokens of the top-left region that holds image pixels.
 
@@ -93,21 +110,21 @@ def token_extents(
         images: B x 3 x S x S SAM-preprocessed input. SAM pads the normalised image with exact zeros, and a
             uint8 pixel never normalises to exactly 0 (SAM's means are not integers), so the last row and
             column with a non-zero value end the image.
-        valid_size: the extent in input pixels, (h, w) for every image or one per image, when known (as
+        input_size: the extent in input pixels, (h, w) for every image or one per image, when known (as
             `SamPredictor.input_size`); skips the scan and its host sync.
     """
-    if valid_size is None:
-        valid_size = _pixel_extents(images).tolist()  # the one host sync of a forward pass
-    elif isinstance(valid_size[0], int):
-        valid_size = [tuple(valid_size)] * images.shape[0]
-    if len(valid_size) != images.shape[0]:
-        raise ValueError(f"valid_size names {len(valid_size)} extents for a batch of {images.shape[0]}")
-    if any(int(h) < 1 or int(w) < 1 for h, w in valid_size):
-        raise ValueError(f"valid_size must be at least 1 x 1 pixels, got {list(valid_size)}")
-    return [(-(-int(h) // patch_size), -(-int(w) // patch_size)) for h, w in valid_size]
+    if input_size is None:
+        input_size = _input_sizes(images).tolist()  # the one host sync of a forward pass
+    elif isinstance(input_size[0], int):
+        input_size = [tuple(input_size)] * images.shape[0]
+    if len(input_size) != images.shape[0]:
+        raise ValueError(f"input_size names {len(input_size)} extents for a batch of {images.shape[0]}")
+    if any(int(h) < 1 or int(w) < 1 for h, w in input_size):
+        raise ValueError(f"input_size must be at least 1 x 1 pixels, got {list(input_size)}")
+    return [token_extent(size, patch_size) for size in input_size]
 
 
-def _pixel_extents(images: torch.Tensor) -> torch.Tensor:
+def _input_sizes(images: torch.Tensor) -> torch.Tensor:
     """B x 3 x S x S SAM-preprocessed input -> B x 2, per image (h, w) in pixels: one past the last row and
     column with a non-zero value.
 
@@ -115,9 +132,9 @@ def _pixel_extents(images: torch.Tensor) -> torch.Tensor:
     S x S square, so it runs, and costs, what a square image does.
     """
     nonzero = images.ne(0).any(dim=1)  # B x S x S
-    extents = torch.stack([_last_true(nonzero.any(dim=2)), _last_true(nonzero.any(dim=1))], dim=1)
+    sizes = torch.stack([_last_true(nonzero.any(dim=2)), _last_true(nonzero.any(dim=1))], dim=1)
     square = torch.tensor(images.shape[-2:], device=images.device)
-    return torch.where(extents > 0, extents, square)  # h and w are 0 together: no non-zero value at all
+    return torch.where(sizes > 0, sizes, square)  # h and w are 0 together: no non-zero value at all
 
 
 def _last_true(flags: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,7 @@ from segment_anything.modeling import Sam
 from ..errors import BiglSamError, check_keep_ratio
 from ..fileio import atomic_folder, atomic_write_text
 from ..images import resized_shape, sam_input_array
-from ..modeling import BigLittleConfig, BigLittleImageEncoder
+from .. import modeling
 from .export import (
     EMBEDDING_TOLERANCE,
     _export,
@@ -77,7 +77,7 @@ class RgbImageEncoder(torch.nn.Module):
         side = self.encoder.img_size
         x = ((image - self.pixel_mean) / self.pixel_std).permute(2, 0, 1)[None]
         x = F.pad(x, (0, side - image.shape[1], 0, side - image.shape[0]))
-        if isinstance(self.encoder, BigLittleImageEncoder):
+        if modeling.is_student(self.encoder):
             return self.encoder.forward_with_routing(x, torch.tensor(self.keep_ratio))[0]
         return self.encoder(x)
 
@@ -105,7 +105,7 @@ def export_anylabeling(
     """
     say = progress or (lambda line: None)
     out = Path(out)
-    is_student = isinstance(model.config, BigLittleConfig)
+    is_student = modeling.is_student(model)
     if keep_ratio is not None and not is_student:
         raise BiglSamError(f"--keep-ratio: {model.config.name} is SAM's own encoder, only big.LITTLE students route tokens")
     if is_student:

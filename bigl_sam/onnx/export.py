@@ -36,7 +36,7 @@ from segment_anything.utils.onnx import SamOnnxModel
 from ..errors import BiglSamError, check_keep_ratio
 from ..fileio import atomic_folder, atomic_write_text
 from ..images import sam_input_array
-from ..modeling import BigLittleConfig, BigLittleImageEncoder
+from .. import modeling
 from .interface import (
     ANYLABELING_CONFIG_FILE,
     DECODER_FILE,
@@ -109,7 +109,7 @@ def export_onnx(
     out = Path(out)
     check_opset(opset)
     check_out(out)
-    is_student = isinstance(model.config, BigLittleConfig)
+    is_student = modeling.is_student(model)
     ratios = _check_ratios(model, check_ratios) if is_student else []
     export_id = uuid.uuid4().hex
     with atomic_folder(out, waiting) as folder:
@@ -179,7 +179,7 @@ def export_encoder(
     keep-ratio input and its default in the metadata; `export_id` in the metadata if given)."""
     image = torch.zeros(1, 3, encoder.img_size, encoder.img_size)
     image[..., : encoder.img_size // 2, :] = 1.0  # padding below, as a real image has
-    if isinstance(encoder, BigLittleImageEncoder):
+    if modeling.is_student(encoder):
         module, args = KeepRatioEncoder(encoder), (image, torch.tensor(encoder.keep_ratio))
         names, metadata = [IMAGE_INPUT, KEEP_RATIO_INPUT], {DEFAULT_KEEP_RATIO_KEY: repr(encoder.keep_ratio)}
     else:
