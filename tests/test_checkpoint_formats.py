@@ -120,8 +120,8 @@ def test_distill_commands_take_saved_safetensors(saved_256, tmp_path):
     images = str(saved_256 / "images")
     assert main(["distill", "cache", "--teacher-checkpoint", sam, "--images", images, "--out", str(tmp_path / "c"),
                  "--batch", "1"]) == 0
-    assert main(["distill", "train", "--teacher-from", sam, "--student", student, "--images", images,
+    assert main(["distill", "train", "--teacher-checkpoint", sam, "--student", student, "--images", images,
                  "--out", str(tmp_path / "run"), "--steps", "1", "--batch", "1", "--holdout", "0", "--workers", "0",
                  "--eval-every", "0"]) == 0
-    assert main(["distill", "compare", "--teacher-from", sam, "--student", student, "--images", images,
+    assert main(["distill", "compare", "--teacher-checkpoint", sam, "--student", student, "--images", images,
                  "--holdout", "1", "--keep-ratios", "0.5"]) == 0

@@ -62,11 +62,11 @@ def test_sam_input_is_what_the_predictor_feeds_the_encoder(official_checkpoint):
     model.image_encoder.register_forward_pre_hook(lambda module, args: seen.append(args[0][0]))
     image = np.random.default_rng(2).integers(0, 256, (60, 100, 3), dtype=np.uint8)
     SamPredictor(model).set_image(image)
-    x, valid_hw = sam_input(image, model.pixel_mean, model.pixel_std, 1024)
-    assert valid_hw == (614, 1024)
+    x, input_size = sam_input(image, model.pixel_mean, model.pixel_std, 1024)
+    assert input_size == (614, 1024)
     assert torch.equal(x, seen[0])
-    mask = loss_region("valid", torch.tensor([valid_hw]), 64, 1024)
-    assert mask.shape == (1, 1, 64, 64) and mask.sum() == 39 * 64 == np.prod(token_extent(valid_hw, 16))
+    mask = loss_region("valid", torch.tensor([input_size]), 64, 1024)
+    assert mask.shape == (1, 1, 64, 64) and mask.sum() == 39 * 64 == np.prod(token_extent(input_size, 16))
 
 
 def test_cache_round_trips_embedding_seed_and_valid_region(cache, images, official_checkpoint):
@@ -77,8 +77,8 @@ def test_cache_round_trips_embedding_seed_and_valid_region(cache, images, offici
         entry = stored.entry(i)
         assert entry.seed == augmentation_seed(entry.image_id, i % 2)
         image = augment(np.asarray(Image.open(images / entry.image_id)), entry.seed)
-        x, valid_hw = sam_input(image, teacher.pixel_mean, teacher.pixel_std, 1024)
-        assert entry.valid_hw == valid_hw
+        x, input_size = sam_input(image, teacher.pixel_mean, teacher.pixel_std, 1024)
+        assert entry.input_size == input_size
         with torch.no_grad():
             expected = teacher.image_encoder(x[None])[0]
         embedding = stored.embedding(i)

@@ -233,9 +233,9 @@ def test_loss_region_full_counts_the_padding_and_valid_does_not():
     teacher = torch.zeros(1, 4, 8, 8)
     student = teacher.clone()
     student[..., 4:, :] = 1.0  # differs only below row 4, where the 2 x 8 image of 64 x 64 px ends
-    valid_hw = torch.tensor([[32, 64]])
-    full = embedding_loss(student, teacher, loss_region("full", valid_hw, 8, 64))
-    valid = embedding_loss(student, teacher, loss_region("valid", valid_hw, 8, 64))
+    input_size = torch.tensor([[32, 64]])
+    full = embedding_loss(student, teacher, loss_region("full", input_size, 8, 64))
+    valid = embedding_loss(student, teacher, loss_region("valid", input_size, 8, 64))
     assert valid["mse"] == 0 and full["mse"] == 0.5
 
 

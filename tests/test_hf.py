@@ -137,7 +137,7 @@ def test_mask_generation_pipeline_runs_on_a_student(student_checkpoint, photo):
 
 
 def test_distill_compare_reads_the_teacher_folder_once(hf_tiny, tmp_path, monkeypatch):
-    """--teacher-from is the teacher, the students' P-path and their decoder: one read for all three."""
+    """--teacher-checkpoint is the teacher, the students' P-path and their decoder: one read for all three."""
     _, folder = hf_tiny
     reads = []
     read = bigl_sam.checkpoint.read_safetensors
@@ -145,7 +145,7 @@ def test_distill_compare_reads_the_teacher_folder_once(hf_tiny, tmp_path, monkey
     (tmp_path / "images").mkdir()
     for name in ("a.png", "b.png"):  # compare holds out one and keeps one for training
         Image.fromarray(np.full((40, 60, 3), 90, dtype=np.uint8)).save(tmp_path / "images" / name)
-    assert main(["distill", "compare", "--teacher-from", str(folder), "--student", "bigl_test", "--images",
+    assert main(["distill", "compare", "--teacher-checkpoint", str(folder), "--student", "bigl_test", "--images",
                  str(tmp_path / "images"), "--holdout", "1", "--keep-ratios", "1.0"]) == 0
     assert reads == [folder / "model.safetensors"]
 

@@ -96,8 +96,8 @@ def test_sliver_is_one_line_with_size_and_limit(tmp_path, width, height):
 def test_thinnest_accepted_image_goes_through_sam_input(tmp_path):
     Image.fromarray(np.zeros((1, MAX_ASPECT), np.uint8), "L").save(tmp_path / "thin.png")
     image = load_image(tmp_path / "thin.png")
-    x, valid_hw = sam_input(image, torch.zeros(3), torch.ones(3), 1024)
-    assert x.shape == (3, 1024, 1024) and valid_hw == (1024 // MAX_ASPECT, 1024)
+    x, input_size = sam_input(image, torch.zeros(3), torch.ones(3), 1024)
+    assert x.shape == (3, 1024, 1024) and input_size == (1024 // MAX_ASPECT, 1024)
 
 
 def test_sam_input_refuses_arrays_it_would_resize_to_nothing():

@@ -3,7 +3,7 @@
 Layout of a cache folder:
     settings.pt          what was cached: teacher, images folder, augmentations, shard size, input size,
                          the teacher's precision
-    shard-00000.pt       up to `shard_size` entries: "image_ids", "seeds" (N), "valid_hw" (N x 2, the
+    shard-00000.pt       up to `shard_size` entries: "image_ids", "seeds" (N), "input_size" (N x 2, the
                          unpadded extent of the input in pixels), "embeddings" (N x 256 x 64 x 64 float16),
                          "skipped" ([image id, reason] of the planned entries whose image was unreadable)
     shard-00000.check.pt that shard's byte count and sha256, written once the shard is complete
@@ -42,7 +42,7 @@ OPEN_SHARDS = 8  # memory-mapped shards kept open by one reader
 class Entry:
     image_id: str  # path relative to the images folder
     seed: int  # augmentation seed (0: the original image)
-    valid_hw: Tuple[int, int]  # extent of the image in the padded teacher input, in pixels
+    input_size: Tuple[int, int]  # extent of the image in the padded teacher input, in pixels
 
 
 def list_images(root: Path) -> List[str]:
@@ -161,7 +161,7 @@ def _write_shard(
         inputs = []
         for image_id, seed in items[start : start + batch_size]:
             try:
-                x, valid_hw = sam_input(augment(load_image(images_root / image_id), seed), mean, std, img_size)
+                x, input_size = sam_input(augment(load_image(images_root / image_id), seed), mean, std, img_size)
             except BiglSamError as err:
                 if strict:
                     raise
@@ -170,7 +170,7 @@ def _write_shard(
                 skipped[image_id] = str(err)
                 continue
             inputs.append(x)
-            valid.append(valid_hw)
+            valid.append(input_size)
             done.append((image_id, seed))
         if inputs:
             batch = torch.stack(inputs).to(next(teacher.parameters()).device)
@@ -181,7 +181,7 @@ def _write_shard(
     shard = {
         "image_ids": [image_id for image_id, _ in done],
         "seeds": torch.tensor([seed for _, seed in done], dtype=torch.int64),
-        "valid_hw": torch.tensor(valid, dtype=torch.int64).view(-1, 2),
+        "input_size": torch.tensor(valid, dtype=torch.int64).view(-1, 2),
         "embeddings": torch.cat(embeddings),
         "skipped": [[image_id, reason] for image_id, reason in skipped.items()],
     }
@@ -207,7 +207,7 @@ def _write_index(out: Path, shard_count: int) -> None:
         record = read_checkpoint(check_path(path))
         record["image_ids"] = shard["image_ids"]
         record["seeds"] = shard["seeds"].tolist()
-        record["valid_hw"] = shard["valid_hw"].tolist()
+        record["input_size"] = shard["input_size"].tolist()
         shards.append(record)
         skipped.update(dict(shard["skipped"]))
     if skipped:
@@ -252,10 +252,10 @@ class TeacherCache:
         self.entries: List[Entry] = []
         self._where: List[Tuple[str, int]] = []
         for record in index["shards"]:
-            for row, (image_id, seed, valid_hw) in enumerate(
-                zip(record["image_ids"], record["seeds"], record["valid_hw"])
+            for row, (image_id, seed, input_size) in enumerate(
+                zip(record["image_ids"], record["seeds"], record["input_size"])
             ):
-                self.entries.append(Entry(image_id, seed, tuple(valid_hw)))
+                self.entries.append(Entry(image_id, seed, tuple(input_size)))
                 self._where.append((record["file"], row))
         self._open: Dict[str, dict] = {}
 

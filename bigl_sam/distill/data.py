@@ -34,7 +34,7 @@ def loss_region(region: str, input_size: torch.Tensor, grid: int, img_size: int)
 
 
 class DistillDataset(Dataset):
-    """Key (i, epoch) -> {"image": 3 x S x S, "target": C x G x G float16, "valid_hw": 2 (int64)} for entry
+    """Key (i, epoch) -> {"image": 3 x S x S, "target": C x G x G float16, "input_size": 2 (int64)} for entry
     `indexes[i]` of the teacher cache: the input replayed from the original file and the cached
     augmentation seed (the epoch plays no part: the cache fixed the augmentation)."""
 
@@ -52,16 +52,16 @@ class DistillDataset(Dataset):
         entry = self.cache.entry(index)
         image = augment(load_image(Path(self.cache.images_root) / entry.image_id), entry.seed)
         x, input_size = sam_input(image, self.pixel_mean, self.pixel_std, self.cache.img_size)
-        if tuple(input_size) != tuple(entry.valid_hw):
+        if tuple(input_size) != tuple(entry.input_size):
             raise BiglSamError(
                 f"{entry.image_id} (seed {entry.seed}): rebuilt input covers {input_size}, the cache says "
-                f"{tuple(entry.valid_hw)}; the image changed since the cache was built"
+                f"{tuple(entry.input_size)}; the image changed since the cache was built"
             )
-        return {"image": x, "target": self.cache.embedding(index), "valid_hw": torch.tensor(input_size)}
+        return {"image": x, "target": self.cache.embedding(index), "input_size": torch.tensor(input_size)}
 
 
 class ImageDataset(Dataset):
-    """Key (i, epoch) -> {"image": 3 x S x S, "valid_hw": 2 (int64)}: augmentation `epoch` of image
+    """Key (i, epoch) -> {"image": 3 x S x S, "input_size": 2 (int64)}: augmentation `epoch` of image
     `image_ids[i]` under `root` (epoch 0: the image itself), for a teacher that runs on the fly."""
 
     def __init__(
@@ -81,7 +81,7 @@ class ImageDataset(Dataset):
         image_id = self.image_ids[item]
         image = augment(load_image(self.root / image_id), augmentation_seed(image_id, epoch))
         x, input_size = sam_input(image, self.pixel_mean, self.pixel_std, self.img_size)
-        return {"image": x, "valid_hw": torch.tensor(input_size)}
+        return {"image": x, "input_size": torch.tensor(input_size)}
 
 
 def collate(samples) -> dict:

@@ -206,10 +206,10 @@ def train_step(run: Run, batch: dict, step: int) -> dict:
         group["lr"] = lr
     ratio = keep_ratio_at(step, cfg.keep_ratio_range, cfg.seed)
     images = batch["image"].to(process.device, non_blocking=True)
-    valid_hw = batch["valid_hw"].to(process.device)
+    input_size = batch["input_size"].to(process.device)
     with run.autocast:
         target = run.teacher.targets(batch, images)
-        losses = compute_losses(run, run.encoder, images, target, valid_hw, ratio,
+        losses = compute_losses(run, run.encoder, images, target, input_size, ratio,
                                 seeded_generator(cfg.seed, step, process.rank))
     losses["loss"].backward()
     encoder = run.model.image_encoder
@@ -228,18 +228,18 @@ def train_step(run: Run, batch: dict, step: int) -> dict:
 
 
 def compute_losses(
-    run: Run, encoder: torch.nn.Module, images: torch.Tensor, teacher: torch.Tensor, valid_hw: torch.Tensor,
+    run: Run, encoder: torch.nn.Module, images: torch.Tensor, teacher: torch.Tensor, input_size: torch.Tensor,
     ratio: float, generator: torch.Generator,
 ) -> Dict[str, torch.Tensor]:
-    """images: B x 3 x S x S, teacher: B x C x G x G, valid_hw: B x 2 (pixels) -> loss terms (scalars)."""
+    """images: B x 3 x S x S, teacher: B x C x G x G, input_size: B x 2 (pixels) -> loss terms (scalars)."""
     cfg = run.cfg
-    extents = [tuple(hw) for hw in valid_hw.tolist()]  # the P-path budget goes to image tokens only
-    student = encoder(images, keep_ratio=ratio, input_size=extents).float()
-    region = loss_region(cfg.loss_region, valid_hw, teacher.shape[-1], images.shape[-1])
+    sizes = [tuple(hw) for hw in input_size.tolist()]  # the P-path budget goes to image tokens only
+    student = encoder(images, keep_ratio=ratio, input_size=sizes).float()
+    region = loss_region(cfg.loss_region, input_size, teacher.shape[-1], images.shape[-1])
     terms = embedding_loss(student, teacher, region)
     terms["loss"] = terms["mse"] + cfg.cosine_weight * terms["cosine"]
     if cfg.mask_weight > 0:
-        terms["mask"] = mask_loss(run.model, student, teacher, valid_hw, generator)
+        terms["mask"] = mask_loss(run.model, student, teacher, input_size, generator)
         terms["loss"] = terms["loss"] + cfg.mask_weight * terms["mask"]
     return terms
 
@@ -263,11 +263,11 @@ def evaluate(run: Run, heldout) -> Dict[float, Dict[str, float]]:
     sums: Dict[float, Dict[str, float]] = {ratio: {} for ratio in eval_keep_ratios(cfg.keep_ratio_range)}
     for start in range(0, len(heldout), cfg.batch):
         batch = collate([heldout[(i, 0)] for i in range(start, min(start + cfg.batch, len(heldout)))])
-        images, valid_hw = batch["image"].to(device), batch["valid_hw"].to(device)
+        images, input_size = batch["image"].to(device), batch["input_size"].to(device)
         with run.autocast:
             target = run.teacher.targets(batch, images)
             for ratio, totals in sums.items():
-                terms = compute_losses(run, encoder, images, target, valid_hw, ratio, seeded_generator(cfg.seed))
+                terms = compute_losses(run, encoder, images, target, input_size, ratio, seeded_generator(cfg.seed))
                 for name, value in terms.items():
                     totals[name] = totals.get(name, 0.0) + value.item() * len(images)
     encoder.train()
