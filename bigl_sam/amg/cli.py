@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 from typing import List
 
-import torch
 from tqdm import tqdm
 
 from .. import distributed
@@ -47,7 +46,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="bfloat16: autocast the encoder and decoder (for GPUs)")
     parser.add_argument("--bench", action="store_true",
                         help="time SAM's SamAutomaticMaskGenerator and this generator on the images instead "
-                             "(checks that the masks are the same); writes nothing")
+                             "(checks that the masks are the same; with --compile or --share-image-work, one "
+                             "more row for each); writes nothing")
+    parser.add_argument("--compile", action="store_true",
+                        help="compile the mask decoder (torch.compile, about a minute on CPU): masks round "
+                             "differently from SAM's (docs/amg.md has the measured agreement)")
+    parser.add_argument("--share-image-work", action="store_true",
+                        help="project the image embedding once per image in the decoder's first layer, not once "
+                             "per point (about a fifth of the decoder's MACs): off by default, as it may round "
+                             "differently from SAM's decoder")
     add_setting_arguments(parser)
 
 
@@ -57,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     files = image_files(args.images, args.max_images)
     if args.bench:
         device = distributed.pick_device(args.device)
-        bench.run(spec.load(device), files, settings, args.dtype)
+        bench.run(spec.load(device), files, settings, args.dtype, args.compile, args.share_image_work)
         return 0
     if args.out is None:
         raise BiglSamError("--out is required (or --bench)")
@@ -69,14 +76,16 @@ def run(args: argparse.Namespace) -> int:
     process = distributed.start(args.device, backend="gloo")
     shard = Shard(process.rank, process.world_size)
     model = spec.load(process.device)
-    recorded = {**spec.settings(model), **settings.as_kwargs(), "dtype": args.dtype, "output_mode": args.output_mode}
+    options = {"compiled": args.compile, "share_image_work": args.share_image_work}
+    generator = MaskGenerator(model, **settings.as_kwargs(), **options, output_mode="uncompressed_rle")
+    recorded = {**spec.settings(model), **settings.as_kwargs(), **{k: v for k, v in options.items() if v},
+                "dtype": args.dtype, "output_mode": args.output_mode}
     if shard.is_main:
         outputs.check_settings(args.out, recorded)
     distributed.barrier(process)
     if not shard.is_main:
         outputs.check_settings(args.out, recorded)
-    skipped = _segment(MaskGenerator(model, **settings.as_kwargs(), output_mode="uncompressed_rle"),
-                       shard.take(files), args, process)
+    skipped = _segment(generator, shard.take(files), args, process)
     skipped = gather_to_main(skipped, shard)
     if not shard.is_main:
         return 0
@@ -98,15 +107,13 @@ def _segment(generator: MaskGenerator, mine: List[Path], args: argparse.Namespac
         tqdm.write(f"amg [rank {process.rank}]: {len(mine) - len(todo)} of {len(mine)} images already done in "
                    f"{args.out}, {len(todo)} to go", file=sys.stderr)
     skipped = []
-    autocast = torch.autocast(process.device.type, dtype=distributed.DTYPES[args.dtype],
-                              enabled=args.dtype != "float32")
     for path in tqdm(todo, desc=f"amg [rank {process.rank}]", unit="image"):
         try:
             image = load_image(path)
         except BiglSamError as err:
             skipped.append(str(err))
             continue
-        with autocast:
+        with distributed.autocast(process.device, args.dtype):
             masks = generator.generate(image)
         outputs.write_image(args.out, path.stem, path.name, image.shape[:2], masks, args.output_mode)
     return skipped
