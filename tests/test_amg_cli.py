@@ -111,6 +111,14 @@ def test_bad_settings_are_one_line(images, tmp_path, capsys, option, message):
     assert not (tmp_path / "out").exists()
 
 
+def test_help_lists_the_options(capsys):
+    with pytest.raises(SystemExit) as done:
+        amg("--help")
+    assert done.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--points-per-batch N|auto" in out and "--compile" in out and "--share-image-work" in out
+
+
 def test_bench_checks_the_masks_against_sams(one_thread, images, capsys):
     assert amg("--images", images, "--bench", "--max-images", "1", "--share-image-work", *FAST) == 0
     out = capsys.readouterr().out

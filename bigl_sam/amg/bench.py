@@ -22,7 +22,7 @@ from segment_anything import automatic_mask_generator as sam_amg
 from segment_anything.modeling import Sam
 from tqdm import tqdm
 
-from ..distributed import autocast
+from .. import distributed
 from ..errors import BiglSamError
 from ..images import load_image
 from .generator import STAGES, MaskGenerator, agreement, same_masks
@@ -100,7 +100,8 @@ def run(model: Sam, files: List[Path], settings: AmgSettings, dtype: str, compil
         generators["bigl-sam --compile"] = MaskGenerator(
             copy.deepcopy(model), **settings.as_kwargs(), output_mode="coco_rle", compiled=True)
     device = generators["bigl-sam"].predictor.device
-    with autocast(device, dtype):  # untimed: the first encoder pass of a process pays for its warm-up
+    autocast = distributed.autocast(device, dtype)
+    with autocast:  # untimed: the first encoder pass of a process pays for its warm-up
         generators["bigl-sam"].predictor.set_image(images[0])
     totals = dict.fromkeys(generators, 0.0)
     same = dict.fromkeys(generators, 0)
@@ -110,7 +111,7 @@ def run(model: Sam, files: List[Path], settings: AmgSettings, dtype: str, compil
     for i, image in enumerate(tqdm(images, desc="amg bench", unit="image")):
         results = {}
         for name in names[i % len(names):] + names[:i % len(names)]:  # each row takes its turn at going first
-            with autocast(device, dtype):
+            with autocast:
                 start = time.perf_counter()
                 results[name] = generators[name].generate(image)
                 totals[name] += time.perf_counter() - start

@@ -107,13 +107,14 @@ def _segment(generator: MaskGenerator, mine: List[Path], args: argparse.Namespac
         tqdm.write(f"amg [rank {process.rank}]: {len(mine) - len(todo)} of {len(mine)} images already done in "
                    f"{args.out}, {len(todo)} to go", file=sys.stderr)
     skipped = []
+    autocast = distributed.autocast(process.device, args.dtype)
     for path in tqdm(todo, desc=f"amg [rank {process.rank}]", unit="image"):
         try:
             image = load_image(path)
         except BiglSamError as err:
             skipped.append(str(err))
             continue
-        with distributed.autocast(process.device, args.dtype):
+        with autocast:
             masks = generator.generate(image)
         outputs.write_image(args.out, path.stem, path.name, image.shape[:2], masks, args.output_mode)
     return skipped

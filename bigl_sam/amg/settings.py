@@ -125,7 +125,7 @@ def add_setting_arguments(parser: argparse.ArgumentParser) -> None:
         flag = f"--{f.name.replace('_', '-')}"
         if f.name == "points_per_batch":
             group.add_argument(flag, type=_points_per_batch, default=f.default, metavar="N|auto",
-                               help=f"default {f.default}; auto: as many as fit in {AUTO_MEMORY_SHARE:.0%} of the "
+                               help=f"default {f.default}; {AUTO}: as many as fit in {AUTO_MEMORY_SHARE:g} of the "
                                     f"device's free memory, at most {MAX_AUTO_POINTS}")
             continue
         group.add_argument(flag, type=f.type, default=f.default, metavar="N" if f.type is int else "X",
