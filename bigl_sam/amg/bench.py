@@ -128,8 +128,8 @@ def run(model: Sam, files: List[Path], settings: AmgSettings, dtype: str, compil
             "images_per_min": 60 * len(images) / totals[name],
             "speed_up": totals["sam"] / totals[name],
             "same_images": same[name],
-            "masks_matched": matched[name][0] / max(1, sam_masks),
-            "pixel_iou": matched[name][1] / max(1, sam_masks),
+            "masks_matched": matched[name][0] / sam_masks if sam_masks else None,  # None: nothing to match
+            "pixel_iou": matched[name][1] / sam_masks if sam_masks else None,
             "survival": ours.masks["upsampled"] / max(1, ours.masks["decoded"]),
             "seconds": generator.seconds,
         }
@@ -141,7 +141,8 @@ def run(model: Sam, files: List[Path], settings: AmgSettings, dtype: str, compil
           + " | ".join(f"{stage} s" for stage in STAGES) + " |")
     print("|---" * (7 + len(STAGES)) + "|")
     for name, row in rows.items():
-        print(f"| {name} | {row['survival']:.1%} | {row['same_images']} of {len(images)} | "
-              f"{row['masks_matched']:.1%} | {row['pixel_iou']:.4f} | {row['images_per_min']:.2f} | "
+        matches = "- | -" if row["masks_matched"] is None else f"{row['masks_matched']:.1%} | {row['pixel_iou']:.4f}"
+        print(f"| {name} | {row['survival']:.1%} | {row['same_images']} of {len(images)} | {matches} | "
+              f"{row['images_per_min']:.2f} | "
               f"{row['speed_up']:.2f}x | " + " | ".join(f"{row['seconds'][stage]:.2f}" for stage in STAGES) + " |")
     return rows
