@@ -1,16 +1,20 @@
 """`bigl_sam.amg.MaskGenerator` gives segment_anything's `SamAutomaticMaskGenerator` masks, bit for bit."""
 
+import math
 import re
 
 import numpy as np
 import pytest
 import torch
 from segment_anything import SamAutomaticMaskGenerator
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 from segment_anything.utils.amg import mask_to_rle_pytorch, rle_to_mask
 
 from bigl_sam import build_model
 from bigl_sam.amg import AmgSettings, MaskGenerator
-from bigl_sam.amg.generator import masks_to_rles, rle_to_binary_mask, same_masks
+from bigl_sam.amg import settings as amg_settings
+from bigl_sam.amg.generator import agreement, masks_to_rles, rle_to_binary_mask, same_masks
 from bigl_sam.errors import BiglSamError
 from bigl_sam.modeling import get_config
 from conftest import randomize_, small_test_configs
@@ -35,9 +39,12 @@ _models = {}
 
 
 def random_model(name: str):
+    """The same random weights whichever tests ran before (the global generator is seeded apart)."""
     if name not in _models:
         small = {config.name: config for config in small_test_configs()}
-        _models[name] = randomize_(build_model(small.get(name) or get_config(name)), 0).eval()
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            _models[name] = randomize_(build_model(small.get(name) or get_config(name)), 0).eval()
     return _models[name]
 
 
@@ -82,11 +89,73 @@ def test_rles_are_sams():
         assert np.array_equal(rle_to_binary_mask(rle), rle_to_mask(rle))
 
 
+def embedding_bytes(model) -> int:
+    return 4 * model.prompt_encoder.embed_dim * math.prod(model.prompt_encoder.image_embedding_size)
+
+
+@pytest.mark.parametrize("points,expected", [(40, 40), (0.5, 1), (10**6, amg_settings.MAX_AUTO_POINTS)])
+def test_auto_batch_is_the_points_that_fit_in_free_memory(monkeypatch, points, expected):
+    per_point = amg_settings.DECODER_EMBEDDINGS_PER_POINT * 4096
+    free = points * per_point / amg_settings.AUTO_MEMORY_SHARE
+    monkeypatch.setattr(amg_settings, "free_memory_bytes", lambda device: free)
+    assert amg_settings.auto_points_per_batch(4096, torch.device("cpu")) == expected
+
+
+def test_auto_batch_gives_the_masks_of_sams_batch(one_thread, monkeypatch):
+    model = random_model("vit_test_256")
+    fits_40 = 40 * amg_settings.DECODER_EMBEDDINGS_PER_POINT * embedding_bytes(model) / amg_settings.AUTO_MEMORY_SHARE
+    monkeypatch.setattr(amg_settings, "free_memory_bytes", lambda device: fits_40)
+    generator = MaskGenerator(model, points_per_side=8, points_per_batch="auto", **SURVIVE)
+    assert generator.points_per_batch == 40  # 64 points: batches of 40 and 24, where SAM's is one of 64
+    theirs = SamAutomaticMaskGenerator(model, points_per_side=8, **SURVIVE).generate(photo())
+    assert theirs and same_masks(generator.generate(photo()), theirs)
+
+
+def test_shared_image_work_skips_the_first_layers_image_projections(one_thread):
+    model = random_model("vit_test_256")
+    generator = MaskGenerator(model, points_per_side=8, output_mode="coco_rle", share_image_work=True, **SURVIVE)
+    attention = model.mask_decoder.transformer.layers[0].cross_attn_token_to_image
+    assert isinstance(attention.k_proj, nn.Linear)  # the model's own decoder is untouched...
+    assert generator.decoder.transformer.layers[0].cross_attn_token_to_image.k_proj.projection.weight is \
+        attention.k_proj.weight  # ... and its weights are shared, not copied
+    prompts = 5
+    sparse, dense = model.prompt_encoder(points=(torch.rand(prompts, 1, 2) * 200, torch.ones(prompts, 1)),
+                                         boxes=None, masks=None)
+    channels, grid = model.prompt_encoder.embed_dim, model.prompt_encoder.image_embedding_size
+    inputs = dict(image_embeddings=torch.randn(1, channels, *grid), image_pe=model.prompt_encoder.get_dense_pe(),
+                  sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True)
+    macs = []
+    for decoder in (model.mask_decoder, generator.decoder):
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            decoder(**inputs)
+        macs.append(counter.get_total_flops() // 2)
+    tokens = math.prod(grid)
+    assert macs[0] - macs[1] == (prompts - 1) * 3 * tokens * channels * channels // 2  # k, v; and q of image -> token
+    theirs = SamAutomaticMaskGenerator(model, points_per_side=8, output_mode="coco_rle", **SURVIVE).generate(photo())
+    matched, iou_sum = agreement(generator.generate(photo()), theirs)
+    assert theirs and matched == len(theirs) and iou_sum / len(theirs) > 0.99
+
+
+def test_failed_compile_is_one_error_and_leaves_the_decoder_eager(monkeypatch):
+    model = random_model("vit_test_256")
+
+    def broken_compile(function, **kwargs):
+        def fails(*args, **kw):
+            raise RuntimeError("no C++ compiler")
+        return fails
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    with pytest.raises(BiglSamError, match=re.escape("compiling the mask decoder failed (RuntimeError: no C++ "
+                                                     "compiler)")):
+        MaskGenerator(model, points_per_side=2, compiled=True)
+    assert "forward" not in vars(model.mask_decoder)
+
+
 @pytest.mark.parametrize("settings,message", [
     (dict(pred_iou_thresh=-0.1), "pred_iou_thresh must be in [0, 1]"),
     (dict(points_per_side=0), "points_per_side must be at least 1"),
     (dict(crop_n_layers=4), "makes 341 crops per image; the limit is 85"),
-    (dict(points_per_batch=2.5), "points_per_batch must be a whole number"),
+    (dict(points_per_batch=2.5), "points_per_batch must be a whole number of at least 1 or auto, got 2.5"),
 ])
 def test_bad_settings_are_one_error(settings, message):
     with pytest.raises(BiglSamError, match=re.escape(message)):

@@ -1,6 +1,7 @@
 """`bigl-sam amg`: SAM's per-image outputs and one COCO file, resume, torchrun shards, bad settings."""
 
 import json
+import re
 
 import cv2
 import numpy as np
@@ -100,6 +101,8 @@ def test_torchrun_gives_each_image_once(images, tmp_path):
     (["--points-per-side", "0"], "points_per_side must be at least 1, got 0"),
     (["--crop-n-layers", "4"], "crop_n_layers 4 makes 341 crops per image; the limit is 85"),
     (["--max-images", "0"], "--max-images must be at least 1"),
+    (["--points-per-batch", "many"], "points_per_batch must be a whole number of at least 1 or auto, got 'many'"),
+    (["--compile", "--share-image-work"], "compiled and share_image_work cannot be combined"),
 ])
 def test_bad_settings_are_one_line(images, tmp_path, capsys, option, message):
     assert amg("--images", images, "--out", tmp_path / "out", "--model", "vit_test", *option) == 2
@@ -108,7 +111,16 @@ def test_bad_settings_are_one_line(images, tmp_path, capsys, option, message):
     assert not (tmp_path / "out").exists()
 
 
+def test_help_lists_the_options(capsys):
+    with pytest.raises(SystemExit) as done:
+        amg("--help")
+    assert done.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--points-per-batch N|auto" in out and "--compile" in out and "--share-image-work" in out
+
+
 def test_bench_checks_the_masks_against_sams(one_thread, images, capsys):
-    assert amg("--images", images, "--bench", "--max-images", "1", *FAST) == 0
+    assert amg("--images", images, "--bench", "--max-images", "1", "--share-image-work", *FAST) == 0
     out = capsys.readouterr().out
-    assert "same masks on 1 of 1 images" in out and "| sam |" in out and "| bigl-sam |" in out
+    assert "| sam | " in out and "| bigl-sam --share-image-work | " in out
+    assert re.search(r"\| bigl-sam \| [0-9.]+% \| 1 of 1 \| 100\.0% \| 1\.0000 \|", out)  # the same masks

@@ -1,13 +1,17 @@
 """`bigl-sam amg --bench`: segment_anything's `SamAutomaticMaskGenerator` and `MaskGenerator` on the same
 images with the same model and settings, in one run: images per minute, where the time went (image encoder,
 mask decoder, upsampling and scoring, encoding), whether the masks are the same, and the survival rate (the
-share of decoded masks over `pred_iou_thresh`: the only ones this generator upsamples).
+share of decoded masks over `pred_iou_thresh`: the only ones this generator upsamples). The options that
+round differently (`--compile`, `--share-image-work`) are extra rows, with their agreement with SAM's masks:
+the share of SAM's masks that one of theirs matches (IoU at least `generator.MATCH_IOU`) and the mean IoU of
+SAM's masks with their closest match.
 
 SAM's generator is timed from outside: `SamPredictor.set_image` (encoder), the mask decoder's forward
 (decoder), its RLE and output encoders (encoding); the rest of `generate` is upsampling and scoring.
 """
 
 import contextlib
+import copy
 import time
 from pathlib import Path
 from typing import Dict, List
@@ -21,7 +25,7 @@ from tqdm import tqdm
 from .. import distributed
 from ..errors import BiglSamError
 from ..images import load_image
-from .generator import STAGES, MaskGenerator, same_masks
+from .generator import STAGES, MaskGenerator, agreement, same_masks
 from .settings import AmgSettings
 
 ENCODERS_OF_SAM = ("mask_to_rle_pytorch", "rle_to_mask", "coco_encode_rle")
@@ -74,40 +78,71 @@ class _SamClock:
         return masks
 
 
-def run(model: Sam, files: List[Path], settings: AmgSettings, dtype: str) -> Dict[str, dict]:
-    """Both generators on every image (taking turns at going first); prints the table, returns its rows."""
-    theirs = _SamClock(SamAutomaticMaskGenerator(model, **settings.as_kwargs(), output_mode="coco_rle"))
-    ours = MaskGenerator(model, **settings.as_kwargs(), output_mode="coco_rle")
-    device = ours.predictor.device
-    autocast = distributed.autocast(device, dtype)
-    totals = {"sam": 0.0, "bigl-sam": 0.0}
-    masks, equal = 0, 0
+def run(model: Sam, files: List[Path], settings: AmgSettings, dtype: str, compiled: bool = False,
+        share_image_work: bool = False) -> Dict[str, dict]:
+    """SAM's generator, this one, and one more row per option asked for, on every image (taking turns at
+    going first); prints the table, returns its rows. The compiled row runs on a copy of `model`, so that
+    the others keep the eager decoder."""
     images = [load_image(path) for path in files]
     if not images:
         raise BiglSamError("no image to time")
+    generators = {
+        "sam": _SamClock(SamAutomaticMaskGenerator(model, **settings.as_kwargs(), output_mode="coco_rle")),
+        "bigl-sam": MaskGenerator(model, **settings.as_kwargs(), output_mode="coco_rle"),
+    }
+    batch = generators["bigl-sam"].points_per_batch  # every row decodes the same batches
+    generators["sam"].generator.points_per_batch = batch
+    if share_image_work:
+        generators["bigl-sam --share-image-work"] = MaskGenerator(
+            model, **settings.as_kwargs(), output_mode="coco_rle", share_image_work=True)
+    if compiled:
+        tqdm.write("amg bench: compiling the mask decoder...")
+        generators["bigl-sam --compile"] = MaskGenerator(
+            copy.deepcopy(model), **settings.as_kwargs(), output_mode="coco_rle", compiled=True)
+    device = generators["bigl-sam"].predictor.device
+    autocast = distributed.autocast(device, dtype)
     with autocast:  # untimed: the first encoder pass of a process pays for its warm-up
-        ours.predictor.set_image(images[0])
+        generators["bigl-sam"].predictor.set_image(images[0])
+    totals = dict.fromkeys(generators, 0.0)
+    same = dict.fromkeys(generators, 0)
+    matched = {name: [0, 0.0] for name in generators}  # SAM's masks matched, sum of their closest IoUs
+    sam_masks = 0
+    names = list(generators)
     for i, image in enumerate(tqdm(images, desc="amg bench", unit="image")):
         results = {}
-        for name, generator in (("sam", theirs), ("bigl-sam", ours))[:: 1 if i % 2 == 0 else -1]:  # turn about
+        for name in names[i % len(names):] + names[:i % len(names)]:  # each row takes its turn at going first
             with autocast:
                 start = time.perf_counter()
-                results[name] = generator.generate(image)
+                results[name] = generators[name].generate(image)
                 totals[name] += time.perf_counter() - start
-        sam_masks, our_masks = results["sam"], results["bigl-sam"]
-        masks += len(our_masks)
-        equal += same_masks(our_masks, sam_masks)
-    survival = ours.masks["upsampled"] / max(1, ours.masks["decoded"])
-    rows = {
-        name: {"images_per_min": 60 * len(images) / totals[name], "seconds": seconds}
-        for name, seconds in (("sam", theirs.seconds), ("bigl-sam", ours.seconds))
-    }
-    print(f"{len(images)} images, {masks} masks, same masks on {equal} of {len(images)} images, survival rate "
-          f"{survival:.1%} ({ours.masks['upsampled']} of {ours.masks['decoded']} decoded masks upsampled), "
-          f"speed-up {totals['sam'] / totals['bigl-sam']:.2f}x")
-    print("| generator | images/min | " + " | ".join(f"{stage} s" for stage in STAGES) + " |")
-    print("|---" * (2 + len(STAGES)) + "|")
+        sam_masks += len(results["sam"])
+        for name, masks in results.items():
+            same[name] += same_masks(masks, results["sam"])
+            count, iou = agreement(masks, results["sam"])
+            matched[name][0] += count
+            matched[name][1] += iou
+    rows = {}
+    for name, generator in generators.items():
+        ours = generators["bigl-sam"] if name == "sam" else generator  # SAM's decoder decodes the same masks
+        rows[name] = {
+            "images_per_min": 60 * len(images) / totals[name],
+            "speed_up": totals["sam"] / totals[name],
+            "same_images": same[name],
+            "masks_matched": matched[name][0] / sam_masks if sam_masks else None,  # None: nothing to match
+            "pixel_iou": matched[name][1] / sam_masks if sam_masks else None,
+            "survival": ours.masks["upsampled"] / max(1, ours.masks["decoded"]),
+            "seconds": generator.seconds,
+        }
+    compile_note = ""
+    if compiled:
+        compile_note = f", decoder compiled in {generators['bigl-sam --compile'].compile_seconds:.1f} s (not counted)"
+    print(f"{len(images)} images, {sam_masks} masks from SAM's generator, {batch} points per batch{compile_note}")
+    print("| generator | survival | same masks (images) | masks matched | pixel IoU | images/min | speed-up | "
+          + " | ".join(f"{stage} s" for stage in STAGES) + " |")
+    print("|---" * (7 + len(STAGES)) + "|")
     for name, row in rows.items():
-        print(f"| {name} | {row['images_per_min']:.2f} | "
-              + " | ".join(f"{row['seconds'][stage]:.2f}" for stage in STAGES) + " |")
+        matches = "- | -" if row["masks_matched"] is None else f"{row['masks_matched']:.1%} | {row['pixel_iou']:.4f}"
+        print(f"| {name} | {row['survival']:.1%} | {row['same_images']} of {len(images)} | {matches} | "
+              f"{row['images_per_min']:.2f} | "
+              f"{row['speed_up']:.2f}x | " + " | ".join(f"{row['seconds'][stage]:.2f}" for stage in STAGES) + " |")
     return rows

@@ -16,6 +16,7 @@ from ..errors import BiglSamError
 from ..evaluation.sharding import Shard, gather_to_main
 from ..images import IMAGE_SUFFIXES, load_image
 from ..options import add_device_options, add_model_options, model_spec
+from ..pretrained import folder_lines
 from . import bench, outputs
 from .generator import MaskGenerator
 from .settings import add_setting_arguments, settings_from_args
@@ -34,7 +35,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_options(parser)
     parser.add_argument("--bench", action="store_true",
                         help="time SAM's SamAutomaticMaskGenerator and this generator on the images instead "
-                             "(checks that the masks are the same); writes nothing")
+                             "(checks that the masks are the same; with --compile or --share-image-work, one "
+                             "more row for each); writes nothing")
+    parser.add_argument("--compile", action="store_true",
+                        help="compile the mask decoder (torch.compile, about a minute on CPU): masks round "
+                             "differently from SAM's (docs/amg.md has the measured agreement)")
+    parser.add_argument("--share-image-work", action="store_true",
+                        help="project the image embedding once per image in the decoder's first layer, not once "
+                             "per point (about a fifth of the decoder's MACs): off by default, as it may round "
+                             "differently from SAM's decoder")
     add_setting_arguments(parser)
 
 
@@ -44,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     files = image_files(args.images, args.max_images)
     if args.bench:
         device = distributed.pick_device(args.device)
-        bench.run(spec.load(device), files, settings, args.dtype)
+        bench.run(spec.load(device), files, settings, args.dtype, args.compile, args.share_image_work)
         return 0
     if args.out is None:
         raise BiglSamError("--out is required (or --bench)")
@@ -55,15 +64,19 @@ def run(args: argparse.Namespace) -> int:
                            "masks would land in one folder")
     process = distributed.start(args.device, backend="gloo")
     shard = Shard(process.rank, process.world_size)
+    if shard.is_main:
+        print("\n".join(folder_lines([spec.weights]) + [spec.weights.describe()]), file=sys.stderr)
     model = spec.load(process.device)
-    recorded = {**spec.settings(model), **settings.as_kwargs(), "dtype": args.dtype, "output_mode": args.output_mode}
+    options = {"compiled": args.compile, "share_image_work": args.share_image_work}
+    generator = MaskGenerator(model, **settings.as_kwargs(), **options, output_mode="uncompressed_rle")
+    recorded = {**spec.settings(model), **settings.as_kwargs(), **{k: v for k, v in options.items() if v},
+                "dtype": args.dtype, "output_mode": args.output_mode}
     if shard.is_main:
         outputs.check_settings(args.out, recorded)
     distributed.barrier(process)
     if not shard.is_main:
         outputs.check_settings(args.out, recorded)
-    skipped = _segment(MaskGenerator(model, **settings.as_kwargs(), output_mode="uncompressed_rle"),
-                       shard.take(files), args, process)
+    skipped = _segment(generator, shard.take(files), args, process)
     skipped = gather_to_main(skipped, shard)
     if not shard.is_main:
         return 0

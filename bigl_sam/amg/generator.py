@@ -14,17 +14,25 @@ full-size logits at once and run-length encodes mask by mask. Here, per batch of
 5. the RLEs of a chunk from one pass over its change points.
 
 NMS within and across crops, the small-region postprocessing and the output records are SAM's own.
+
+Two options compute the decoder's sums in other blocks, so they may round differently from SAM's decoder and
+are off by default: `compiled` (the demo's TorchInductor-compiled mask decoder) and `share_image_work` (the
+first decoder layer's projections of the image embedding made once per image instead of once per prompt:
+`image_work_shared`).
 """
 
+import copy
+import math
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pycocotools import mask as mask_utils
 from segment_anything import SamPredictor
 from segment_anything.automatic_mask_generator import SamAutomaticMaskGenerator
-from segment_anything.modeling import Sam
+from segment_anything.modeling import MaskDecoder, Sam
 from segment_anything.utils.amg import (
     MaskData,
     area_from_rle,
@@ -38,14 +46,20 @@ from segment_anything.utils.amg import (
     uncrop_masks,
     uncrop_points,
 )
+from torch import nn
 from torchvision.ops.boxes import batched_nms, box_area
 
-from .settings import OUTPUT_MODES, AmgSettings, AmgSettingsError
+from ..bench.measure import first_line
+from ..demo.inference import as_embedding, blank_encoding, compile_decoder
+from ..errors import BiglSamError
+from .settings import AUTO, OUTPUT_MODES, AmgSettings, AmgSettingsError, auto_points_per_batch
 
 # Full-size float logits held at once while upsampling and scoring (SAM holds a whole batch: 64 points x 3
 # masks x 4 MB at 1024 x 1024).
 CHUNK_BYTES = 64 * 2**20
 STAGES = ("encoder", "decoder", "scoring", "encoding")
+# Two masks are the same object for `agreement` from this IoU on.
+MATCH_IOU = 0.9
 
 
 class MaskGenerator:
@@ -56,6 +70,11 @@ class MaskGenerator:
     prompt encoder and mask decoder, upsampling and scoring (stability, boxes, NMS, small regions), and
     encoding (RLEs and the output form). `masks` counts the masks decoded and those upsampled (the ones
     over `pred_iou_thresh`).
+
+    `points_per_batch="auto"` picks the batch from the device's free memory (`settings.auto_points_per_batch`;
+    `points_per_batch` holds the number chosen). `compiled` compiles the model's mask decoder in place, as the
+    demo does (`compile_seconds`: the compile and its warm-up); `share_image_work` decodes with
+    `image_work_shared(model.mask_decoder)`.
     """
 
     def __init__(
@@ -74,6 +93,8 @@ class MaskGenerator:
         point_grids: Optional[List[np.ndarray]] = None,
         min_mask_region_area: int = AmgSettings.min_mask_region_area,
         output_mode: str = "binary_mask",
+        compiled: bool = False,
+        share_image_work: bool = False,
     ) -> None:
         if (points_per_side is None) == (point_grids is None):
             raise AmgSettingsError("give exactly one of points_per_side and point_grids")
@@ -92,17 +113,41 @@ class MaskGenerator:
         elif len(point_grids) < crop_n_layers + 1:
             raise AmgSettingsError(f"point_grids has {len(point_grids)} grids; crop_n_layers {crop_n_layers} needs "
                                    f"{crop_n_layers + 1}")
+        if compiled and share_image_work:
+            raise AmgSettingsError("compiled and share_image_work cannot be combined: choose one")
         self.point_grids = point_grids
         self.output_mode = output_mode
         self.predictor = SamPredictor(model)
         self.seconds = dict.fromkeys(STAGES, 0.0)
         self.masks = {"decoded": 0, "upsampled": 0}
+        self.points_per_batch = points_per_batch
+        if points_per_batch == AUTO:
+            embedding = model.prompt_encoder.embed_dim * math.prod(model.prompt_encoder.image_embedding_size)
+            self.points_per_batch = auto_points_per_batch(4 * embedding, self.predictor.device)
+        self.compiled = compiled
+        self.decoder = image_work_shared(model.mask_decoder) if share_image_work else model.mask_decoder
+        self.compile_seconds = self._compile() if compiled else 0.0
 
     @property
     def model(self) -> Sam:
         return self.predictor.model
 
-    @torch.no_grad()
+    def _compile(self) -> float:
+        """Compiles the decoder (the demo's `compile_decoder`) and warms it up on a batch of points, so that
+        `generate` compiles nothing more (the batch size is dynamic, the embedding's layout fixed)."""
+        start = time.perf_counter()
+        side = self.model.image_encoder.img_size
+        points = np.random.default_rng(0).uniform(0, side, (max(2, self.points_per_batch), 2))
+        try:
+            compile_decoder(self.model)
+            with torch.inference_mode():
+                self._decode(points, (side, side), blank_encoding(self.model).features)
+        except Exception as err:  # inductor's failures have many types (no compiler, unsupported op, ...)
+            self.model.mask_decoder.__dict__.pop("forward", None)  # eager again
+            raise BiglSamError(f"compiling the mask decoder failed ({first_line(err)})") from err
+        return time.perf_counter() - start
+
+    @torch.inference_mode()
     def generate(self, image: np.ndarray) -> List[Dict[str, Any]]:
         """Masks of an H x W x 3 uint8 image: SAM's records (segmentation, area, bbox XYWH, predicted_iou,
         point_coords, stability_score, crop_box XYWH), in SAM's order."""
@@ -136,8 +181,9 @@ class MaskGenerator:
         crop_size = crop.shape[:2]
         points = self.point_grids[layer] * np.array(crop_size)[None, ::-1]
         data = MaskData()
-        for first in range(0, len(points), s.points_per_batch):
-            data.cat(self._batch_masks(points[first:first + s.points_per_batch], crop_size, crop_box, image.shape[:2]))
+        for first in range(0, len(points), self.points_per_batch):
+            data.cat(self._batch_masks(points[first:first + self.points_per_batch], crop_size, crop_box,
+                                       image.shape[:2]))
         self.predictor.reset_image()
         start = self._now()
         data.filter(batched_nms(data["boxes"].float(), data["iou_preds"], torch.zeros(len(data["boxes"])),
@@ -154,7 +200,10 @@ class MaskGenerator:
         as SAM's `_process_batch` does, in its order (point-major)."""
         s = self.settings
         start = self._now()
-        low_res, iou_preds = self._decode(points, crop_size)  # (P*3) x h x w logits, P*3
+        features = self.predictor.features
+        if self.compiled:  # the layout the compiled graph was made for
+            features = as_embedding(features)
+        low_res, iou_preds = self._decode(points, crop_size, features)  # (P*3) x h x w logits, P*3
         scoring = self._add(start, "decoder")
         point_of_mask = torch.as_tensor(points.repeat(3, axis=0))
         self.masks["decoded"] += len(low_res)
@@ -200,15 +249,17 @@ class MaskGenerator:
         self.seconds["encoding"] += encoding
         return data
 
-    def _decode(self, points: np.ndarray, crop_size: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The decoder's low-res logits ((P*3) x h x w) and predicted IoUs (P*3) for P single-point prompts,
-        computed as `SamPredictor.predict_torch` computes them."""
+    def _decode(self, points: np.ndarray, crop_size: Tuple[int, int],
+                features: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The decoder's low-res logits ((P*3) x h x w) and predicted IoUs (P*3) for P single-point prompts
+        (P x 2 pixels of the crop) on the 1 x C x h x w embedding `features`, computed as
+        `SamPredictor.predict_torch` computes them."""
         predictor = self.predictor
         coords = torch.as_tensor(predictor.transform.apply_coords(points, crop_size), device=predictor.device)
         labels = torch.ones(coords.shape[0], dtype=torch.int, device=coords.device)
         sparse, dense = self.model.prompt_encoder(points=(coords[:, None, :], labels[:, None]), boxes=None, masks=None)
-        low_res, iou_preds = self.model.mask_decoder(
-            image_embeddings=predictor.features,
+        low_res, iou_preds = self.decoder(
+            image_embeddings=features,
             image_pe=self.model.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
@@ -270,6 +321,36 @@ class MaskGenerator:
         return now
 
 
+class _OncePerImage(nn.Module):
+    """A projection whose B x N x C input is the same for every prompt of the batch: it projects the first
+    and broadcasts the result (B x N x C', a view)."""
+
+    def __init__(self, projection: nn.Module) -> None:
+        super().__init__()
+        self.projection = projection
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projection(x[:1]).expand(x.shape[0], -1, -1)
+
+
+def image_work_shared(decoder: MaskDecoder) -> MaskDecoder:
+    """SAM's mask decoder over the same weights (new modules, the same tensors), with the first two-way
+    layer's image-side projections made once per image rather than once per prompt.
+
+    The decoder repeats the image embedding (+ the dense prompt embedding: the same "no mask" vector for every
+    prompt without a mask input) and its positional encoding for each prompt. The first layer's token -> image
+    attention projects them to keys and values, and its image -> token attention to queries, before any
+    prompt has touched them: three (h*w) x C x C/2 projections per prompt, the same for all. Here they are
+    made for the first prompt and broadcast. Only for prompts without a mask input.
+    """
+    shared = copy.deepcopy(decoder, memo={id(t): t for t in [*decoder.parameters(), *decoder.buffers()]})
+    layer = shared.transformer.layers[0]
+    for attention, name in ((layer.cross_attn_token_to_image, "k_proj"), (layer.cross_attn_token_to_image, "v_proj"),
+                            (layer.cross_attn_image_to_token, "q_proj")):
+        setattr(attention, name, _OncePerImage(getattr(attention, name)))
+    return shared
+
+
 def masks_to_rles(masks: torch.Tensor) -> List[Dict[str, Any]]:
     """k x H x W bool masks -> COCO's uncompressed RLEs ({"size": [H, W], "counts": [...]}, column-major runs
     starting with a run of 0s), from one pass over all masks' change points."""
@@ -310,3 +391,15 @@ def same_masks(ours: Sequence[Dict[str, Any]], theirs: Sequence[Dict[str, Any]])
             elif a[key] != b[key]:
                 return False
     return True
+
+
+def agreement(ours: Sequence[Dict[str, Any]], theirs: Sequence[Dict[str, Any]]) -> Tuple[int, float]:
+    """How far two generators' records (COCO RLE segmentations) of one image agree: the number of `theirs`
+    whose closest mask in `ours` has an IoU of at least MATCH_IOU, and the sum over `theirs` of that closest
+    IoU (0 without a mask in `ours`); divide by len(theirs) for shares."""
+    if not theirs or not ours:
+        return 0, 0.0
+    ious = mask_utils.iou([m["segmentation"] for m in ours], [m["segmentation"] for m in theirs],
+                          [0] * len(theirs))
+    closest = np.asarray(ious).reshape(len(ours), len(theirs)).max(axis=0)
+    return int((closest >= MATCH_IOU).sum()), float(closest.sum())

@@ -3,8 +3,11 @@ and defaults, their checks, and the `bigl-sam amg` options made from them."""
 
 import argparse
 import math
+import os
 from dataclasses import dataclass, fields
-from typing import Any, Dict
+from typing import Any, Dict, Union
+
+import torch
 
 from segment_anything.utils.amg import generate_crop_boxes
 
@@ -14,6 +17,14 @@ from ..errors import BiglSamError
 # pass and one more point grid.
 MAX_CROPS = 85
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+# `points_per_batch="auto"`: as many points as fit in this share of the device's free memory, at most
+# MAX_AUTO_POINTS (the default 32 x 32 grid in one batch). A point's working set in SAM's mask decoder is
+# DECODER_EMBEDDINGS_PER_POINT image embeddings (float32, C x h x w: 28 MiB for SAM's 256 x 64 x 64; the
+# peak of the decoder's live tensors, measured).
+AUTO = "auto"
+AUTO_MEMORY_SHARE = 0.25
+MAX_AUTO_POINTS = 1024
+DECODER_EMBEDDINGS_PER_POINT = 7
 
 
 class AmgSettingsError(BiglSamError, ValueError):
@@ -25,7 +36,7 @@ class AmgSettings:
     """SAM's generator settings, with SAM's defaults (its `SamAutomaticMaskGenerator.__init__`)."""
 
     points_per_side: int = 32
-    points_per_batch: int = 64
+    points_per_batch: Union[int, str] = 64  # or AUTO
     pred_iou_thresh: float = 0.88
     stability_score_thresh: float = 0.95
     stability_score_offset: float = 1.0
@@ -37,8 +48,14 @@ class AmgSettings:
     min_mask_region_area: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("points_per_side", "points_per_batch", "crop_n_points_downscale_factor"):
+        for name in ("points_per_side", "crop_n_points_downscale_factor"):
             _check(name, getattr(self, name), int, 1, math.inf)
+        if self.points_per_batch != AUTO:
+            try:
+                _check("points_per_batch", self.points_per_batch, int, 1, math.inf)
+            except AmgSettingsError:
+                raise AmgSettingsError(f"points_per_batch must be a whole number of at least 1 or {AUTO}, got "
+                                       f"{self.points_per_batch!r}") from None
         for name in ("crop_n_layers", "min_mask_region_area"):
             _check(name, getattr(self, name), int, 0, math.inf)
         for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "crop_nms_thresh"):
@@ -63,6 +80,35 @@ class AmgSettings:
         return generate_crop_boxes((height, width), self.crop_n_layers, self.crop_overlap_ratio)
 
 
+def auto_points_per_batch(embedding_bytes: int, device: torch.device) -> int:
+    """The point batch for `points_per_batch="auto"`: the points whose decoder working set
+    (DECODER_EMBEDDINGS_PER_POINT x `embedding_bytes`, one image embedding's size) fits in AUTO_MEMORY_SHARE of
+    `device`'s free memory (the GPU's, or the system's available memory), between 1 and MAX_AUTO_POINTS."""
+    free_bytes = free_memory_bytes(device)
+    if free_bytes is None:  # unknown: SAM's default
+        return AmgSettings.points_per_batch
+    points = int(AUTO_MEMORY_SHARE * free_bytes // (DECODER_EMBEDDINGS_PER_POINT * embedding_bytes))
+    return max(1, min(MAX_AUTO_POINTS, points))
+
+
+def free_memory_bytes(device: torch.device):
+    """Free memory of `device` in bytes: the GPU's free memory, or the system's available memory for the CPU
+    (None where the system does not say)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def _check(name: str, value, kind: type, low: float, high: float) -> None:
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if kind is int and not (is_number and float(value).is_integer()):
@@ -76,8 +122,22 @@ def add_setting_arguments(parser: argparse.ArgumentParser) -> None:
     """One `--points-per-side N` style option per setting, SAM's default as the default."""
     group = parser.add_argument_group("generator settings (SAM's SamAutomaticMaskGenerator, same defaults)")
     for f in fields(AmgSettings):
-        group.add_argument(f"--{f.name.replace('_', '-')}", type=f.type, default=f.default,
-                           metavar="N" if f.type is int else "X", help=f"default {f.default:g}")
+        flag = f"--{f.name.replace('_', '-')}"
+        if f.name == "points_per_batch":
+            group.add_argument(flag, type=_points_per_batch, default=f.default, metavar="N|auto",
+                               help=f"default {f.default}; {AUTO}: as many as fit in {AUTO_MEMORY_SHARE:g} of the "
+                                    f"device's free memory, at most {MAX_AUTO_POINTS}")
+            continue
+        group.add_argument(flag, type=f.type, default=f.default, metavar="N" if f.type is int else "X",
+                           help=f"default {f.default:g}")
+
+
+def _points_per_batch(text: str) -> Union[int, str]:
+    """A number, AUTO, or the text as it is, for `AmgSettings` to refuse in one line."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
 
 
 def settings_from_args(args: argparse.Namespace) -> AmgSettings:
