@@ -64,8 +64,6 @@ def run(args: argparse.Namespace) -> int:
                            "masks would land in one folder")
     process = distributed.start(args.device, backend="gloo")
     shard = Shard(process.rank, process.world_size)
-    if shard.is_main:
-        print("\n".join(folder_lines([spec.weights]) + [spec.weights.describe()]), file=sys.stderr)
     model = spec.load(process.device)
     options = {"compiled": args.compile, "share_image_work": args.share_image_work}
     generator = MaskGenerator(model, **settings.as_kwargs(), **options, output_mode="uncompressed_rle")
@@ -73,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
                 "dtype": args.dtype, "output_mode": args.output_mode}
     if shard.is_main:
         outputs.check_settings(args.out, recorded)
+        print("\n".join(folder_lines([spec.weights]) + [spec.weights.describe()]), file=sys.stderr)
     distributed.barrier(process)
     if not shard.is_main:
         outputs.check_settings(args.out, recorded)
