@@ -12,7 +12,7 @@ from .checkpoint import ModelWeights, as_weights, check_config, load_state_dict_
 from .errors import CheckpointError
 from .images import PIXEL_MEAN, PIXEL_STD
 from .modeling import BIGL_CONFIGS, BigLittleConfig, BigLittleImageEncoder, SamVitConfig, get_config, is_student
-from .modeling.config import MODEL_CONFIGS, ModelConfig
+from .modeling.config import MODEL_CONFIGS, ModelConfig, sam_vit_config, students_of
 
 PathLike = Union[str, Path]
 # A model file's path, or the file read already (`checkpoint.read_model`): a command reads each file once.
@@ -21,7 +21,7 @@ Checkpoint = Union[PathLike, ModelWeights]
 
 def build_model(config: ModelConfig) -> Sam:
     """A randomly initialised SAM for `config`, in eval mode, with `model.config` set."""
-    vit = config.p_path if is_student(config) else config
+    vit = sam_vit_config(config)
     if is_student(config):
         image_encoder = BigLittleImageEncoder(config)
     else:
@@ -134,7 +134,7 @@ def _check_p_path_size(weights: ModelWeights, config: BigLittleConfig) -> None:
     vit = weights.architecture()
     if vit.name == config.sam_model_type or replace(vit, name=config.p_path.name) == config.p_path:
         return
-    students = [name for name, c in BIGL_CONFIGS.items() if c.sam_model_type == vit.name]
+    students = students_of(vit)
     hint = f"use {' or '.join(students)}" if students else "no student starts from it"
     raise CheckpointError(
         f"{weights.source}: holds a SAM {vit.name}, but {config.name}'s P-path is a {config.sam_model_type} ({hint})"

@@ -21,12 +21,12 @@ from tqdm import tqdm
 from . import distributed
 from .embeddings import EmbeddingError, embedding_path, read_record, record_path, save_embedding
 from .errors import BiglSamError
-from .evaluation.runner import keep_ratio_of
 from .evaluation.sharding import Shard, gather_to_main
 from .fileio import atomic_write_text, check_writable
 from .images import IMAGE_SUFFIXES, load_image
+from .modeling.config import check_keep_ratio_applies, keep_ratio_of
 from .options import add_device_options, add_model_options, model_spec
-from .pretrained import folder_lines
+from .pretrained import weights_lines
 from .weights import sha256_of
 
 SKIPPED_FILE = "skipped.json"
@@ -49,10 +49,9 @@ def run(args: argparse.Namespace) -> int:
     process = distributed.start(args.device, backend="gloo")  # skipped lists are Python objects: gloo anywhere
     shard = Shard(process.rank, process.world_size)
     model = spec.load(process.device)  # first, even when all is done: a bad checkpoint fails on every rank
-    if args.keep_ratio is not None and keep_ratio_of(model) is None:
-        raise BiglSamError(f"--keep-ratio: {args.model} is SAM's own encoder, only big.LITTLE students route tokens")
+    check_keep_ratio_applies(model, args.keep_ratio, args.model)
     if shard.is_main:
-        print("\n".join(folder_lines([spec.weights]) + [spec.weights.describe()]), file=sys.stderr)
+        print(weights_lines([spec.weights]), file=sys.stderr)
         distributed.note_bfloat16(process.device, args.dtype)
     settings = {
         "model": args.model,

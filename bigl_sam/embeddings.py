@@ -132,11 +132,13 @@ def set_embedding(predictor, path: PathLike, model: Optional[str] = None) -> Sto
     else:
         import torch
 
+        from .modeling.config import keep_ratio_of
+
         sam = predictor.model
         config = getattr(sam, "config", None)
         name = model if model is not None else getattr(config, "name", None)
         shape = (1, sam.prompt_encoder.embed_dim, *sam.prompt_encoder.image_embedding_size)
-        ratio = getattr(sam.image_encoder, "keep_ratio", None)
+        ratio = keep_ratio_of(sam)
         stored = load_embedding(path, shape, name, ratio, sam.image_encoder.img_size)
         predictor.reset_image()
         predictor.features = torch.from_numpy(stored.features).to(predictor.device)

@@ -30,6 +30,7 @@ from .build import build_model, build_student_from_sam, load_sam
 from .checkpoint import ModelWeights, load_state_dict_into
 from .hf_layout import HF_VISION_PREFIX, hf_vision_config, to_hf, to_official, vit_config_from_hf
 from .modeling import BigLittleImageEncoder, is_student
+from .modeling.config import sam_vit_config
 from .pretrained import UNTRAINED_ROUTER_KEEP_RATIO
 
 SOURCE = "transformers.SamModel"  # how messages name an in-memory SamModel
@@ -66,7 +67,7 @@ def to_transformers(model: Sam) -> SamModel:
     shares the student's image encoder (the same module, so the same dial); its other weights are copied."""
     config = model.config
     student = is_student(config)
-    vit = config.p_path if student else config
+    vit = sam_vit_config(config)
     hf = SamModel(SamConfig(vision_config=hf_vision_config(vit)))  # prompt encoder and decoder: SAM's sizes
     state = model.state_dict()
     if student:

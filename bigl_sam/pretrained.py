@@ -26,6 +26,7 @@ from segment_anything.modeling import Sam
 from .build import build_model, build_sam, build_student_from_sam
 from .errors import BiglSamError
 from .modeling import get_config, is_student
+from .modeling.config import sam_vit_config
 from .weights import KnownCheckpoint, check_size, folder_line, folder_problem, read_manifest, weights_dir
 
 PathLike = Union[str, Path]
@@ -88,11 +89,15 @@ def folder_lines(choices: Sequence[WeightsChoice]) -> List[str]:
     return [folder_line(folder) for folder in sorted({choice.folder for choice in choices if choice.searched})]
 
 
+def weights_lines(choices: Sequence[WeightsChoice]) -> str:
+    """What a command prints about the weights of its models: `folder_lines`, then one line per model."""
+    return "\n".join(folder_lines(choices) + [choice.describe() for choice in choices])
+
+
 def sam_vit_label(name: str) -> str:
     """ "ViT-B" for bigl_b_t (its P-path's SAM), "ViT-H" for vit_h."""
     config = get_config(name)
-    vit = config.sam_model_type if is_student(config) else config.name
-    return "ViT-" + vit.split("_", 1)[1].upper()
+    return "ViT-" + sam_vit_config(config).name.split("_", 1)[1].upper()
 
 
 def choose_weights(
@@ -114,7 +119,7 @@ def choose_weights(
     if student_file is not None:
         return WeightsChoice(name, CHECKPOINT, folder, (student_file,))
     known = read_manifest(None if manifest is None else Path(manifest))
-    encoder_entry = _official_entry(known, config.sam_model_type if student else config.name)
+    encoder_entry = _official_entry(known, sam_vit_config(config).name)
     decoder_entry = _official_entry(known, config.decoder_model_type) if student else None
     wanted = tuple(dict.fromkeys(e.name for e in (encoder_entry, decoder_entry) if e is not None))
     encoder_file = None if problem else _present(encoder_entry, folder)

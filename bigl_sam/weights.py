@@ -1,7 +1,7 @@
 """`bigl-sam weights list|download|verify`: the manifest of known checkpoints, and getting them safely.
 
 The manifest ships inside the package (`bigl_sam/manifest.json`). Weights live in one folder:
-`--dir`, else `$BIGL_SAM_WEIGHTS`, else the checkout's `weights/` when the package runs from a source
+`--weights-dir`, else `$BIGL_SAM_WEIGHTS`, else the checkout's `weights/` when the package runs from a source
 checkout (`checkout_weights_dir`), else the user cache folder (`$XDG_CACHE_HOME/bigl-sam/weights`,
 `~/.cache/bigl-sam/weights` when XDG_CACHE_HOME is not set), as an installed wheel has no checkout.
 
@@ -49,7 +49,7 @@ class KnownCheckpoint:
 
 
 def weights_dir(override: Optional[Path] = None) -> Path:
-    """`override` (--dir), else $BIGL_SAM_WEIGHTS, else the checkout's weights/ (`checkout_weights_dir`), else
+    """`override` (--weights-dir), else $BIGL_SAM_WEIGHTS, else the checkout's weights/ (`checkout_weights_dir`), else
     the user cache folder."""
     if override is not None:
         return Path(override)
@@ -216,8 +216,11 @@ def status(entry: KnownCheckpoint, folder: Path) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .options import add_renamed  # here, not at the top: options imports this module
+
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--dir", type=Path, default=None, help=f"weights folder (default: {WEIGHTS_DIR_HELP})")
+    add_renamed(common, "--weights-dir", "--dir", type=Path, default=None, metavar="DIR",
+                help=f"weights folder (default: {WEIGHTS_DIR_HELP})")
     common.add_argument("--manifest", type=Path, default=None, help="manifest JSON (default: the one shipped)")
     actions = parser.add_subparsers(dest="action", required=True)
     actions.add_parser("list", parents=[common], help="known checkpoints and whether each is here")
@@ -226,7 +229,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    manifest, folder = read_manifest(args.manifest), weights_dir(args.dir)
+    manifest, folder = read_manifest(args.manifest), weights_dir(args.weights_dir)
     if args.action == "list":
         print(folder_line(folder))
         for entry in manifest.values():

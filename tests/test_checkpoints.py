@@ -10,7 +10,8 @@ import torch
 import bigl_sam
 from bigl_sam import CheckpointError, build_model, build_sam, build_student_from_sam, load_sam, save_checkpoint
 from bigl_sam.checkpoint import read_model
-from bigl_sam.modeling import BIGL_CONFIGS, SAM_VIT_CONFIGS, get_config, is_student
+from bigl_sam.modeling import BIGL_CONFIGS, SAM_VIT_CONFIGS, get_config, is_student, keep_ratio_of
+from bigl_sam.modeling.config import sam_vit_config, students_of
 
 
 def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -35,6 +36,14 @@ def test_is_student_answers_for_configs_models_encoders_and_files(official_check
     assert not any(is_student(x) for x in (get_config("vit_test"), sam, sam.image_encoder, None))
     assert is_student(read_model(student_checkpoint("bigl_test")))
     assert not is_student(read_model(official_checkpoint("vit_test")))
+    assert keep_ratio_of(student) == student.image_encoder.keep_ratio and keep_ratio_of(sam) is None
+
+
+def test_the_students_of_a_sam_vit_are_found_by_shape_whatever_its_name():
+    assert students_of(SAM_VIT_CONFIGS["vit_h"]) == ["bigl_h_b", "bigl_h_s"]
+    assert students_of(replace(SAM_VIT_CONFIGS["vit_b"], name="my_fine_tune")) == ["bigl_b_t"]
+    assert students_of(replace(SAM_VIT_CONFIGS["vit_b"], depth=6)) == []
+    assert sam_vit_config(get_config("bigl_b_t")) == SAM_VIT_CONFIGS["vit_b"] == sam_vit_config(get_config("vit_b"))
 
 
 @pytest.mark.parametrize("student", ["bigl_b_t", "bigl_l_s", "bigl_h_b"])

@@ -92,6 +92,6 @@ def test_student_built_from_sam_vit_b_is_sam_through_the_demo(tmp_path, official
     clicks = dict(points=[(100.0, 60.0), (250.0, 200.0)], labels=[1, 0])
     student_encoding, sam_encoding = encode_image(models.main.model, image), encode_image(sam.eval(), image)
     torch.testing.assert_close(student_encoding.features, sam_encoding.features, atol=1e-4, rtol=1e-4)
-    student, teacher = decode_click(models.main.model, student_encoding, **clicks), decode_click(sam, sam_encoding, **clicks)
-    np.testing.assert_allclose(student.scores, teacher.scores, atol=1e-3)
-    assert (student.masks != teacher.masks).mean() < 1e-4
+    student, compare = decode_click(models.main.model, student_encoding, **clicks), decode_click(sam, sam_encoding, **clicks)
+    np.testing.assert_allclose(student.scores, compare.scores, atol=1e-3)
+    assert (student.masks != compare.masks).mean() < 1e-4

@@ -324,3 +324,13 @@ def test_every_setting_is_in_the_resume_check_unless_declared_free(setup, tmp_pa
 def test_config_checks_come_from_the_field_declarations(knobs, message):
     with pytest.raises(BiglSamError, match=message):
         check_config(TrainConfig(out="run", cache="c", student="bigl_test", **knobs))
+
+
+def test_each_purpose_draws_its_own_stream_for_the_same_step_number():
+    from bigl_sam.distill.schedule import EVAL_PROMPTS, KEEP_RATIO, ORDER, PROMPTS, seeded_generator
+
+    firsts = {torch.rand(1, generator=seeded_generator(0, purpose, 3)).item()
+              for purpose in (KEEP_RATIO, ORDER, PROMPTS, EVAL_PROMPTS)}
+    assert len(firsts) == 4
+    same = [torch.rand(1, generator=seeded_generator(0, ORDER, 3)).item() for _ in range(2)]
+    assert same[0] == same[1]

@@ -120,7 +120,7 @@ def test_eval_loads_by_the_same_rule(folders):
 
 
 def test_keep_ratio_saved_is_the_keep_ratio_loaded(tmp_path, folders):
-    """Issue 9 item 6: save_checkpoint wrote the config's 0.25 and build_sam used the registry's."""
+    """The keep ratio a student is saved with is the one it loads with, not its registry default."""
     model = build_sam("bigl_test")
     model.image_encoder.keep_ratio = 0.6
     path = save_checkpoint(model, tmp_path / "bigl_test_dial.pth")

@@ -35,19 +35,19 @@ def test_shipped_manifest_is_complete():
 def test_verify_good_and_bad_files(tmp_path, capsys):
     manifest = fake_manifest(tmp_path, b"weights!")
     (tmp_path / "tiny.pth").write_bytes(b"weights!")
-    assert main(["weights", "verify", "tiny.pth", "--dir", str(tmp_path), "--manifest", str(manifest)]) == 0
+    assert main(["weights", "verify", "tiny.pth", "--weights-dir", str(tmp_path), "--manifest", str(manifest)]) == 0
     assert "OK" in capsys.readouterr().out
     (tmp_path / "tiny.pth").write_bytes(b"weights?")
-    assert main(["weights", "verify", "tiny.pth", "--dir", str(tmp_path), "--manifest", str(manifest)]) == 2
+    assert main(["weights", "verify", "tiny.pth", "--weights-dir", str(tmp_path), "--manifest", str(manifest)]) == 2
     assert "does not match" in capsys.readouterr().err
     (tmp_path / "tiny.pth").write_bytes(b"weig")
-    assert main(["weights", "verify", "tiny.pth", "--dir", str(tmp_path), "--manifest", str(manifest)]) == 2
+    assert main(["weights", "verify", "tiny.pth", "--weights-dir", str(tmp_path), "--manifest", str(manifest)]) == 2
     assert "4 bytes, expected 8" in capsys.readouterr().err
 
 
 def test_download_without_network_fails_clearly(tmp_path, capsys):
     manifest = fake_manifest(tmp_path, b"weights!")  # port 9 on loopback: nothing listens
-    code = main(["weights", "download", "tiny.pth", "--dir", str(tmp_path / "w"), "--manifest", str(manifest)])
+    code = main(["weights", "download", "tiny.pth", "--weights-dir", str(tmp_path / "w"), "--manifest", str(manifest)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert "could not download tiny.pth" in err and "weights verify tiny.pth" in err
@@ -78,7 +78,7 @@ class FakeServer:
 
 
 def download(tmp_path, manifest):
-    return main(["weights", "download", "tiny.pth", "--dir", str(tmp_path / "w"), "--manifest", str(manifest)])
+    return main(["weights", "download", "tiny.pth", "--weights-dir", str(tmp_path / "w"), "--manifest", str(manifest)])
 
 
 def test_a_download_that_fails_its_check_is_never_under_its_name(tmp_path, capsys):
@@ -128,7 +128,7 @@ def test_list_says_present_only_for_the_right_size(tmp_path, capsys):
     manifest = fake_manifest(tmp_path, b"weights!")
 
     def listed():
-        assert main(["weights", "list", "--dir", str(tmp_path / "w"), "--manifest", str(manifest)]) == 0
+        assert main(["weights", "list", "--weights-dir", str(tmp_path / "w"), "--manifest", str(manifest)]) == 0
         folder_line, entry_line = capsys.readouterr().out.splitlines()
         assert folder_line == f"weights folder: {tmp_path / 'w'}"
         return entry_line
@@ -190,3 +190,11 @@ def test_this_checkout_has_its_weights_folder():
     """The tests run from the source checkout: its weights/ (README only in git) is the checkout's folder."""
     assert bigl_sam.weights.checkout_weights_dir() == Path(__file__).resolve().parents[1] / "weights"
     assert (Path(__file__).resolve().parents[1] / "weights" / "README.md").is_file()
+
+
+def test_the_former_dir_flag_still_names_the_folder_and_warns(tmp_path, capsys):
+    manifest = fake_manifest(tmp_path, b"weights!")
+    assert main(["weights", "list", "--dir", str(tmp_path / "w"), "--manifest", str(manifest)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[0] == f"weights folder: {tmp_path / 'w'}"
+    assert "--dir is now --weights-dir" in captured.err

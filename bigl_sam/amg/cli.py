@@ -16,7 +16,7 @@ from ..errors import BiglSamError
 from ..evaluation.sharding import Shard, gather_to_main
 from ..images import IMAGE_SUFFIXES, load_image
 from ..options import add_device_options, add_model_options, model_spec
-from ..pretrained import folder_lines
+from ..pretrained import weights_lines
 from . import bench, outputs
 from .generator import MaskGenerator
 from .settings import add_setting_arguments, settings_from_args
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
                 "dtype": args.dtype, "output_mode": args.output_mode}
     if shard.is_main:
         outputs.check_settings(args.out, recorded)
-        print("\n".join(folder_lines([spec.weights]) + [spec.weights.describe()]), file=sys.stderr)
+        print(weights_lines([spec.weights]), file=sys.stderr)
     distributed.barrier(process)
     if not shard.is_main:
         outputs.check_settings(args.out, recorded)

@@ -13,7 +13,7 @@ from ..errors import BiglSamError
 from ..images import IMAGE_SUFFIXES
 from ..modeling.config import MODEL_CONFIGS
 from ..options import add_model_options
-from ..pretrained import folder_lines
+from ..pretrained import weights_lines
 from .inference import compile_decoder
 from .models import DemoModels, load_demo_models
 
@@ -69,8 +69,7 @@ def run(args: argparse.Namespace) -> int:
         args.model, args.checkpoint, args.compare, args.compare_checkpoint, args.keep_ratio, args.weights_dir,
         encoder_dtype=DTYPES[args.dtype],
     )
-    choices = [demo_model.weights for demo_model in models.shown]
-    print("\n".join(folder_lines(choices) + [choice.describe() for choice in choices]), flush=True)
+    print(weights_lines([demo_model.weights for demo_model in models.shown]), flush=True)
     if not args.no_compile:
         _compile_decoders(models)
     from .app import build_app, launch  # gradio takes seconds to import: only once the weights are good

@@ -11,7 +11,7 @@ import torch
 from segment_anything.modeling import Sam
 
 from ..errors import BiglSamError
-from ..modeling.config import check_keep_ratio, is_student
+from ..modeling.config import check_keep_ratio, check_keep_ratio_applies, is_student
 from ..pretrained import WeightsChoice, choose_weights, load_chosen, sam_vit_label
 
 PathLike = Union[str, Path]
@@ -82,8 +82,7 @@ def load_demo_models(
         raise BiglSamError("--compare-checkpoint given without --compare MODEL")
     main = load_demo_model(name, checkpoint, weights_dir, manifest, encoder_dtype)
     if keep_ratio is not None:
-        if not main.is_student:
-            raise BiglSamError(f"--keep-ratio: {name} is SAM's own encoder, only big.LITTLE students route tokens")
+        check_keep_ratio_applies(main.model, keep_ratio, name)
         main.model.image_encoder.keep_ratio = check_keep_ratio(keep_ratio, "--keep-ratio")
     compared = None
     if compare is not None:

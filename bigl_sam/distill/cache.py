@@ -1,8 +1,8 @@
 """The teacher-embedding cache: the teacher runs once per (image, augmentation), never during training.
 
 Layout of a cache folder:
-    settings.pt          what was cached: teacher, images folder, augmentations, shard size, input size,
-                         the teacher's precision
+    settings.pt          what was cached: teacher, images folder, augmentations, shard size, the encoder's
+                         input side in pixels (`img_size`), the teacher's precision
     shard-00000.pt       up to `shard_size` entries: "image_ids", "seeds" (N), "input_size" (N x 2, the
                          unpadded extent of the input in pixels), "embeddings" (N x 256 x 64 x 64 float16),
                          "skipped" ([image id, reason] of the planned entries whose image was unreadable)
@@ -156,7 +156,7 @@ def _write_shard(
     img_size = teacher.image_encoder.img_size
     channels, grid = teacher.prompt_encoder.embed_dim, teacher.prompt_encoder.image_embedding_size
     embeddings = [torch.empty(0, channels, *grid, dtype=torch.float16)]
-    done, valid, skipped = [], [], {}
+    done, input_sizes, skipped = [], [], {}
     for start in range(0, len(items), batch_size):
         inputs = []
         for image_id, seed in items[start : start + batch_size]:
@@ -170,7 +170,7 @@ def _write_shard(
                 skipped[image_id] = str(err)
                 continue
             inputs.append(x)
-            valid.append(input_size)
+            input_sizes.append(input_size)
             done.append((image_id, seed))
         if inputs:
             batch = torch.stack(inputs).to(next(teacher.parameters()).device)
@@ -181,7 +181,7 @@ def _write_shard(
     shard = {
         "image_ids": [image_id for image_id, _ in done],
         "seeds": torch.tensor([seed for _, seed in done], dtype=torch.int64),
-        "input_size": torch.tensor(valid, dtype=torch.int64).view(-1, 2),
+        "input_size": torch.tensor(input_sizes, dtype=torch.int64).view(-1, 2),
         "embeddings": torch.cat(embeddings),
         "skipped": [[image_id, reason] for image_id, reason in skipped.items()],
     }

@@ -13,7 +13,7 @@ from .. import distributed
 from ..build import build_sam, load_sam
 from ..errors import BiglSamError
 from ..fileio import check_writable
-from ..options import add_renamed
+from ..options import add_device_options, add_renamed
 from .cache import SKIPPED, build_cache, read_index, verify_cache
 from .compare import compare, read_json, table, write_json
 from .train import TrainConfig, flag, train
@@ -38,9 +38,8 @@ def _add_cache_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--augment", type=int, default=0, help="augmented copies per image besides the original")
     parser.add_argument("--shard-size", type=int, default=64, help="embeddings per shard file")
     parser.add_argument("--batch", type=int, default=4, help="images per teacher forward pass")
-    parser.add_argument("--dtype", choices=tuple(distributed.DTYPES), default="float32", help="teacher precision (bfloat16: autocast)")
     parser.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of skipping it")
-    parser.add_argument("--device", help="default: this process's GPU if there is one, else cpu")
+    add_device_options(parser, autocasts="the teacher")
     parser.add_argument("--verify", action="store_true", help="only check the shards of --out against the index")
 
 

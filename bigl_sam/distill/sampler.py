@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .. import distributed
 from ..errors import BiglSamError
-from .schedule import seeded_generator
+from .schedule import ORDER, seeded_generator
 
 
 def split_holdout(image_ids: Sequence[str], holdout: int) -> Tuple[List[int], List[int]]:
@@ -44,7 +44,7 @@ class StreamSampler(Sampler):
     def _at(self, position: int) -> Tuple[int, int]:
         epoch, offset = divmod(position, self.size)
         if epoch != self._epoch:
-            order = torch.randperm(self.size, generator=seeded_generator(self.seed, epoch))
+            order = torch.randperm(self.size, generator=seeded_generator(self.seed, ORDER, epoch))
             self._epoch, self._order = epoch, order.tolist()
         return self._order[offset], epoch
 

@@ -8,6 +8,8 @@ from typing import List, Tuple
 import torch
 
 SEED_BASE = 1_000_003  # a prime above any step count or epoch: (seed, index) pairs do not collide
+# What each stream is for, its first index: step n's keep ratio and epoch n's order are other streams.
+KEEP_RATIO, ORDER, PROMPTS, EVAL_PROMPTS = range(4)
 
 
 def learning_rate(step: int, lr: float, min_lr: float, warmup: int, steps: int) -> float:
@@ -21,7 +23,7 @@ def learning_rate(step: int, lr: float, min_lr: float, warmup: int, steps: int) 
 def keep_ratio_at(step: int, keep_ratio_range: Tuple[float, float], seed: int) -> float:
     """Uniform in `keep_ratio_range`, the same on every process, fixed by the seed and the step."""
     lo, hi = keep_ratio_range
-    u = torch.rand(1, generator=seeded_generator(seed, step)).item()
+    u = torch.rand(1, generator=seeded_generator(seed, KEEP_RATIO, step)).item()
     return lo + (hi - lo) * u
 
 
@@ -32,8 +34,9 @@ def eval_keep_ratios(keep_ratio_range: Tuple[float, float]) -> List[float]:
 
 
 def seeded_generator(seed: int, *indexes: int) -> torch.Generator:
-    """A torch generator fixed by the run's seed and `indexes` (a step, an epoch, a process rank...): the
-    same numbers give the same stream, any other numbers another one."""
+    """A torch generator fixed by the run's seed and `indexes` (what the stream is for: KEEP_RATIO, ORDER,
+    PROMPTS or EVAL_PROMPTS, then a step, an epoch, a process rank...): the same numbers give the same
+    stream, any other numbers another one."""
     mixed = seed
     for index in indexes:
         mixed = mixed * SEED_BASE + index

@@ -10,7 +10,7 @@ from segment_anything.modeling import Sam
 from ..build import build_student_from_sam, load_sam
 from ..checkpoint import ModelWeights, read_model
 from ..errors import BiglSamError
-from ..modeling.config import BIGL_CONFIGS, SamVitConfig, is_student
+from ..modeling.config import BIGL_CONFIGS, SamVitConfig, is_student, students_of
 
 
 def build_student(
@@ -38,7 +38,7 @@ def build_student(
 def student_for(sam: SamVitConfig, source: str) -> str:
     """The student registered for a SAM ViT's size (its P-path starts as that ViT); of several, the one
     with the narrowest E-path (for ViT-H the lean `bigl_h_s`, which the README says to train first)."""
-    fits = [(c.little_dim, name) for name, c in BIGL_CONFIGS.items() if c.p_path == sam]
+    fits = [(BIGL_CONFIGS[name].little_dim, name) for name in students_of(sam)]
     if not fits:
         raise BiglSamError(f"{source}: no student config starts from a SAM {sam.name}; name one with --student")
     return min(fits)[1]

@@ -36,7 +36,7 @@ from .losses import embedding_loss, mask_loss
 from .ranks import check_ranks_agree, mean_over_ranks
 from .runlog import RunLog
 from .sampler import StreamSampler, make_loader, split_holdout
-from .schedule import eval_keep_ratios, keep_ratio_at, learning_rate, seeded_generator
+from .schedule import EVAL_PROMPTS, PROMPTS, eval_keep_ratios, keep_ratio_at, learning_rate, seeded_generator
 from .state import (
     FINAL_FILE, STATE_FILE, load_state, refuse_overwrite, restore, save_final, save_training_state, student_from_state,
 )
@@ -210,7 +210,7 @@ def train_step(run: Run, batch: dict, step: int) -> dict:
     with run.autocast:
         target = run.teacher.targets(batch, images)
         losses = compute_losses(run, run.encoder, images, target, input_size, ratio,
-                                seeded_generator(cfg.seed, step, process.rank))
+                                seeded_generator(cfg.seed, PROMPTS, step, process.rank))
     losses["loss"].backward()
     encoder = run.model.image_encoder
     losses["router_grad_norm"] = router_grad_norm(encoder)
@@ -267,7 +267,7 @@ def evaluate(run: Run, heldout) -> Dict[float, Dict[str, float]]:
         with run.autocast:
             target = run.teacher.targets(batch, images)
             for ratio, totals in sums.items():
-                terms = compute_losses(run, encoder, images, target, input_size, ratio, seeded_generator(cfg.seed))
+                terms = compute_losses(run, encoder, images, target, input_size, ratio, seeded_generator(cfg.seed, EVAL_PROMPTS))
                 for name, value in terms.items():
                     totals[name] = totals.get(name, 0.0) + value.item() * len(images)
     encoder.train()

@@ -21,10 +21,10 @@ from segment_anything import SamPredictor
 from segment_anything.modeling import Sam
 from tqdm import tqdm
 
-from ..distributed import DTYPES, autocast
+from ..distributed import autocast, torch_dtype
 from ..errors import BiglSamError
 from ..images import UPRIGHT, load_image, orientation_tag
-from ..modeling.config import check_keep_ratio, get_config
+from ..modeling.config import check_keep_ratio, get_config, keep_ratio_of
 from ..pretrained import WeightsChoice, load_chosen
 from .decoding import DecoderClock
 from .records import RecordLog, run_directory
@@ -67,11 +67,6 @@ class ModelSpec:
         if self.keep_ratio is not None and keep_ratio_of(model) is not None:
             model.image_encoder.keep_ratio = self.keep_ratio
         return model.to(device).eval()
-
-
-def keep_ratio_of(model: Sam) -> Optional[float]:
-    """The share of tokens a student's P-path sees; None for SAM's own encoders."""
-    return getattr(model.image_encoder, "keep_ratio", None)
 
 
 class Job:
@@ -136,8 +131,7 @@ class Evaluation:
     settings: List[dict] = field(default_factory=list)  # per model run, what `ModelSpec.settings` said
 
     def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise BiglSamError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        torch_dtype(self.dtype)  # an unknown name is one error line
 
     def run_model(self, spec: ModelSpec) -> Optional[List[dict]]:
         """Records of all selected images, in selection order, on rank 0 (None on other ranks)."""

@@ -5,7 +5,9 @@ from .config import (
     BigLittleConfig,
     SamVitConfig,
     get_config,
+    check_keep_ratio_applies,
     is_student,
+    keep_ratio_of,
 )
 from .encoder import BigLittleImageEncoder, routing_map
 
@@ -17,6 +19,8 @@ __all__ = [
     "BigLittleImageEncoder",
     "SamVitConfig",
     "get_config",
+    "check_keep_ratio_applies",
     "is_student",
+    "keep_ratio_of",
     "routing_map",
 ]

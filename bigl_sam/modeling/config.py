@@ -5,10 +5,10 @@ starts from). `BigLittleConfig` describes a big.LITTLE student: its P-path has e
 SAM ViT named by `sam_model_type`, its E-path is a narrow ViT of width `little_dim`.
 """
 
-from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Tuple, Union
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Dict, List, Optional, Tuple, Union
 
-from ..errors import CheckpointError, UnknownModelError, check_keep_ratio
+from ..errors import BiglSamError, CheckpointError, UnknownModelError, check_keep_ratio
 from ..images import IMG_SIZE, PATCH_SIZE
 
 WINDOW_SIZE = 14
@@ -108,6 +108,30 @@ def is_student(config_or_model: Any) -> bool:
     `.config` (a model built here, its `BigLittleImageEncoder`). A SAM ViT, None, or a model from elsewhere:
     False."""
     return isinstance(getattr(config_or_model, "config", config_or_model), BigLittleConfig)
+
+
+def sam_vit_config(config: "ModelConfig") -> SamVitConfig:
+    """The SAM ViT whose shape a model's encoder has: a student's P-path, or the SAM ViT itself."""
+    return config.p_path if is_student(config) else config
+
+
+def students_of(vit: SamVitConfig) -> List[str]:
+    """The registered students whose P-path has the shape of `vit` (whatever its name), in registry order."""
+    return [name for name, config in BIGL_CONFIGS.items() if replace(vit, name=config.p_path.name) == config.p_path]
+
+
+def keep_ratio_of(model: Any) -> Optional[float]:
+    """The share of tokens a student's P-path sees (its image encoder's `keep_ratio`); None for SAM's own
+    encoders. `model`: a `Sam` or its image encoder."""
+    encoder = getattr(model, "image_encoder", model)
+    return encoder.keep_ratio if is_student(encoder) else None
+
+
+def check_keep_ratio_applies(model: Any, keep_ratio: Optional[float], model_type: str) -> None:
+    """A `--keep-ratio` given for SAM's own encoder (`model`, of registry key `model_type`) is a
+    `BiglSamError`: only big.LITTLE students route tokens."""
+    if keep_ratio is not None and not is_student(getattr(model, "image_encoder", model)):
+        raise BiglSamError(f"--keep-ratio: {model_type} is SAM's own encoder, only big.LITTLE students route tokens")
 
 
 def get_config(name: str) -> ModelConfig:

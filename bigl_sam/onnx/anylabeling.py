@@ -106,8 +106,7 @@ def export_anylabeling(
     say = progress or (lambda line: None)
     out = Path(out)
     is_student = modeling.is_student(model)
-    if keep_ratio is not None and not is_student:
-        raise BiglSamError(f"--keep-ratio: {model.config.name} is SAM's own encoder, only big.LITTLE students route tokens")
+    modeling.check_keep_ratio_applies(model, keep_ratio, model.config.name)
     if is_student:
         keep_ratio = check_keep_ratio(model.image_encoder.keep_ratio if keep_ratio is None else keep_ratio, "--keep-ratio")
     check_opset(opset)
