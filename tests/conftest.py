@@ -7,8 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image, ImageDraw
 
 from bigl_sam import build_model, save_checkpoint
 from bigl_sam.modeling import get_config
@@ -127,3 +129,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def photo_like(seed: int) -> np.ndarray:
+    """A 375 x 500 RGB uint8 image that looks like a photo to SAM: a textured background, a red disc and a
+    blue square."""
+    rng = np.random.default_rng(seed)
+    image = Image.fromarray(rng.normal(120, 25, (375, 500, 3)).clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((60, 50, 220, 200), fill=(220, 40, 40))
+    draw.rectangle((280, 150, 460, 330), fill=(30, 60, 200))
+    return np.asarray(image)

@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
 pytest.importorskip("onnxruntime")
 sam_onnx = pytest.importorskip("samexporter.sam_onnx")
@@ -21,19 +21,14 @@ from bigl_sam.onnx import OnnxPredictor  # noqa: E402
 from bigl_sam.onnx.anylabeling import CANVAS_HW, CONFIG_KEYS, RGB_INPUT  # noqa: E402
 from bigl_sam.onnx.export import check_out  # noqa: E402
 from bigl_sam.onnx.predictor import open_session  # noqa: E402
+from conftest import photo_like  # noqa: E402
 
 # Share of mask pixels allowed to differ from SamPredictor's: samexporter resizes the low-res logits with
 # OpenCV, not torch (bilinear both, rounding apart). Measured: at most 7e-6 on these tiny models.
 MASK_TOLERANCE = 1e-3
 
 
-def photo_like() -> np.ndarray:
-    rng = np.random.default_rng(5)
-    image = Image.fromarray(rng.normal(120, 25, (375, 500, 3)).clip(0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(image)
-    draw.ellipse((60, 50, 220, 200), fill=(220, 40, 40))
-    draw.rectangle((280, 150, 460, 330), fill=(30, 60, 200))
-    return np.asarray(image)
+PHOTO_SEED = 5
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +73,7 @@ def test_config_yaml_has_every_key_anylabeling_reads(exported):
 
 def test_segment_anything_onnx_gives_sam_predictors_masks(exported):
     name, folder, model = exported
-    image = photo_like()
+    image = photo_like(PHOTO_SEED)
     runner = sam_onnx.SegmentAnythingONNX(str(folder / "encoder.onnx"), str(folder / "decoder.onnx"), ["cpu"])
     assert runner.encoder_input_rank == 3  # the H x W x 3 RGB input, preprocessing in the graph
     embedding = runner.encode(np.ascontiguousarray(image[..., ::-1]))  # it takes OpenCV's BGR
@@ -103,7 +98,7 @@ def test_anylabeling_canvas_input_gives_sam_predictors_embedding(exported):
     """AnyLabeling feeds the photo resized into a 684 x 1024 canvas (zeros beyond it)."""
     _, folder, model = exported
     canvas = np.zeros((*CANVAS_HW, 3), np.uint8)
-    canvas[:375 * 2, :1000] = np.asarray(Image.fromarray(photo_like()).resize((1000, 750)))[: CANVAS_HW[0]]
+    canvas[:375 * 2, :1000] = np.asarray(Image.fromarray(photo_like(PHOTO_SEED)).resize((1000, 750)))[: CANVAS_HW[0]]
     got = open_session(folder / "encoder.onnx").run(None, {RGB_INPUT: canvas.astype(np.float32)})[0]
     reference = SamPredictor(model)
     reference.set_image(canvas)

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 pytest.importorskip("transformers")
 from safetensors.torch import save_file  # noqa: E402
@@ -19,7 +19,7 @@ from bigl_sam.cli import main  # noqa: E402
 from bigl_sam.hf import BigLittleVisionEncoder, from_transformers, to_transformers  # noqa: E402
 from bigl_sam.hf_layout import to_official  # noqa: E402
 
-from conftest import randomize_  # noqa: E402
+from conftest import photo_like, randomize_  # noqa: E402
 
 TINY_VISION = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "global_attn_indexes": [1]}
 TOLERANCE = 1e-5  # float32, same inputs; measured largest differences: 1.3e-7 (tiny) and 2.1e-7 (ViT-B) in pred_masks
@@ -42,12 +42,7 @@ def hf_tiny(tmp_path_factory):
 @pytest.fixture(scope="module")
 def photo() -> Image.Image:
     """An odd-sized photo-like image: textured background, two shapes."""
-    rng = np.random.default_rng(3)
-    image = Image.fromarray(rng.normal(120, 25, (375, 500, 3)).clip(0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(image)
-    draw.ellipse((60, 50, 220, 200), fill=(220, 40, 40))
-    draw.rectangle((280, 150, 460, 330), fill=(30, 60, 200))
-    return image
+    return Image.fromarray(photo_like(3))
 
 
 def prompted(photo: Image.Image) -> dict:
