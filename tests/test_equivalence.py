@@ -61,3 +61,22 @@ def test_routing_changes_the_embedding(vit_b_pair):
     assert (routed - dense).abs().mean() > 1e-3
     assert len(routing) == 12
     assert all(index.shape == (1, 1024) for index in routing)
+
+
+def test_small_sam_student_is_the_small_sam_at_keep_one(official_checkpoint):
+    """The small SAM of `bigl-sam train` (512-pixel input, 32 x 32 tokens, 8 x 8 windows): its student is
+    exact at keep 1.0 too, embeddings and masks through `SamPredictor`."""
+    path = official_checkpoint("vit_mini")
+    teacher = bigl_sam.load_sam(path)
+    student = bigl_sam.build_student_from_sam("bigl_mini", encoder_checkpoint=path)
+    student.image_encoder.keep_ratio = 1.0
+    image = np.random.default_rng(1).integers(0, 256, size=(200, 300, 3), dtype=np.uint8)
+    outputs = []
+    for model in (teacher, student):
+        predictor = bigl_sam.SamPredictor(model)
+        predictor.set_image(image)
+        _, _, logits = predictor.predict(point_coords=np.array([[100, 60]]), point_labels=np.array([1]))
+        outputs.append((predictor.features, logits))
+    assert outputs[0][0].shape == (1, 256, 32, 32) and outputs[0][1].shape == (3, 128, 128)
+    torch.testing.assert_close(outputs[1][0], outputs[0][0], atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(outputs[1][1], outputs[0][1], atol=1e-3, rtol=1e-3)

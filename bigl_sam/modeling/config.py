@@ -84,6 +84,10 @@ SAM_VIT_CONFIGS: Dict[str, SamVitConfig] = {
     "vit_h": SamVitConfig("vit_h", embed_dim=1280, depth=32, num_heads=16, global_attn_indexes=(7, 15, 23, 31)),
     # Random tiny architectures for tests and smoke runs; same input/output shapes as the real ones.
     "vit_test": SamVitConfig("vit_test", embed_dim=64, depth=2, num_heads=2, global_attn_indexes=(1,)),
+    # A small SAM for CPU-scale training and the quality study (docs/training.md says why these sizes):
+    # 512-pixel input (32 x 32 tokens), 8 x 8 windows that tile the grid, SAM's prompt encoder and decoder.
+    "vit_mini": SamVitConfig("vit_mini", embed_dim=256, depth=6, num_heads=4, global_attn_indexes=(2, 5),
+                             window_size=8, img_size=512),
 }
 SAM_VIT_CONFIGS["default"] = SAM_VIT_CONFIGS["vit_h"]
 
@@ -95,6 +99,9 @@ BIGL_CONFIGS: Dict[str, BigLittleConfig] = {
     "bigl_h_b": BigLittleConfig("bigl_h_b", sam_model_type="vit_h", little_dim=768, little_heads=12),
     # The lean H student: a narrow E-path (`bigl-sam bench` counts the MACs of each).
     "bigl_h_s": BigLittleConfig("bigl_h_s", sam_model_type="vit_h", little_dim=384, little_heads=6),
+    "bigl_mini": BigLittleConfig(
+        "bigl_mini", sam_model_type="vit_mini", little_dim=64, little_heads=2, decoder_model_type="vit_mini"
+    ),
     "bigl_test": BigLittleConfig(
         "bigl_test", sam_model_type="vit_test", little_dim=32, little_heads=1, decoder_model_type="vit_test"
     ),
@@ -173,7 +180,7 @@ def infer_sam_vit_name(state: dict, source) -> str:
         raise CheckpointError(f"{source}: has no image_encoder.pos_embed; not a SAM checkpoint")
     width = pos_embed.shape[-1]
     depth = len({k.split(".")[2] for k in state if k.startswith("image_encoder.blocks.")})
-    for name in ("vit_b", "vit_l", "vit_h", "vit_test"):
+    for name in ("vit_b", "vit_l", "vit_h", "vit_mini", "vit_test"):
         config = SAM_VIT_CONFIGS[name]
         if (config.embed_dim, config.depth) == (width, depth):
             return name
