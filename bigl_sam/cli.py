@@ -13,6 +13,7 @@ from .errors import BiglSamError
 
 COMMANDS = {
     "bench": ("bigl_sam.bench.cli", "parameters, GMACs and latency of SAM, big.LITTLE and peer encoders"),
+    "train": ("bigl_sam.supervised.cli", "train or fine-tune any SAM or student on COCO-format masks (SAM's recipe; torchrun)"),
     "distill": ("bigl_sam.distill.cli", "distil a student from a SAM teacher: teacher cache, then training"),
     "weights": ("bigl_sam.weights", "list, download or verify the known checkpoints"),
     "demo": ("bigl_sam.demo.cli", "click-to-segment web demo (Gradio) with the routing map"),

@@ -90,6 +90,12 @@ def check_writable(path: PathLike, what: str = "") -> Path:
     return path
 
 
+def remove_stale_temporaries(folder: Path) -> None:
+    """Temp files of atomic writes that a killed process never renamed; nothing reads them."""
+    for stale in folder.glob(".*.tmp*"):
+        stale.unlink(missing_ok=True)
+
+
 def atomic_write_text(path: PathLike, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 

@@ -1,5 +1,6 @@
 """Shared fixtures: random models of the real architectures, saved the way the real files are."""
 
+import csv
 import dataclasses
 import json
 import os
@@ -129,6 +130,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def rows_of(path) -> list:
+    """The rows of a CSV log (train.csv, eval.csv) as dicts of strings."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def photo_like(seed: int) -> np.ndarray:

@@ -52,7 +52,7 @@ def setup(tmp_path_factory):
 
 
 def config(setup, out, steps, **knobs):
-    options = dict(student=str(setup / "student.pth"), teacher_checkpoint=str(setup / "my_sam.pth"),
+    options = dict(student_checkpoint=str(setup / "student.pth"), teacher_checkpoint=str(setup / "my_sam.pth"),
                    images=str(setup / "images"), out=str(out), steps=steps, batch=2, lr=3e-3, warmup=2, holdout=1,
                    workers=0)
     return TrainConfig(**{**options, **knobs})
@@ -118,7 +118,7 @@ def test_resume_in_self_distillation_ends_where_an_uninterrupted_run_does(setup,
 
 def test_freeze_source_trains_only_routers_and_e_paths_and_keeps_the_source_inside(setup, tmp_path):
     def run(out, *flags):
-        assert main(["distill", "train", "--student", str(setup / "student.pth"), "--teacher-checkpoint",
+        assert main(["distill", "train", "--student-checkpoint", str(setup / "student.pth"), "--teacher-checkpoint",
                      str(setup / "my_sam.pth"), "--images", str(setup / "images"), "--out", str(out), "--steps", "4",
                      "--batch", "2", "--lr", "3e-3", "--warmup", "1", "--holdout", "1", "--workers", "0",
                      "--eval-every", "0", *flags]) == 0
@@ -173,7 +173,7 @@ def test_a_size_mismatch_is_one_error_line(setup, official_checkpoint, tmp_path,
     assert main([*base, "--student", "bigl_b_t", "--teacher-checkpoint", str(official_checkpoint("vit_test"))]) == 2
     assert "holds a SAM vit_test, but bigl_b_t's P-path is a vit_b (use bigl_test)" in one_error_line(capsys)
     # a 256 px student against a 1024 px teacher
-    assert main([*base, "--student", str(setup / "student.pth"),
+    assert main([*base, "--student-checkpoint", str(setup / "student.pth"),
                  "--teacher-checkpoint", str(official_checkpoint("vit_test"))]) == 2
     assert "teacher embeddings are (256, 64, 64) from 1024px inputs" in one_error_line(capsys)
 

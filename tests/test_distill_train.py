@@ -28,11 +28,12 @@ from bigl_sam.distill import cli as distill_cli
 from bigl_sam.distill import train as train_module
 from bigl_sam.distill.data import loss_region
 from bigl_sam.distill.losses import embedding_loss
-from bigl_sam.distill.state import load_state, save_final, save_training_state
+from bigl_sam.training.state import load_state, save_final, save_training_state
 from bigl_sam.distill.train import TrainConfig, check_config, identity, settings, train
+from bigl_sam.training.config import run_dtype
 from bigl_sam.errors import BiglSamError
 
-from conftest import randomize_, run_torchrun, small_test_configs
+from conftest import randomize_, rows_of, run_torchrun, small_test_configs
 
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # frugal on a shared CPU, and bit-reproducible
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -57,19 +58,14 @@ def setup(tmp_path_factory):
 
 
 def run_args(setup, out, steps, batch=2, extra=()):
-    return ["--student", str(setup / "student.pth"), "--cache", str(setup / "cache"), "--out", str(out),
+    return ["--student-checkpoint", str(setup / "student.pth"), "--cache", str(setup / "cache"), "--out", str(out),
             "--steps", str(steps), "--batch", str(batch), "--lr", "3e-3", "--warmup", "2", "--holdout", "1",
             "--workers", "0", *extra]
 
 
 def config(setup, out, steps, batch=2, **knobs):
-    return TrainConfig(student=str(setup / "student.pth"), cache=str(setup / "cache"), out=str(out), steps=steps,
+    return TrainConfig(student_checkpoint=str(setup / "student.pth"), cache=str(setup / "cache"), out=str(out), steps=steps,
                        batch=batch, lr=3e-3, warmup=2, holdout=1, workers=0, **knobs)
-
-
-def rows(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def encoder_weights(path):
@@ -78,11 +74,11 @@ def encoder_weights(path):
 
 def test_training_lowers_the_distillation_loss(setup, tmp_path):
     final = train(config(setup, tmp_path, steps=30, eval_every=15, ckpt_every=15, mask_weight=0.5))
-    losses = [float(row["loss"]) for row in rows(tmp_path / "train.csv")]
+    losses = [float(row["loss"]) for row in rows_of(tmp_path / "train.csv")]
     assert len(losses) == 30
     first, last = np.mean(losses[:5]), np.mean(losses[-5:])
     assert last < 0.6 * first, (first, last)
-    heldout = rows(tmp_path / "eval.csv")
+    heldout = rows_of(tmp_path / "eval.csv")
     assert {row["keep_ratio"] for row in heldout} == {"0.15", "0.325", "0.5"}
     assert float(heldout[-1]["loss"]) < float(heldout[0]["loss"])
     assert load_sam(final).config.name == "bigl_test_256"
@@ -107,7 +103,7 @@ def test_sigkill_then_resume_ends_where_an_uninterrupted_run_does(setup, tmp_pat
     assert main(["distill", "train", *run_args(setup, run, steps, extra=["--ckpt-every", "3", "--eval-every", "100",
                                                                           "--resume"])]) == 0
     assert read_checkpoint(run / "ckpt.pt")["step"] == steps
-    assert [int(row["step"]) for row in rows(run / "train.csv")] == list(range(1, steps + 1))
+    assert [int(row["step"]) for row in rows_of(run / "train.csv")] == list(range(1, steps + 1))
     resumed, uninterrupted = encoder_weights(run / "final.pth"), encoder_weights(reference)
     for name, value in uninterrupted.items():
         assert torch.allclose(resumed[name], value, atol=1e-6), name
@@ -244,7 +240,7 @@ def test_loss_region_full_counts_the_padding_and_valid_does_not():
     (["--cache", "c", "--teacher-checkpoint", "t.pth", "--images", "i"],
      "either --cache (a teacher cache) or --teacher-checkpoint"),
     (["--teacher-checkpoint", "t.pth"], "--teacher-checkpoint needs --images"),
-    (["--cache", "c"], "--student is required with --cache"),
+    (["--cache", "c"], "--cache needs the student: --student"),
     (["--cache", "c", "--student", "bigl_test", "--images", "i"], "--images goes with --teacher-checkpoint"),
     (["--cache", "c", "--student", "bigl_test", "--loss-region", "inside"], "invalid choice"),
 ])
@@ -265,9 +261,9 @@ def _parse_train(*argv):
 def test_the_train_flags_are_the_config_fields_with_their_defaults(capsys):
     assert _parse_train("--out", "run") == TrainConfig(out="run")
     parsed = _parse_train("--out", "run", "--keep-ratio-range", "0.2,0.4", "--freeze-source", "--steps", "7",
-                          "--mask-weight", "0.5", "--amp", "none")
+                          "--mask-weight", "0.5", "--dtype", "float32")
     assert parsed == TrainConfig(out="run", keep_ratio_range=(0.2, 0.4), freeze_source=True, steps=7,
-                                 mask_weight=0.5, amp="none")
+                                 mask_weight=0.5, dtype="float32")
     assert capsys.readouterr().err == ""
     with pytest.raises(SystemExit):
         _parse_train("--out", "run", "--keep-ratio-range", "0.2")
@@ -282,6 +278,16 @@ def test_the_train_flags_are_the_config_fields_with_their_defaults(capsys):
 def test_the_former_train_flags_still_work_and_warn(capsys, former, current, field):
     assert getattr(_parse_train("--out", "run", former, "sam.pth"), field) == "sam.pth"
     assert f"{former} is now {current}" in capsys.readouterr().err
+
+
+def test_the_former_amp_flag_and_its_values_still_work_and_warn(capsys):
+    """`--amp bf16|none|auto` of earlier versions is `--dtype bfloat16|float32|auto`, with a warning each."""
+    parsed = _parse_train("--out", "run", "--amp", "none")
+    assert "--amp is now --dtype" in capsys.readouterr().err
+    assert run_dtype(parsed.dtype, torch.device("cpu")) == "float32"
+    assert run_dtype("bf16", torch.device("cpu")) == "bfloat16"
+    assert "--dtype bf16 is now --dtype bfloat16" in capsys.readouterr().err
+    assert run_dtype("auto", torch.device("cpu")) == "float32"
 
 
 def _changed(value):
@@ -310,7 +316,7 @@ def test_every_setting_is_in_the_resume_check_unless_declared_free(setup, tmp_pa
             free.append(field.name)
         except BiglSamError as err:
             assert f"{field.name}: " in str(err), err
-    assert free == ["out", "encoder_checkpoint", "decoder_checkpoint", "eval_every", "ckpt_every", "amp", "workers",
+    assert free == ["out", "student_checkpoint", "encoder_checkpoint", "decoder_checkpoint", "eval_every", "ckpt_every", "dtype", "workers",
                     "device", "resume"]
 
 
@@ -318,7 +324,7 @@ def test_every_setting_is_in_the_resume_check_unless_declared_free(setup, tmp_pa
     ({"steps": 0}, "--steps 0: must be at least 1"),
     ({"workers": -1}, "--workers -1: must not be negative"),
     ({"lr": 0}, "--lr 0: must be a finite number > 0"),  # an int in a float field: still the float check
-    ({"amp": "fp16"}, "--amp fp16: expected auto or bf16 or none"),
+    ({"dtype": "fp16"}, "--dtype fp16: expected auto or float32 or bfloat16"),
     ({"loss_region": "inside"}, "--loss-region inside: expected full or valid"),
 ])
 def test_config_checks_come_from_the_field_declarations(knobs, message):
@@ -327,10 +333,34 @@ def test_config_checks_come_from_the_field_declarations(knobs, message):
 
 
 def test_each_purpose_draws_its_own_stream_for_the_same_step_number():
-    from bigl_sam.distill.schedule import EVAL_PROMPTS, KEEP_RATIO, ORDER, PROMPTS, seeded_generator
+    from bigl_sam.training.schedule import EVAL_PROMPTS, KEEP_RATIO, ORDER, PROMPTS, seeded_generator
 
     firsts = {torch.rand(1, generator=seeded_generator(0, purpose, 3)).item()
               for purpose in (KEEP_RATIO, ORDER, PROMPTS, EVAL_PROMPTS)}
     assert len(firsts) == 4
     same = [torch.rand(1, generator=seeded_generator(0, ORDER, 3)).item() for _ in range(2)]
     assert same[0] == same[1]
+
+
+def test_a_student_file_has_its_own_flag_and_the_former_use_still_works(setup, tmp_path, capsys):
+    """`--student` is a registry key; a file is `--student-checkpoint`. `--student FILE` (earlier versions)
+    still trains from the file, with a warning; both at once are refused."""
+    former = run_args(setup, tmp_path / "former", 1)
+    former[former.index("--student-checkpoint")] = "--student"
+    assert main(["distill", "train", *former]) == 0
+    assert "a file is now --student-checkpoint" in capsys.readouterr().err
+    both = run_args(setup, tmp_path / "both", 1, extra=["--student", "bigl_test"])
+    assert main(["distill", "train", *both]) == 2
+    assert "either --student (a registry key) or --student-checkpoint" in capsys.readouterr().err
+
+
+def test_resume_takes_the_same_folder_however_it_is_spelled(setup, tmp_path, monkeypatch, capsys):
+    """`--cache ./cache` after `--cache cache` (and the same for --images, --teacher-checkpoint) is one run."""
+    monkeypatch.chdir(setup)
+    args = run_args(setup, tmp_path, 1)
+    args[args.index("--cache") + 1] = "cache"
+    assert main(["distill", "train", *args]) == 0
+    args[args.index("--cache") + 1] = "./cache"
+    args[args.index("--steps") + 1] = "2"
+    assert main(["distill", "train", *args, "--resume"]) == 2
+    assert "steps: 1 -> 2" in capsys.readouterr().err  # the folder is not among the differences

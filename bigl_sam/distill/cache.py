@@ -27,7 +27,7 @@ from tqdm import tqdm
 from .. import distributed
 from ..checkpoint import atomic_save, read_checkpoint
 from ..errors import BiglSamError
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, remove_stale_temporaries
 from ..images import IMAGE_SUFFIXES, load_image, sam_input
 from ..weights import sha256_of
 from .augment import augment, augmentation_seed
@@ -133,12 +133,6 @@ def _check_settings(out: Path, settings: dict, process: distributed.Process) -> 
     if process.is_main:
         remove_stale_temporaries(out)
     distributed.barrier(process)
-
-
-def remove_stale_temporaries(folder: Path) -> None:
-    """Temp files of atomic writes that a killed process never renamed; nothing reads them."""
-    for stale in folder.glob(".*.tmp*"):
-        stale.unlink(missing_ok=True)
 
 
 @torch.no_grad()

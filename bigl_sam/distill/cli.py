@@ -2,10 +2,7 @@
 `torchrun`). The flags of `train` are made from the fields of `TrainConfig`."""
 
 import argparse
-import dataclasses
-import typing
 from pathlib import Path
-from typing import Callable, Optional, Union
 
 import torch
 
@@ -16,14 +13,15 @@ from ..fileio import check_writable
 from ..options import add_device_options, add_renamed
 from .cache import SKIPPED, build_cache, read_index, verify_cache
 from .compare import compare, read_json, table, write_json
-from .train import TrainConfig, flag, train
+from ..training.config import add_config_arguments, numbers
+from .train import TrainConfig, train
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="distill_command", required=True)
     _add_cache_arguments(commands.add_parser("cache", help="run the teacher once per image and augmentation"))
-    _add_train_arguments(commands.add_parser(
-        "train", help="train a student on a teacher cache, or against its own SAM (--teacher-checkpoint)"))
+    add_config_arguments(commands.add_parser(
+        "train", help="train a student on a teacher cache, or against its own SAM (--teacher-checkpoint)"), TrainConfig)
     _add_compare_arguments(
         commands.add_parser("compare", help="embedding error and mask agreement of students vs their teacher")
     )
@@ -43,39 +41,6 @@ def _add_cache_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verify", action="store_true", help="only check the shards of --out against the index")
 
 
-def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per `TrainConfig` field: name, type, default, choices, help and former names all come from
-    the field's declaration."""
-    for field in dataclasses.fields(TrainConfig):
-        meta = field.metadata
-        kwargs = {"help": meta["help"]}
-        if field.type is bool:
-            kwargs["action"] = "store_true"
-        else:
-            kwargs["type"] = _parser_of(field.type)
-            if meta["choices"]:
-                kwargs["choices"] = meta["choices"]
-            if field.default is dataclasses.MISSING:
-                kwargs["required"] = True
-            else:
-                kwargs["default"] = field.default
-            if field.default not in (None, dataclasses.MISSING):
-                shown = ",".join(map(str, field.default)) if isinstance(field.default, tuple) else field.default
-                kwargs["help"] += f" (default: {shown})"
-        add_renamed(parser, flag(field.name), *meta["former"], **kwargs)
-
-
-def _parser_of(annotation) -> Callable[[str], object]:
-    """The argparse `type` of a field's annotation: `Optional[X]` parses as X, `Tuple[X, ...]` as
-    comma-separated Xs (as many as the tuple holds)."""
-    parts = [part for part in typing.get_args(annotation) if part is not type(None)]
-    if typing.get_origin(annotation) is Union:
-        return _parser_of(parts[0])
-    if typing.get_origin(annotation) is tuple:
-        return _numbers(parts[0], len(parts))
-    return annotation
-
-
 def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add_renamed(parser, "--teacher-checkpoint", "--teacher-from", help="the SAM-layout file the students learn from "
@@ -87,7 +52,7 @@ def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
                 help="SAM file for the P-path of students given by name; default: --teacher-checkpoint")
     add("--images", required=True, type=Path, help="folder of images (searched recursively)")
     add("--holdout", type=int, default=10, help="compare on the last N images (sorted), as train --holdout N keeps out")
-    add("--keep-ratios", type=_numbers(float), default=(0.15, 0.25, 0.5), help="comma-separated, e.g. 0.15,0.25,0.5")
+    add("--keep-ratios", type=numbers(float), default=(0.15, 0.25, 0.5), help="comma-separated, e.g. 0.15,0.25,0.5")
     add("--seed", type=int, default=0, help="router and E-path draw of students given by name (as train --seed)")
     add("--baseline", type=Path, help="JSON of an earlier compare: its first student is the 'error removed' baseline")
     add("--teacher-outputs", type=Path, help="file keeping the teacher's embeddings and masks: written once, "
@@ -95,22 +60,6 @@ def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     add("--json", type=Path, help="also write the rows as JSON here")
     add("--dtype", choices=tuple(distributed.DTYPES), default="float32",
         help="teacher and students in float32, or under bfloat16 autocast")
-
-
-def _numbers(kind: type, count: Optional[int] = None) -> Callable[[str], tuple]:
-    """Parses comma-separated numbers of `kind` (exactly `count` of them, if given), e.g. 0.15,0.5."""
-
-    def parse(text: str) -> tuple:
-        try:
-            values = tuple(kind(part) for part in text.split(","))
-        except ValueError:
-            values = ()
-        if not values or (count is not None and len(values) != count):
-            raise argparse.ArgumentTypeError(
-                f"{text!r}: expected {count or 'one or more'} comma-separated numbers such as 0.15,0.5")
-        return values
-
-    return parse
 
 
 def run(args: argparse.Namespace) -> int:

@@ -29,7 +29,7 @@ from ..fileio import atomic_write_text
 from ..images import load_image
 from ..modeling.config import check_keep_ratio
 from .cache import list_images
-from .sampler import split_holdout
+from ..training.sampler import split_holdout
 from .student import build_student
 from .teacher import load_sam_teacher
 

@@ -10,6 +10,7 @@ from segment_anything.modeling import Sam
 from ..build import build_student_from_sam, load_sam
 from ..checkpoint import ModelWeights, read_model
 from ..errors import BiglSamError
+from ..training.optimizer import freeze_router_biases
 from ..modeling.config import BIGL_CONFIGS, SamVitConfig, is_student, students_of
 
 
@@ -50,8 +51,7 @@ def trainable_encoder(model: Sam, freeze_source: bool = False) -> torch.nn.Modul
     and position embeddings and the neck keep the weights the student started from: at keep ratio 1.0 the
     student is its source SAM plus the E-paths' learned updates (and exactly the source with them zeroed).
 
-    The routers' biases stay fixed too: a softmax over tokens ignores a shift shared by all of them, so
-    their gradient is rounding noise that Adam would blow up into a random walk.
+    The routers' biases stay fixed too (`training.optimizer.freeze_router_biases`).
     """
     for module in (model.prompt_encoder, model.mask_decoder):
         module.requires_grad_(False)
@@ -61,7 +61,6 @@ def trainable_encoder(model: Sam, freeze_source: bool = False) -> torch.nn.Modul
         for block in encoder.blocks:
             block.router.requires_grad_(True)
             block.little.requires_grad_(True)
-    for block in encoder.blocks:
-        block.router.bias.requires_grad_(False)
+    freeze_router_biases(encoder)
     encoder.train()
     return encoder

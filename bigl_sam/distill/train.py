@@ -18,10 +18,11 @@ weights in ckpt.pt stay those of the last good checkpoint.
 
 import dataclasses
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 from segment_anything.modeling import Sam
@@ -31,37 +32,24 @@ from tqdm import tqdm
 from .. import distributed
 from ..checkpoint import ModelReader
 from ..errors import BiglSamError
+from ..modeling.config import MODEL_CONFIGS
+from ..training.config import check_fields, dtype_option, identity, option, run_dtype, settings
+from ..training.optimizer import adamw, router_grad_norm
+from ..training.ranks import check_ranks_agree, mean_over_ranks
+from ..training.runlog import RunLog
+from ..training.sampler import StreamSampler, make_loader, split_holdout
+from ..training.schedule import EVAL_PROMPTS, PROMPTS, eval_keep_ratios, keep_ratio_at, learning_rate, seeded_generator
+from ..training.state import (
+    FINAL_FILE, STATE_FILE, load_state, refuse_overwrite, restore, save_final, save_training_state, model_from_state,
+)
 from .data import LOSS_REGIONS, collate, loss_region
 from .losses import embedding_loss, mask_loss
-from .ranks import check_ranks_agree, mean_over_ranks
-from .runlog import RunLog
-from .sampler import StreamSampler, make_loader, split_holdout
-from .schedule import EVAL_PROMPTS, PROMPTS, eval_keep_ratios, keep_ratio_at, learning_rate, seeded_generator
-from .state import (
-    FINAL_FILE, STATE_FILE, load_state, refuse_overwrite, restore, save_final, save_training_state, student_from_state,
-)
 from .student import build_student, student_for, trainable_encoder
 from .teacher import CachedTeacher, OnlineTeacher, check_fits
 
+TRAIN_FIELDS = ("step", "lr", "keep_ratio", "loss", "mse", "cosine", "mask", "grad_norm", "router_grad_norm", "seconds")
+EVAL_FIELDS = ("step", "keep_ratio", "loss", "mse", "cosine", "mask")
 SELF_DISTILL_MASK_WEIGHT = 1.0  # the mask-level loss is on by default with --teacher-checkpoint
-AMP_MODES = ("auto", "bf16", "none")
-
-
-def option(
-    default: Any = dataclasses.MISSING,
-    help: str = "",
-    *,
-    identity: bool = True,
-    choices: Optional[Sequence[str]] = None,
-    check: Optional[str] = None,
-    former: Sequence[str] = (),
-) -> Any:
-    """A `TrainConfig` field with everything its `distill train` flag needs: `help`, `choices`, `former`
-    (earlier flag names, kept as hidden aliases); `check` "positive" or "non_negative" (`check_config`);
-    `identity=False` for a setting a resumed run may change, because it does not change what the run
-    computes. Every other field is part of the run's identity (`identity`)."""
-    metadata = {"help": help, "identity": identity, "choices": choices, "check": check, "former": tuple(former)}
-    return dataclasses.field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -71,8 +59,11 @@ class TrainConfig:
 
     out: str = option(help="run folder: checkpoints, CSV and TensorBoard logs", identity=False)
     student: Optional[str] = option(
-        None, "bigl_b_t, bigl_l_s, ... or a student checkpoint to continue; default with --teacher-checkpoint: "
-        "the student of that SAM's size")
+        None, "registry key of the student (bigl_b_t, bigl_l_s, ...); default with --teacher-checkpoint: the "
+        "student of that SAM's size")
+    # Read only when a run starts: a resumed run takes its student from ckpt.pt.
+    student_checkpoint: Optional[str] = option(
+        None, "a bigl-sam student file to continue distilling, instead of a fresh --student", identity=False)
     cache: Optional[str] = option(
         None, "teacher cache folder from `bigl-sam distill cache` (a bigger teacher, e.g. ViT-H)")
     teacher_checkpoint: Optional[str] = option(
@@ -110,14 +101,10 @@ class TrainConfig:
                              identity=False, check="non_negative")
     ckpt_every: int = option(500, "write RUN/ckpt.pt every N steps and at the end", identity=False, check="positive")
     seed: int = option(0, "seed of the data order, keep ratios, mask-loss prompts and a fresh student's draw")
-    # The precision may follow the machine a run resumes on (bf16 on GPU, float32 on CPU).
-    amp: str = option("auto", "auto: bf16 autocast on GPU only", identity=False, choices=AMP_MODES)
+    dtype: str = dtype_option()
     workers: int = option(2, "data loader processes", identity=False, check="non_negative")
     device: Optional[str] = option(None, "default: this process's GPU if there is one, else cpu", identity=False)
     resume: bool = option(False, "continue from RUN/ckpt.pt (start fresh if there is none yet)", identity=False)
-
-
-IDENTITY = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["identity"])
 
 
 @dataclass
@@ -135,6 +122,7 @@ class Run:
 
 def train(cfg: TrainConfig) -> Path:
     """Trains the student; returns the path of the final checkpoint."""
+    cfg = former_student_file(cfg)
     check_config(cfg)
     process = distributed.start(cfg.device)
     try:
@@ -153,9 +141,10 @@ def _train(cfg: TrainConfig, process: distributed.Process) -> Path:
     cfg = resolve(cfg, teacher)
     state = load_state(out, identity(cfg), process) if cfg.resume else refuse_overwrite(out)
     if state:
-        model = student_from_state(state)
+        model = model_from_state(state)
     else:
-        model = build_student(cfg.student, cfg.encoder_checkpoint, cfg.decoder_checkpoint, cfg.seed, read)
+        model = build_student(cfg.student_checkpoint or cfg.student, cfg.encoder_checkpoint, cfg.decoder_checkpoint,
+                              cfg.seed, read)
     del read  # the weights it read now live in the models
     check_fits(model, teacher)
     model.to(process.device)
@@ -163,7 +152,7 @@ def _train(cfg: TrainConfig, process: distributed.Process) -> Path:
     encoder = trainable_encoder(model, cfg.freeze_source)
     optimizer = adamw(encoder, cfg.weight_decay)
     start_step = restore(state, optimizer)
-    dtype = amp_dtype(cfg.amp, process.device)
+    dtype = run_dtype(cfg.dtype, process.device)
     if process.is_main:
         distributed.note_bfloat16(process.device, dtype)
     run = Run(cfg, model, DistributedDataParallel(encoder) if process.world_size > 1 else encoder, teacher,
@@ -172,7 +161,7 @@ def _train(cfg: TrainConfig, process: distributed.Process) -> Path:
     sampler = StreamSampler(len(train_items), cfg.batch, process, cfg.seed, start_step, cfg.steps)
     loader = make_loader(teacher.dataset(train_items, model), sampler, cfg.workers, process)
     heldout = teacher.dataset(heldout_items, model)
-    log = RunLog(out, start_step) if process.is_main else None
+    log = RunLog(out, start_step, TRAIN_FIELDS, EVAL_FIELDS) if process.is_main else None
     progress = tqdm(total=cfg.steps, initial=start_step, desc="distill", unit="step", disable=not process.is_main)
     with progress:
         for step, batch in zip(range(start_step, cfg.steps), loader):
@@ -183,7 +172,9 @@ def _train(cfg: TrainConfig, process: distributed.Process) -> Path:
             if log:
                 log.train(row)
                 if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
-                    log.eval(done, evaluate(run, heldout))
+                    results = evaluate(run, heldout)
+                    rows = [{"step": done, "keep_ratio": ratio, **terms} for ratio, terms in results.items()]
+                    log.eval(done, rows, {f"heldout/loss@keep{ratio:g}": terms["loss"] for ratio, terms in results.items()})
             if done % cfg.ckpt_every == 0 or done == cfg.steps:
                 if process.is_main:
                     save_training_state(out, model, optimizer, done, settings(cfg))
@@ -244,14 +235,6 @@ def compute_losses(
     return terms
 
 
-def router_grad_norm(encoder: torch.nn.Module) -> torch.Tensor:
-    """L2 norm of the routers' weight gradients (before clipping): is the router learning at all?"""
-    grads = [block.router.weight.grad for block in encoder.blocks if block.router.weight.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    return torch.stack([g.detach().float().norm() for g in grads]).norm()
-
-
 @torch.no_grad()
 def evaluate(run: Run, heldout) -> Dict[float, Dict[str, float]]:
     """Held-out loss terms at each of `eval_keep_ratios`, on the original images (epoch 0)."""
@@ -274,24 +257,6 @@ def evaluate(run: Run, heldout) -> Dict[float, Dict[str, float]]:
     return {ratio: {name: total / len(heldout) for name, total in totals.items()} for ratio, totals in sums.items()}
 
 
-def adamw(encoder: torch.nn.Module, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW; no weight decay on biases, norms and layer scales (the 1-D parameters). The learning rate is
-    set at every step from the schedule."""
-    params = [p for p in encoder.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=0.0, betas=(0.9, 0.999))
-
-
-def amp_dtype(amp: str, device: torch.device) -> str:
-    """--amp as the `distributed.DTYPES` name the student and teacher run in: auto is bfloat16 on GPU,
-    float32 on CPU."""
-    use_bf16 = amp == "bf16" or (amp == "auto" and device.type == "cuda")
-    return "bfloat16" if use_bf16 else "float32"
-
-
 def check_config(cfg: TrainConfig) -> None:
     """Every option checked before any work: one error line naming the option. The checks of single
     fields come from their declaration (`option`'s `check` and `choices`)."""
@@ -301,52 +266,37 @@ def check_config(cfg: TrainConfig) -> None:
         raise BiglSamError("--teacher-checkpoint needs --images, the folder of images to distil on")
     if cfg.cache and cfg.images:
         raise BiglSamError("--images goes with --teacher-checkpoint; a --cache already names its images")
-    if cfg.cache and not cfg.student:
-        raise BiglSamError("--student is required with --cache (bigl_b_t, ... or a student checkpoint)")
+    if cfg.cache and not (cfg.student or cfg.student_checkpoint):
+        raise BiglSamError("--cache needs the student: --student (bigl_b_t, ...) or --student-checkpoint (a file)")
+    if cfg.student and cfg.student_checkpoint:
+        raise BiglSamError("give the student as either --student (a registry key) or --student-checkpoint (a file)")
     lo, hi = cfg.keep_ratio_range
     if not 0 < lo <= hi <= 1:
         raise BiglSamError(f"--keep-ratio-range {lo},{hi}: need 0 < low <= high <= 1")
-    for f in dataclasses.fields(cfg):
-        value, choices = getattr(cfg, f.name), f.metadata["choices"]
-        if choices and value not in choices:
-            raise BiglSamError(f"{flag(f.name)} {value}: expected {' or '.join(choices)}")
-        if f.metadata["check"] and value is not None:
-            _check_number(f.name, value, f.type is int, positive=f.metadata["check"] == "positive")
+    check_fields(cfg)
 
 
-def _check_number(name: str, value, whole: bool, positive: bool) -> None:
-    if whole:
-        if value < (1 if positive else 0):
-            raise BiglSamError(f"{flag(name)} {value}: {'must be at least 1' if positive else 'must not be negative'}")
-    elif not (math.isfinite(value) and (value > 0 if positive else value >= 0)):
-        raise BiglSamError(f"{flag(name)} {value}: must be a finite number {'>' if positive else '>='} 0")
+def former_student_file(cfg: TrainConfig) -> TrainConfig:
+    """`--student FILE` of earlier versions is `--student-checkpoint FILE` now: taken, with a warning."""
+    if cfg.student and cfg.student not in MODEL_CONFIGS and Path(cfg.student).is_file():
+        print(f"warning: --student {cfg.student}: a file is now --student-checkpoint; the old use goes in the next "
+              "release", file=sys.stderr)
+        return dataclasses.replace(cfg, student=None, student_checkpoint=cfg.student)
+    return cfg
 
 
 def resolve(cfg: TrainConfig, teacher) -> TrainConfig:
-    """The defaults that depend on the teacher, filled in (so a resumed run compares what was used)."""
+    """The defaults that depend on the teacher, filled in, and the folders and files the run reads as absolute
+    paths (`./p5` and `p5` are one folder), so a resumed run compares what was used."""
+    cfg = dataclasses.replace(cfg, **{name: str(Path(getattr(cfg, name)).resolve())
+                                      for name in ("cache", "images", "teacher_checkpoint") if getattr(cfg, name)})
     if isinstance(teacher, OnlineTeacher):
         return dataclasses.replace(
             cfg,
-            student=cfg.student or student_for(teacher.config, cfg.teacher_checkpoint),
+            student=cfg.student or (None if cfg.student_checkpoint else student_for(teacher.config,
+                                                                                     cfg.teacher_checkpoint)),
             encoder_checkpoint=cfg.encoder_checkpoint or cfg.teacher_checkpoint,
             decoder_checkpoint=cfg.decoder_checkpoint or cfg.teacher_checkpoint,
             mask_weight=SELF_DISTILL_MASK_WEIGHT if cfg.mask_weight is None else cfg.mask_weight,
         )
     return dataclasses.replace(cfg, mask_weight=0.0 if cfg.mask_weight is None else cfg.mask_weight)
-
-
-def settings(cfg: TrainConfig) -> dict:
-    """The whole config as plain types (tuples as lists), as ckpt.pt keeps it."""
-    return {name: list(value) if isinstance(value, tuple) else value for name, value in dataclasses.asdict(cfg).items()}
-
-
-def identity(cfg: TrainConfig) -> dict:
-    """The settings that fix what the run computes (every field not declared `identity=False`): a resumed
-    run must not change them."""
-    whole = settings(cfg)
-    return {name: whole[name] for name in IDENTITY}
-
-
-def flag(name: str) -> str:
-    """The `distill train` flag of a `TrainConfig` field."""
-    return "--" + name.replace("_", "-")

@@ -4,6 +4,7 @@ mask AP from a detector's boxes (`detections.DetectionMasks`)."""
 
 import argparse
 from pathlib import Path
+from typing import Optional
 
 from ..errors import BiglSamError
 from .coco import CocoInstances
@@ -42,9 +43,15 @@ def job_from_args(args: argparse.Namespace) -> Job:
     if args.score_threshold is not None:
         raise BiglSamError("--score-threshold filters the detections of --boxes: give --boxes, or leave it out")
     protocol = Protocol(args.prompt, _clicks(args), args.select, args.protocol)
+    return miou_job(args.annotations, args.images, protocol, args.batch_size, args.max_images)
+
+
+def miou_job(annotations: Path, images: Path, protocol: Protocol, batch_size: int,
+             max_images: Optional[int] = None) -> CocoMiou:
+    """The mIoU job of `protocol` on a COCO file (what `eval coco` runs without --boxes)."""
     job = EdgeSamMiou if protocol.preset == "edgesam" else CocoMiou
-    dataset = CocoInstances(args.annotations, args.images, score_crowd=protocol.score_crowd, min_area=job.min_area)
-    return job(dataset, protocol, args.batch_size, args.max_images)
+    dataset = CocoInstances(annotations, images, score_crowd=protocol.score_crowd, min_area=job.min_area)
+    return job(dataset, protocol, batch_size, max_images)
 
 
 def _clicks(args: argparse.Namespace) -> int:

@@ -196,6 +196,15 @@ class Evaluation:
         return time.perf_counter()
 
 
+def score_in_memory(job: Job, predictor: SamPredictor, device: torch.device, dtype: str = "float32",
+                    label: str = "") -> dict:
+    """`job`'s summary of `predictor` on every selected image, in this process, with no records written
+    (held-out scores during training, trivial baselines): each image scored as `Evaluation` scores it."""
+    evaluation = Evaluation(job, out_dir=None, shard=Shard(), device=device, dtype=dtype)
+    records = [evaluation.evaluate_image(predictor, image_id) for image_id in job.image_ids]
+    return job.summarize(label, records, None)
+
+
 def _finished(record: Optional[dict]) -> bool:
     return record is not None and "skipped" not in record
 

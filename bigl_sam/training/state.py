@@ -18,7 +18,7 @@ from ..build import build_model
 from ..checkpoint import atomic_save, read_checkpoint, save_checkpoint
 from ..errors import BiglSamError
 from ..modeling.config import config_from_dict, config_to_dict
-from .cache import remove_stale_temporaries
+from ..fileio import remove_stale_temporaries
 
 STATE_FILE = "ckpt.pt"
 FINAL_FILE = "final.pth"
@@ -82,7 +82,7 @@ def refuse_overwrite(out: Path) -> None:
     return None
 
 
-def student_from_state(state: dict) -> Sam:
+def model_from_state(state: dict) -> Sam:
     model = build_model(config_from_dict(state["config"]))
     model.load_state_dict(state["model"])
     return model

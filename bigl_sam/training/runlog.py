@@ -5,40 +5,44 @@ logging is the same one-line error as anywhere else (`fileio.writing`).
 """
 
 import csv
+import math
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Sequence
 
 from torch.utils.tensorboard import SummaryWriter
 
 from ..fileio import writing
 
-TRAIN_FIELDS = ("step", "lr", "keep_ratio", "loss", "mse", "cosine", "mask", "grad_norm", "router_grad_norm", "seconds")
-EVAL_FIELDS = ("step", "keep_ratio", "loss", "mse", "cosine", "mask")
-BOARD_TERMS = ("loss", "mse", "cosine", "mask", "grad_norm", "router_grad_norm", "lr", "keep_ratio", "seconds")
-
 
 class RunLog:
-    def __init__(self, out: Path, start_step: int) -> None:
+    """`train_fields`: the columns of train.csv (`step` first); each numeric one is also a TensorBoard curve
+    `train/NAME`. `eval_fields`: the columns of eval.csv."""
+
+    def __init__(self, out: Path, start_step: int, train_fields: Sequence[str], eval_fields: Sequence[str]) -> None:
+        self._board_terms = [name for name in train_fields if name != "step"]
         with writing(out / "train.csv"):
             out.mkdir(parents=True, exist_ok=True)
-            self._train = CsvLog(out / "train.csv", TRAIN_FIELDS, start_step)
-            self._eval = CsvLog(out / "eval.csv", EVAL_FIELDS, start_step)
+            self._train = CsvLog(out / "train.csv", train_fields, start_step)
+            self._eval = CsvLog(out / "eval.csv", eval_fields, start_step)
         self._board_dir = out / "tb"
         with writing(self._board_dir / "events"):
             self._board = SummaryWriter(str(self._board_dir), purge_step=start_step or None)
 
     def train(self, row: dict) -> None:
         self._train.write(row)
-        with writing(self._board_dir / "events"):
-            for name in BOARD_TERMS:
-                if name in row:
-                    self._board.add_scalar(f"train/{name}", row[name], row["step"])
+        self._scalars({f"train/{name}": row[name] for name in self._board_terms if name in row}, row["step"])
 
-    def eval(self, step: int, results: Dict[float, Dict[str, float]]) -> None:
-        for ratio, terms in results.items():
-            self._eval.write({"step": step, "keep_ratio": ratio, **terms})
-            with writing(self._board_dir / "events"):
-                self._board.add_scalar(f"heldout/loss@keep{ratio:g}", terms["loss"], step)
+    def eval(self, step: int, rows: Sequence[dict], curves: Dict[str, float]) -> None:
+        """`rows` (each with `step`) go to eval.csv, `curves` ({tag: value}) to TensorBoard at `step`."""
+        for row in rows:
+            self._eval.write(row)
+        self._scalars(curves, step)
+
+    def _scalars(self, values: Dict[str, float], step: int) -> None:
+        with writing(self._board_dir / "events"):
+            for tag, value in values.items():
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    self._board.add_scalar(tag, value, step)
 
     def close(self) -> None:
         self._train.close()

@@ -1,6 +1,6 @@
 """The data order of a training run, the held-out split, and the loader that feeds the loop."""
 
-from typing import Iterator, List, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -49,12 +49,15 @@ class StreamSampler(Sampler):
         return self._order[offset], epoch
 
 
-def make_loader(dataset: Dataset, sampler: StreamSampler, workers: int, process: distributed.Process) -> DataLoader:
+def make_loader(dataset: Dataset, sampler: StreamSampler, workers: int, process: distributed.Process,
+                collate_fn: Optional[Callable[[list], dict]] = None) -> DataLoader:
+    """`collate_fn`: how a step's samples become one batch (None: each field stacked)."""
     return DataLoader(
         dataset,
         batch_size=sampler.batch,
         sampler=sampler,
         num_workers=workers,
+        collate_fn=collate_fn,
         pin_memory=process.device.type == "cuda",
         persistent_workers=False,
     )
