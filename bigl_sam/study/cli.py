@@ -1,0 +1,98 @@
+"""`bigl-sam study`: the quality study's own steps (docs/study.md).
+
+  keep-rate   the EViT keep rate of a SAM ViT at the GMACs of a student at a keep ratio (row 6)
+  intervals   mIoU and share of the teacher's, with 95% bootstrap intervals, from eval run folders
+  plot        the curves against distillation steps or keep ratio, from a points file
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+from ..build import build_model
+from ..errors import BiglSamError, check_keep_ratio
+from ..fileio import atomic_write_text
+from ..modeling.config import get_config, is_student, sam_vit_config
+from .bootstrap import RESAMPLES, instance_ious, paired_intervals, read_records
+from .curves import plot_against_keep_ratio, plot_against_steps
+from .pruning import choose_keep_rate, count_gmacs, evit_layers
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    steps = parser.add_subparsers(dest="step", required=True)
+    keep = steps.add_parser("keep-rate", help="the EViT keep rate of the student's SAM at the student's GMACs")
+    keep.add_argument("--student", default="bigl_mini", help="the student whose GMACs set the budget")
+    keep.add_argument("--keep-ratio", type=float, default=0.25, help="the student's keep ratio")
+    keep.add_argument("--prune-layers", default=None,
+                      help="comma-separated 0-based layers that prune (default: EViT's, scaled to the depth)")
+
+    intervals = steps.add_parser("intervals", help="mIoU and share of the teacher's with 95%% bootstrap intervals")
+    intervals.add_argument("--teacher", type=Path, required=True, help="the teacher's eval run folder")
+    intervals.add_argument("--row", action="append", required=True, metavar="LABEL=RUN_DIR",
+                           help="a row's eval run folder (same data and protocol); repeatable")
+    intervals.add_argument("--click", type=int, default=None,
+                           help="eval interactive records: the IoU after this click (default: the last)")
+    intervals.add_argument("--resamples", type=int, default=RESAMPLES)
+    intervals.add_argument("--seed", type=int, default=0)
+    intervals.add_argument("--out", type=Path, default=None, help="also write the intervals as JSON here")
+
+    plot = steps.add_parser("plot", help="a PNG of mIoU against distillation steps or keep ratio")
+    plot.add_argument("against", choices=("steps", "keep-ratio"))
+    plot.add_argument("points", type=Path, help="CSV (row,x,miou[,low,high]) or JSON points file")
+    plot.add_argument("--out", type=Path, required=True, help="the PNG to write")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.step == "keep-rate":
+        print(json.dumps(keep_rate_at_student_budget(args.student, args.keep_ratio, args.prune_layers), indent=2))
+    elif args.step == "intervals":
+        if args.resamples < 1:
+            raise BiglSamError(f"--resamples must be at least 1, got {args.resamples}")
+        teacher = instance_ious(read_records(args.teacher), args.click)
+        rows = {}
+        for spec in args.row:
+            label, sep, run_dir = spec.partition("=")
+            if not sep or not label or not run_dir:
+                raise BiglSamError(f"--row {spec!r}: expected LABEL=RUN_DIR")
+            row = instance_ious(read_records(Path(run_dir)), args.click)
+            rows[label] = paired_intervals(row, teacher, args.resamples, args.seed)
+        text = json.dumps(rows, indent=2) + "\n"
+        if args.out is not None:
+            atomic_write_text(args.out, text)
+        print(text, end="")
+    else:
+        plot = plot_against_steps if args.against == "steps" else plot_against_keep_ratio
+        print(plot(args.points, args.out))
+    return 0
+
+
+def keep_rate_at_student_budget(student: str, keep_ratio: float, prune_layers: str = None) -> dict:
+    """The EViT keep rate of `student`'s SAM ViT whose GMACs are at most the student's at `keep_ratio`
+    (random weights: MACs do not depend on them), with both GMACs and the SAM's dense ones."""
+    config = get_config(student)
+    if not is_student(config):
+        raise BiglSamError(f"--student: {student} is not a big.LITTLE student")
+    check_keep_ratio(keep_ratio, "--keep-ratio")
+    vit_config = sam_vit_config(config)
+    model = build_model(config)
+    model.image_encoder.keep_ratio = keep_ratio
+    budget = count_gmacs(model.image_encoder, vit_config.img_size)
+    vit = build_model(vit_config).image_encoder
+    layers = evit_layers(vit_config.depth) if prune_layers is None else _layers(prune_layers, vit_config.depth)
+    try:
+        rate, gmacs = choose_keep_rate(vit, budget, layers)
+    except ValueError as err:
+        raise BiglSamError(f"--prune-layers {','.join(map(str, layers))}: {err}") from None
+    return {"sam": vit_config.name, "student": student, "keep_ratio": keep_ratio, "student_gmacs": budget,
+            "sam_gmacs": count_gmacs(vit, vit_config.img_size, "meta"), "prune_layers": list(layers),
+            "keep_rate": rate, "pruned_gmacs": gmacs}
+
+
+def _layers(spec: str, depth: int):
+    try:
+        layers = sorted({int(part) for part in spec.split(",")})
+    except ValueError:
+        raise BiglSamError(f"--prune-layers {spec!r}: expected comma-separated layer numbers") from None
+    if not layers or layers[0] < 0 or layers[-1] >= depth:
+        raise BiglSamError(f"--prune-layers {spec!r}: layers are 0..{depth - 1}")
+    return tuple(layers)
