@@ -1,21 +1,27 @@
 """`bigl-sam study`: the quality study's own steps (docs/study.md).
 
   keep-rate   the EViT keep rate of a SAM ViT at the GMACs of a student at a keep ratio (row 6)
+  eval        `bigl-sam eval` of a row that is not a registry model: a pruned SAM (row 6), a student with
+              random routing (row 5); the variant's options come before the benchmark's
   intervals   mIoU and share of the teacher's, with 95% bootstrap intervals, from eval run folders
   plot        the curves against distillation steps or keep ratio, from a points file
 """
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from ..build import build_model
 from ..errors import BiglSamError, check_keep_ratio
+from ..evaluation import cli as evaluation_cli
 from ..fileio import atomic_write_text
 from ..modeling.config import get_config, is_student, sam_vit_config
+from ..options import model_spec
 from .bootstrap import RESAMPLES, instance_ious, paired_intervals, read_records
 from .curves import plot_against_keep_ratio, plot_against_steps
 from .pruning import choose_keep_rate, count_gmacs, evit_layers
+from .variants import VariantSpec
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +31,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     keep.add_argument("--keep-ratio", type=float, default=0.25, help="the student's keep ratio")
     keep.add_argument("--prune-layers", default=None,
                       help="comma-separated 0-based layers that prune (default: EViT's, scaled to the depth)")
+
+    variant = steps.add_parser("eval", help="bigl-sam eval of a pruned SAM or a randomly routed student")
+    variant.add_argument("--evit-keep-rate", type=float, default=None,
+                         help="prune every --model (a SAM) EViT-style at this keep rate (from `study keep-rate`)")
+    variant.add_argument("--prune-layers", default=None, help="with --evit-keep-rate: 0-based layers that prune")
+    variant.add_argument("--random-routing", type=int, default=None, metavar="SEED",
+                         help="replace every --model's (a student's) routers by a random choice seeded by SEED")
+    evaluation_cli.add_arguments(variant)
 
     intervals = steps.add_parser("intervals", help="mIoU and share of the teacher's with 95%% bootstrap intervals")
     intervals.add_argument("--teacher", type=Path, required=True, help="the teacher's eval run folder")
@@ -43,6 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.step == "eval":
+        return _evaluate_variant(args)
     if args.step == "keep-rate":
         print(json.dumps(keep_rate_at_student_budget(args.student, args.keep_ratio, args.prune_layers), indent=2))
     elif args.step == "intervals":
@@ -64,6 +80,23 @@ def run(args: argparse.Namespace) -> int:
         plot = plot_against_steps if args.against == "steps" else plot_against_keep_ratio
         print(plot(args.points, args.out))
     return 0
+
+
+def _evaluate_variant(args: argparse.Namespace) -> int:
+    """`bigl-sam eval` with every model made the study's variant; the variant is in each run's settings
+    (results.json's `command` is eval's part of the command line)."""
+    layers = args.prune_layers
+    variant = {"evit_keep_rate": args.evit_keep_rate, "random_routing_seed": args.random_routing}
+    for dest in ("step", "evit_keep_rate", "prune_layers", "random_routing"):
+        delattr(args, dest)
+    specs = []
+    for model_type, checkpoint in args.models:
+        spec = model_spec(args, model_type, checkpoint)
+        depth = sam_vit_config(get_config(model_type)).depth
+        prune_layers = None if layers is None else _layers(layers, depth)
+        specs.append(VariantSpec(spec.name, spec.weights, spec.keep_ratio, prune_layers=prune_layers, **variant))
+        print(f"{model_type}: study row {specs[-1].variant()}", file=sys.stderr)
+    return evaluation_cli.run(args, specs)
 
 
 def keep_rate_at_student_budget(student: str, keep_ratio: float, prune_layers: str = None) -> dict:
