@@ -67,6 +67,13 @@ def test_reorganize_keeps_the_most_attentive_fuses_and_freezes_the_rest():
     assert torch.allclose(fused, torch.tensor([[[(0.1 * 30 + 0.3 * 30) / 0.4] * 2]]))
 
 
+def test_state_dict_is_the_vits(vit_and_input):
+    vit, _ = vit_and_input
+    pruned = PrunedImageEncoder(vit, 0.5)
+    assert pruned.state_dict().keys() == vit.state_dict().keys()
+    assert all(a is b for a, b in zip(pruned.parameters(), vit.parameters()))
+
+
 def test_evit_layers():
     assert evit_layers(12) == (3, 6, 9)  # EViT's 4th, 7th and 10th layers of DeiT
     assert evit_layers(6) == (1, 3, 4)

@@ -49,8 +49,10 @@ def evit_layers(depth: int) -> Tuple[int, ...]:
 class PrunedImageEncoder(nn.Module):
     """SAM's ViT with EViT-style token pruning: B x 3 x S x S -> B x C_out x S/16 x S/16, like `vit`.
 
-    Wraps `vit` (a `segment_anything` `ImageEncoderViT`, its weights shared, not copied): `keep_rate` is the
-    share of the remaining tokens kept at each of `prune_layers` (0-based; default `evit_layers`).
+    Takes over the modules of `vit` (a `segment_anything` `ImageEncoderViT`; its parameters shared, not
+    copied, under the same names, so the state dict is the ViT's and a pruned SAM saves as a SAM file):
+    `keep_rate` is the share of the remaining tokens kept at each of `prune_layers` (0-based; default
+    `evit_layers`).
     """
 
     def __init__(self, vit: ImageEncoderViT, keep_rate: float, prune_layers: Optional[Sequence[int]] = None) -> None:
@@ -59,21 +61,21 @@ class PrunedImageEncoder(nn.Module):
         layers = tuple(sorted(set(evit_layers(depth) if prune_layers is None else prune_layers)))
         if not layers or layers[0] < 0 or layers[-1] >= depth:
             raise ValueError(f"prune_layers must name layers of 0..{depth - 1}, got {list(layers)}")
-        self.vit = vit
+        self.patch_embed, self.pos_embed, self.blocks, self.neck = vit.patch_embed, vit.pos_embed, vit.blocks, vit.neck
         self.img_size = vit.img_size
         self.keep_rate = check_keep_ratio(keep_rate, "keep_rate")
         self.prune_layers = layers
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.vit.patch_embed(x)
-        if self.vit.pos_embed is not None:
-            x = x + self.vit.pos_embed
-        first = self.prune_layers[0] if self.keep_rate < 1.0 else len(self.vit.blocks)
-        for block in self.vit.blocks[:first]:
+        x = self.patch_embed(x)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed
+        first = self.prune_layers[0] if self.keep_rate < 1.0 else len(self.blocks)
+        for block in self.blocks[:first]:
             x = block(x)
-        if first < len(self.vit.blocks):
+        if first < len(self.blocks):
             x = self._pruned_layers(x, first)
-        return self.vit.neck(x.permute(0, 3, 1, 2))
+        return self.neck(x.permute(0, 3, 1, 2))
 
     def _pruned_layers(self, x: torch.Tensor, first: int) -> torch.Tensor:
         """x: B x H x W x C, the tokens entering layer `first` -> B x H x W x C after the last layer."""
@@ -81,8 +83,8 @@ class PrunedImageEncoder(nn.Module):
         grid = x.reshape(B, H * W, C)  # every token's latest value: dropped ones keep theirs from here on
         index = torch.arange(H * W, device=x.device).expand(B, -1)  # B x M raster indexes of the kept tokens
         tokens, fused, fused_weight = grid, None, None
-        for layer in range(first, len(self.vit.blocks)):
-            block = self.vit.blocks[layer]
+        for layer in range(first, len(self.blocks)):
+            block = self.blocks[layer]
             update, fused_update, attentiveness = sparse_attention(block, tokens, fused, index, (H, W))
             tokens = tokens + update
             fused = None if fused is None else fused + fused_update

@@ -24,13 +24,16 @@ class RandomRouter(nn.Module):
     """A router's stand-in: B x H x W x C normalised tokens -> B x H x W x 1 scores, per image a random
     permutation of 0 .. H W - 1 (distinct, so no tie decides anything; their top K is a uniform K-subset).
 
+    It holds the replaced router's parameters, unused, under the same names: the encoder's state dict is
+    the student's, so a student trained with random routing saves and loads as the registry model.
     `image_keys` (one int per image of the batch) is set by `RandomRoutingEncoder` before each pass; not
     safe to share between threads.
     """
 
-    def __init__(self, seed: int, layer: int) -> None:
+    def __init__(self, seed: int, layer: int, router: nn.Linear) -> None:
         super().__init__()
         self.seed, self.layer = seed, layer
+        self.weight, self.bias = router.weight, router.bias
         self.image_keys: Optional[List[int]] = None
 
     def forward(self, normed: torch.Tensor) -> torch.Tensor:
@@ -49,14 +52,13 @@ class RandomRouter(nn.Module):
 
 
 class RandomRoutingEncoder(BigLittleImageEncoder):
-    """A `BigLittleImageEncoder` whose every router is a `RandomRouter` of `seed` (same state dict, less the
-    routers' weights)."""
+    """A `BigLittleImageEncoder` whose every router is a `RandomRouter` of `seed` (the same state dict)."""
 
     def __init__(self, config: BigLittleConfig, seed: int) -> None:
         super().__init__(config)
         self.seed = seed
         for layer, block in enumerate(self.blocks):
-            block.router = RandomRouter(seed, layer)
+            block.router = RandomRouter(seed, layer, block.router)
 
     def forward_with_routing(self, x: torch.Tensor, keep_ratio=None, input_size=None):
         keys = image_keys(x)
@@ -78,8 +80,7 @@ def with_random_routing(model: Sam, seed: int) -> Sam:
     if not is_student(encoder):
         raise ValueError("random routing replaces a big.LITTLE student's routers; this model has none")
     random = RandomRoutingEncoder(encoder.config, seed)
-    state = {k: v for k, v in encoder.state_dict().items() if ".router." not in k}
-    random.load_state_dict(state)
+    random.load_state_dict(encoder.state_dict())
     random.keep_ratio = encoder.keep_ratio
     model.image_encoder = random.to(next(encoder.parameters()).device).train(encoder.training)
     return model
