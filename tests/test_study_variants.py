@@ -3,9 +3,11 @@
 import json
 
 import pytest
+import torch
 
 from bigl_sam import cli
 from bigl_sam.errors import BiglSamError
+from bigl_sam.evaluation.runner import ModelSpec
 from bigl_sam.pretrained import choose_weights
 from bigl_sam.study.pruning import PrunedImageEncoder
 from bigl_sam.study.random_routing import RandomRoutingEncoder
@@ -58,11 +60,31 @@ def test_variant_spec_loads_the_variant():
     assert isinstance(routed.load("cpu").image_encoder, RandomRoutingEncoder)
 
 
+def test_fresh_student_is_the_sam_at_keep_1_and_seeded():
+    """Row 2 (the student fresh from the teacher, at keep 1.0, equals it) and row 3 (at 0.25, an untrained
+    router, the same one on every load)."""
+    weights = choose_weights("vit_test", None, None)
+    sam = ModelSpec("vit_test", weights).load("cpu")
+    x = torch.randn(1, 3, 1024, 1024, generator=torch.Generator().manual_seed(0))
+    dense = VariantSpec("vit_test", weights, 1.0, fresh_student="bigl_test").load("cpu")
+    routed = [VariantSpec("vit_test", weights, 0.25, fresh_student="bigl_test").load("cpu") for _ in range(2)]
+    assert routed[0].image_encoder.keep_ratio == 0.25 and dense.image_encoder.keep_ratio == 1.0
+    with torch.no_grad():
+        assert torch.allclose(dense.image_encoder(x), sam.image_encoder(x), atol=1e-4)
+        assert torch.equal(routed[0].image_encoder(x), routed[1].image_encoder(x))
+    both = VariantSpec("vit_test", weights, fresh_student="bigl_test", random_routing_seed=2).load("cpu")
+    assert isinstance(both.image_encoder, RandomRoutingEncoder)
+
+
 @pytest.mark.parametrize("name, variant, message", [
     ("bigl_test", {"evit_keep_rate": 0.5}, "is a big.LITTLE student"),
     ("vit_test", {"random_routing_seed": 0}, "is SAM's own ViT"),
-    ("vit_test", {}, "either"),
+    ("vit_test", {}, "needs"),
     ("vit_test", {"evit_keep_rate": 1.5}, "evit-keep-rate must be in"),
+    ("vit_test", {"evit_keep_rate": 0.5, "fresh_student": "bigl_test"}, "goes with neither"),
+    ("vit_test", {"prune_layers": (0,), "fresh_student": "bigl_test"}, "goes with --evit-keep-rate"),
+    ("bigl_test", {"fresh_student": "bigl_test"}, "is a student already"),
+    ("vit_test", {"fresh_student": "vit_b"}, "not a big.LITTLE student"),
 ])
 def test_bad_variants_are_refused(name, variant, message):
     with pytest.raises(BiglSamError, match=message):

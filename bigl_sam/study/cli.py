@@ -1,8 +1,9 @@
 """`bigl-sam study`: the quality study's own steps (docs/study.md).
 
   keep-rate   the EViT keep rate of a SAM ViT at the GMACs of a student at a keep ratio (row 6)
-  eval        `bigl-sam eval` of a row that is not a registry model: a pruned SAM (row 6), a student with
-              random routing (row 5); the variant's options come before the benchmark's
+  eval        `bigl-sam eval` of a row that is not a registry model and file: a pruned SAM (row 6), a
+              student fresh from a SAM file (rows 2, 3), random routing (row 5); the row's options come
+              before the benchmark's
   intervals   mIoU and share of the teacher's, with 95% bootstrap intervals, from eval run folders
   plot        the curves against distillation steps or keep ratio, from a points file
 """
@@ -36,8 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     variant.add_argument("--evit-keep-rate", type=float, default=None,
                          help="prune every --model (a SAM) EViT-style at this keep rate (from `study keep-rate`)")
     variant.add_argument("--prune-layers", default=None, help="with --evit-keep-rate: 0-based layers that prune")
+    variant.add_argument("--fresh-student", default=None, metavar="NAME",
+                         help="build the student NAME from every --model (a SAM): its weights, a fresh router and "
+                              "E-path (seeded); at --keep-ratio")
     variant.add_argument("--random-routing", type=int, default=None, metavar="SEED",
-                         help="replace every --model's (a student's) routers by a random choice seeded by SEED")
+                         help="replace every --model's (a student's, or --fresh-student's) routers by a random "
+                              "choice seeded by SEED")
     evaluation_cli.add_arguments(variant)
 
     intervals = steps.add_parser("intervals", help="mIoU and share of the teacher's with 95%% bootstrap intervals")
@@ -86,8 +91,9 @@ def _evaluate_variant(args: argparse.Namespace) -> int:
     """`bigl-sam eval` with every model made the study's variant; the variant is in each run's settings
     (results.json's `command` is eval's part of the command line)."""
     layers = args.prune_layers
-    variant = {"evit_keep_rate": args.evit_keep_rate, "random_routing_seed": args.random_routing}
-    for dest in ("step", "evit_keep_rate", "prune_layers", "random_routing"):
+    variant = {"evit_keep_rate": args.evit_keep_rate, "fresh_student": args.fresh_student,
+               "random_routing_seed": args.random_routing}
+    for dest in ("step", "evit_keep_rate", "prune_layers", "fresh_student", "random_routing"):
         delattr(args, dest)
     specs = []
     for model_type, checkpoint in args.models:
