@@ -76,14 +76,22 @@ def test_cli_plot_and_intervals(tmp_path, study_command, capsys):
     result = json.loads(out.read_text())
     assert result["4"]["miou"]["value"] == pytest.approx(70.0) and result["4"]["instances"] == 3
     assert json.loads(capsys.readouterr().out) == result
+    points = tmp_path / "points.csv"
+    for x in ("500", "0", "500"):  # the second 500 replaces the first
+        assert cli.main(argv + ["--points", str(points), "--x", x]) == 0
+    (line,) = lines_of(read_points(points))
+    assert line.label == "4" and line.xs == [0.0, 500.0] and line.ys == [pytest.approx(70.0)] * 2
+    assert line.intervals == [(result["4"]["miou"]["low"], result["4"]["miou"]["high"])] * 2
 
 
 def test_cli_errors_are_one_line_exit_2(tmp_path, study_command, capsys):
     assert cli.main(["study", "plot", "steps", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "x.png")]) == 2
     assert cli.main(["study", "intervals", "--teacher", str(tmp_path), "--row", "oops"]) == 2
     assert cli.main(["study", "keep-rate", "--student", "vit_test"]) == 2
+    assert cli.main(["study", "intervals", "--teacher", str(tmp_path), "--row", f"a={tmp_path}", "--x", "1"]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
-    assert len(errors) == 3 and all(line.startswith("bigl-sam study: error: ") for line in errors)
+    assert len(errors) == 4 and all(line.startswith("bigl-sam study: error: ") for line in errors)
+    assert "go together" in errors[3]
     assert "missing.csv" in errors[0] and "part-" in errors[1] and "not a big.LITTLE student" in errors[2]
 
 

@@ -20,7 +20,7 @@ from ..fileio import atomic_write_text
 from ..modeling.config import get_config, is_student, sam_vit_config
 from ..options import model_spec
 from .bootstrap import RESAMPLES, instance_ious, paired_intervals, read_records
-from .curves import plot_against_keep_ratio, plot_against_steps
+from .curves import add_points, plot_against_keep_ratio, plot_against_steps
 from .pruning import choose_keep_rate, count_gmacs, evit_layers
 from .variants import VariantSpec
 
@@ -54,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     intervals.add_argument("--resamples", type=int, default=RESAMPLES)
     intervals.add_argument("--seed", type=int, default=0)
     intervals.add_argument("--out", type=Path, default=None, help="also write the intervals as JSON here")
+    intervals.add_argument("--points", type=Path, default=None, metavar="CSV",
+                           help="also add each row's mIoU and interval at --x to this points file (for `plot`)")
+    intervals.add_argument("--x", type=float, default=None, help="with --points: the steps or the keep ratio")
 
     plot = steps.add_parser("plot", help="a PNG of mIoU against distillation steps or keep ratio")
     plot.add_argument("against", choices=("steps", "keep-ratio"))
@@ -69,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
     elif args.step == "intervals":
         if args.resamples < 1:
             raise BiglSamError(f"--resamples must be at least 1, got {args.resamples}")
+        if (args.points is None) != (args.x is None):
+            raise BiglSamError("--points and --x go together: the points file, and where on x these rows are")
         teacher = instance_ious(read_records(args.teacher), args.click)
         rows = {}
         for spec in args.row:
@@ -80,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
         text = json.dumps(rows, indent=2) + "\n"
         if args.out is not None:
             atomic_write_text(args.out, text)
+        if args.points is not None:
+            add_points(args.points, [{"row": label, "x": args.x, **row["miou"]} for label, row in rows.items()])
         print(text, end="")
     else:
         plot = plot_against_steps if args.against == "steps" else plot_against_keep_ratio

@@ -15,7 +15,9 @@ from typing import Dict, List, Sequence
 
 from ..errors import BiglSamError
 from ..evaluation.plot import Line, plot_lines
+from ..fileio import atomic_write_text
 
+POINT_FIELDS = ("row", "x", "miou", "low", "high")
 KEEP_RATIO_TICKS = tuple(k / 10 for k in range(1, 11))
 MAX_TICKS = 8
 
@@ -61,6 +63,29 @@ def _point(raw: dict, path: Path, n: int) -> dict:
     if ("low" in point) != ("high" in point):
         raise BiglSamError(f"{path}: point {n} has only one end of its interval")
     return point
+
+
+def add_points(path: Path, points: Sequence[dict]) -> Path:
+    """Adds `points` ({row, x, value, low, high}: mIoU x100 and its interval, as `study intervals` gives)
+    to the CSV points file `path` (created if missing), replacing a point of the same row and x; written
+    atomically."""
+    path = Path(path)
+    kept = read_points(path) if path.exists() else []
+    new = {(p["row"], float(p["x"])) for p in points}
+    kept = [p for p in kept if (p["row"], p["x"]) not in new]
+    added = [{"row": p["row"], "x": float(p["x"]), "miou": p["value"], "low": p["low"], "high": p["high"]}
+             for p in points]
+    lines = [",".join(POINT_FIELDS)]
+    for p in kept + added:
+        lines.append(",".join(_csv_cell(p.get(key, "")) for key in POINT_FIELDS))
+    return atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def _csv_cell(value) -> str:
+    if isinstance(value, float):
+        return repr(value)
+    text = str(value)
+    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
 
 
 def lines_of(points: Sequence[dict]) -> List[Line]:
