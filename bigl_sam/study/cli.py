@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Optional, Tuple
 
 from ..build import build_model
 from ..errors import BiglSamError, check_keep_ratio
@@ -112,7 +113,7 @@ def _evaluate_variant(args: argparse.Namespace) -> int:
     return evaluation_cli.run(args, specs)
 
 
-def keep_rate_at_student_budget(student: str, keep_ratio: float, prune_layers: str = None) -> dict:
+def keep_rate_at_student_budget(student: str, keep_ratio: float, prune_layers: Optional[str] = None) -> dict:
     """The EViT keep rate of `student`'s SAM ViT whose GMACs are at most the student's at `keep_ratio`
     (random weights: MACs do not depend on them), with both GMACs and the SAM's dense ones."""
     config = get_config(student)
@@ -134,7 +135,7 @@ def keep_rate_at_student_budget(student: str, keep_ratio: float, prune_layers: s
             "keep_rate": rate, "pruned_gmacs": gmacs}
 
 
-def _layers(spec: str, depth: int):
+def _layers(spec: str, depth: int) -> Tuple[int, ...]:
     try:
         layers = sorted({int(part) for part in spec.split(",")})
     except ValueError:

@@ -107,7 +107,7 @@ def reorganize(
     fused: Optional[torch.Tensor],
     fused_weight: Optional[torch.Tensor],
     keep_rate: float,
-):
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
     """EViT's reorganisation: keep the ceil(keep_rate x M) most attentive of the M kept tokens, fuse the rest.
 
     Args:
