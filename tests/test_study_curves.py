@@ -100,4 +100,9 @@ def test_cli_keep_rate_matches_the_student(study_command, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["sam"] == "vit_test" and result["prune_layers"] == [0]
     assert result["pruned_gmacs"] <= result["student_gmacs"] < result["sam_gmacs"]
-    assert 0 < result["keep_rate"] < 1
+    assert 0 < result["keep_rate"] < 1 and result["input"] == "square"
+    assert cli.main(["study", "keep-rate", "--student", "bigl_test", "--prune-layers", "0", "--size", "640x480"]) == 0
+    photo = json.loads(capsys.readouterr().out)
+    # a padded photo has fewer image tokens: the student's budget, and so the keep rate, is smaller
+    assert photo["student_gmacs"] < result["student_gmacs"] and photo["keep_rate"] < result["keep_rate"]
+    assert photo["sam_gmacs"] == result["sam_gmacs"] and photo["pruned_gmacs"] <= photo["student_gmacs"]

@@ -14,6 +14,9 @@ import sys
 from pathlib import Path
 from typing import Optional, Tuple
 
+import torch
+
+from ..bench.inputs import BenchInput, encoder_input, parse_size, synthetic_photo
 from ..build import build_model
 from ..errors import BiglSamError, check_keep_ratio
 from ..evaluation import cli as evaluation_cli
@@ -33,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     keep.add_argument("--keep-ratio", type=float, default=0.25, help="the student's keep ratio")
     keep.add_argument("--prune-layers", default=None,
                       help="comma-separated 0-based layers that prune (default: EViT's, scaled to the depth)")
+    keep.add_argument("--size", default=None, metavar="WIDTHxHEIGHT",
+                      help="count the student's GMACs on a photo of this size, padded as SAM pads it (its budget "
+                           "shrinks with the image; the pruned SAM's does not); default: a square image")
 
     variant = steps.add_parser("eval", help="bigl-sam eval of a pruned SAM or a randomly routed student")
     variant.add_argument("--evit-keep-rate", type=float, default=None,
@@ -69,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     if args.step == "eval":
         return _evaluate_variant(args)
     if args.step == "keep-rate":
-        print(json.dumps(keep_rate_at_student_budget(args.student, args.keep_ratio, args.prune_layers), indent=2))
+        result = keep_rate_at_student_budget(args.student, args.keep_ratio, args.prune_layers, args.size)
+        print(json.dumps(result, indent=2))
     elif args.step == "intervals":
         if args.resamples < 1:
             raise BiglSamError(f"--resamples must be at least 1, got {args.resamples}")
@@ -113,25 +120,34 @@ def _evaluate_variant(args: argparse.Namespace) -> int:
     return evaluation_cli.run(args, specs)
 
 
-def keep_rate_at_student_budget(student: str, keep_ratio: float, prune_layers: Optional[str] = None) -> dict:
-    """The EViT keep rate of `student`'s SAM ViT whose GMACs are at most the student's at `keep_ratio`
-    (random weights: MACs do not depend on them), with both GMACs and the SAM's dense ones."""
+def keep_rate_at_student_budget(
+    student: str, keep_ratio: float, prune_layers: Optional[str] = None, size: Optional[str] = None
+) -> dict:
+    """The EViT keep rate of `student`'s SAM ViT whose GMACs are at most the student's at `keep_ratio` on a
+    photo of `size` ("WIDTHxHEIGHT"; None: a square image), with both GMACs and the SAM's dense ones
+    (random weights: MACs do not depend on them)."""
     config = get_config(student)
     if not is_student(config):
         raise BiglSamError(f"--student: {student} is not a big.LITTLE student")
     check_keep_ratio(keep_ratio, "--keep-ratio")
     vit_config = sam_vit_config(config)
+    layers = evit_layers(vit_config.depth) if prune_layers is None else _layers(prune_layers, vit_config.depth)
     model = build_model(config)
     model.image_encoder.keep_ratio = keep_ratio
-    budget = count_gmacs(model.image_encoder, vit_config.img_size)
+    side = vit_config.img_size
+    images = torch.zeros(1, 3, side, side)
+    if size is not None:
+        width, height = parse_size(size)
+        photo = BenchInput(size, synthetic_photo(width, height))
+        images = encoder_input(photo, model.pixel_mean, model.pixel_std, side, batch=1)
+    budget = count_gmacs(model.image_encoder, images)
     vit = build_model(vit_config).image_encoder
-    layers = evit_layers(vit_config.depth) if prune_layers is None else _layers(prune_layers, vit_config.depth)
     try:
         rate, gmacs = choose_keep_rate(vit, budget, layers)
     except ValueError as err:
         raise BiglSamError(f"--prune-layers {','.join(map(str, layers))}: {err}") from None
-    return {"sam": vit_config.name, "student": student, "keep_ratio": keep_ratio, "student_gmacs": budget,
-            "sam_gmacs": count_gmacs(vit, vit_config.img_size, "meta"), "prune_layers": list(layers),
+    return {"sam": vit_config.name, "student": student, "keep_ratio": keep_ratio, "input": size or "square",
+            "student_gmacs": budget, "sam_gmacs": count_gmacs(vit, images, "meta"), "prune_layers": list(layers),
             "keep_rate": rate, "pruned_gmacs": gmacs}
 
 

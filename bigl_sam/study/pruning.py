@@ -241,16 +241,16 @@ def _windows(attn, q, k, v, index, grid_hw, window_size, M):
     return picked[..., :C].unflatten(-1, (heads, d)).transpose(1, 2), picked[..., C]
 
 
-def count_gmacs(encoder: nn.Module, img_size: int, device: str = "cpu") -> float:
-    """GMACs of one `encoder` forward on a B=1 all-zero S x S input (a square image: every token is an image
-    token), counted by `torch.utils.flop_counter`. On the "meta" device a copy of the encoder runs without
-    memory or arithmetic (MACs do not depend on the values), for encoders that never read a value on the
-    host (the pruned encoder does not; a student reads its image's extent)."""
+def count_gmacs(encoder: nn.Module, images: torch.Tensor, device: str = "cpu") -> float:
+    """GMACs per image of one `encoder` forward on `images` (B x 3 x S x S, SAM-preprocessed; all zeros: a
+    square image, every token an image token), counted by `torch.utils.flop_counter`. On the "meta" device
+    a copy of the encoder runs without memory or arithmetic, for encoders whose MACs do not depend on the
+    values (the pruned encoder's do not; a student's depend on the image's extent, read off the padding)."""
     if device == "meta":
         encoder = copy.deepcopy(encoder).to("meta")
     with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOPS) as counter:
-        encoder(torch.zeros(1, 3, img_size, img_size, device=device))
-    return counter.get_total_flops() / 2 / 1e9
+        encoder(images.to(device))
+    return counter.get_total_flops() / 2 / 1e9 / images.shape[0]
 
 
 def choose_keep_rate(
@@ -262,8 +262,10 @@ def choose_keep_rate(
     A `ValueError` when even the smallest rate costs more (the dense layers before the first prune layer
     alone exceed the budget: prune earlier).
     """
+    square = torch.zeros(1, 3, vit.img_size, vit.img_size)  # the pruned encoder's MACs do not depend on the input
+
     def gmacs(step: int) -> float:
-        return count_gmacs(PrunedImageEncoder(vit, step / steps, prune_layers), vit.img_size, "meta")
+        return count_gmacs(PrunedImageEncoder(vit, step / steps, prune_layers), square, "meta")
 
     low, high = 1, steps
     if gmacs(low) > target_gmacs:
