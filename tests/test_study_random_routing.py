@@ -68,8 +68,19 @@ def test_weights_and_keep_ratio_carry_over():
     assert student.image_encoder.keep_ratio == 0.5
     after = student.state_dict()  # the student's, routers' (unused) weights included: it saves as bigl_test
     assert after.keys() == state.keys() and all(torch.equal(v, after[k]) for k, v in state.items())
+    routers = [p for name, p in student.image_encoder.named_parameters() if ".router." in name]
+    assert routers and not any(p.requires_grad for p in routers)  # unused: no gradient, nothing to optimise
     with pytest.raises(ValueError, match="student"):
         with_random_routing(build_model(get_config("vit_test")), seed=0)
+
+
+def test_trains_through_the_p_path_and_e_path(images):
+    """Distilling with random routing: the loss reaches the P-path and the E-path, never the unused router."""
+    student = with_random_routing(seeded_model("bigl_test", 2), seed=0)
+    student.image_encoder(images[:1]).square().mean().backward()
+    grads = {name: p.grad for name, p in student.image_encoder.named_parameters()}
+    assert grads["blocks.0.mlp.lin1.weight"].abs().sum() > 0 and grads["blocks.0.little.up.weight"] is not None
+    assert all(grads[name] is None for name in grads if ".router." in name)
 
 
 def test_random_scores_choose_every_token_alike():

@@ -24,8 +24,9 @@ class RandomRouter(nn.Module):
     """A router's stand-in: B x H x W x C normalised tokens -> B x H x W x 1 scores, per image a random
     permutation of 0 .. H W - 1 (distinct, so no tie decides anything; their top K is a uniform K-subset).
 
-    It holds the replaced router's parameters, unused, under the same names: the encoder's state dict is
-    the student's, so a student trained with random routing saves and loads as the registry model.
+    It holds the replaced router's parameters, unused and without gradient, under the same names: the
+    encoder's state dict is the student's, so a student trained with random routing saves and loads as the
+    registry model (and an optimizer or DDP sees no parameter that never gets a gradient).
     `image_keys` (one int per image of the batch) is set by `RandomRoutingEncoder` before each pass; not
     safe to share between threads.
     """
@@ -34,6 +35,7 @@ class RandomRouter(nn.Module):
         super().__init__()
         self.seed, self.layer = seed, layer
         self.weight, self.bias = router.weight, router.bias
+        self.requires_grad_(False)
         self.image_keys: Optional[List[int]] = None
 
     def forward(self, normed: torch.Tensor) -> torch.Tensor:
