@@ -106,3 +106,15 @@ def test_choose_keep_rate_meets_the_budget_with_the_largest_rate():
     assert gmacs <= target < count_gmacs(PrunedImageEncoder(vit, rate + 0.01, [0]), square(vit), "meta")
     with pytest.raises(ValueError, match="costs"):
         choose_keep_rate(vit, cheapest / 2, [0], steps=100)
+
+
+def test_trains_through_kept_and_fused_tokens(vit_and_input):
+    """Row 6 distilled: the loss reaches every block, the later ones through the kept and fused tokens."""
+    vit, x = vit_and_input
+    pruned = PrunedImageEncoder(vit, 0.3, prune_layers=[0])
+    pruned(x[:1]).square().mean().backward()
+    try:
+        for block in pruned.blocks:
+            assert block.attn.qkv.weight.grad.abs().sum() > 0 and block.mlp.lin2.weight.grad.abs().sum() > 0
+    finally:
+        vit.zero_grad(set_to_none=True)
