@@ -13,7 +13,7 @@ import shlex
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from .. import distributed
 from ..errors import BiglSamError
@@ -66,8 +66,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         module.add_arguments(benchmark)
 
 
-def run(args: argparse.Namespace) -> int:
-    specs = [model_spec(args, model_type, checkpoint) for model_type, checkpoint in args.models]
+def run(args: argparse.Namespace, specs: Optional[List[ModelSpec]] = None) -> int:
+    """`specs`: the models, when the caller built them from `args.models` (`bigl-sam study eval`'s rows)."""
+    if specs is None:
+        specs = [model_spec(args, model_type, checkpoint) for model_type, checkpoint in args.models]
     if args.batch_size < 1:
         raise BiglSamError(f"--batch-size must be at least 1, got {args.batch_size}")
     job = BENCHMARKS[args.benchmark][0].job_from_args(args)
