@@ -20,6 +20,7 @@ COMMANDS = {
     "eval": ("bigl_sam.evaluation.cli", "COCO mIoU or mask AP, interactive NoC: SAM and big.LITTLE side by side (torchrun shards it)"),
     "embed": ("bigl_sam.embed", "image embeddings of a folder (.npy + sizes record per image) for labeling tools"),
     "export": ("bigl_sam.onnx.cli", "ONNX encoder (keep ratio as an input) and SAM's ONNX decoder, checked"),
+    "study": ("bigl_sam.study.cli", "the quality study's steps: keep rate, row evaluation, intervals, plots"),
     "amg": ("bigl_sam.amg.cli", "segment everything in a folder: SAM's automatic masks, faster; PNGs or COCO RLEs (--bench: vs SAM)"),
 }
 

@@ -19,7 +19,7 @@ from bigl_sam.modeling import get_config
 from bigl_sam.supervised.data import MaskDataset, training_images
 from bigl_sam.supervised.prompts import corrective_points, noisy_boxes, round_kinds
 from bigl_sam.training.schedule import seeded_generator
-from conftest import rows_of, seeded_model
+from conftest import rows_of, run_torchrun, seeded_model
 from train_data import make_training_set
 
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -77,6 +77,16 @@ def test_sigkill_then_resume_continues_bit_identically(data, tmp_path):
     resumed, uninterrupted = load_sam(run / "final.pth").state_dict(), load_sam(tmp_path / "reference" / "final.pth")
     for name, value in uninterrupted.state_dict().items():
         assert torch.equal(resumed[name], value), name
+
+
+def test_two_torchrun_processes_train_one_model(data, tmp_path):
+    """One process per GPU (gloo on a CPU): the processes end with the same weights (checked before saving),
+    one final.pth, every step logged once."""
+    out = tmp_path / "ddp"
+    result = run_torchrun(args(data, out, 2))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [row["step"] for row in rows_of(out / "train.csv")] == ["1", "2"]
+    assert load_sam(out / "final.pth").config.name == "vit_test"
 
 
 def test_frozen_parts_stay_as_they_were_and_are_not_in_the_optimizer(data, tmp_path):

@@ -17,7 +17,6 @@ weights in ckpt.pt stay those of the last good checkpoint.
 """
 
 import dataclasses
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -35,13 +34,12 @@ from ..errors import BiglSamError
 from ..modeling.config import MODEL_CONFIGS
 from ..training.config import check_fields, dtype_option, identity, option, run_dtype, settings
 from ..training.optimizer import adamw, router_grad_norm
-from ..training.ranks import check_ranks_agree, mean_over_ranks
+from ..training.ranks import mean_over_ranks
 from ..training.runlog import RunLog
 from ..training.sampler import StreamSampler, make_loader, split_holdout
-from ..training.schedule import EVAL_PROMPTS, PROMPTS, eval_keep_ratios, keep_ratio_at, learning_rate, seeded_generator
-from ..training.state import (
-    FINAL_FILE, STATE_FILE, load_state, refuse_overwrite, restore, save_final, save_training_state, model_from_state,
-)
+from ..training.schedule import EVAL_PROMPTS, PROMPTS, eval_keep_ratios, keep_ratio_at, seeded_generator
+from ..training.state import load_state, model_from_state, refuse_overwrite, restore
+from ..training.steps import finish, save_if_due, set_learning_rate, update
 from .data import LOSS_REGIONS, collate, loss_region
 from .losses import embedding_loss, mask_loss
 from .student import build_student, student_for, trainable_encoder
@@ -175,16 +173,8 @@ def _train(cfg: TrainConfig, process: distributed.Process) -> Path:
                     results = evaluate(run, heldout)
                     rows = [{"step": done, "keep_ratio": ratio, **terms} for ratio, terms in results.items()]
                     log.eval(done, rows, {f"heldout/loss@keep{ratio:g}": terms["loss"] for ratio, terms in results.items()})
-            if done % cfg.ckpt_every == 0 or done == cfg.steps:
-                if process.is_main:
-                    save_training_state(out, model, optimizer, done, settings(cfg))
-                distributed.barrier(process)
-    check_ranks_agree(encoder, process)
-    if log:
-        log.close()
-    final = save_final(out, model) if process.is_main else out / FINAL_FILE
-    distributed.barrier(process)
-    return final
+            save_if_due(out, model, optimizer, done, cfg, settings(cfg), process)
+    return finish(out, model, encoder, process, log)
 
 
 def train_step(run: Run, batch: dict, step: int) -> dict:
@@ -192,9 +182,7 @@ def train_step(run: Run, batch: dict, step: int) -> dict:
     gradient raises before the update."""
     began = time.perf_counter()
     cfg, process = run.cfg, run.process
-    lr = learning_rate(step, cfg.lr, cfg.min_lr, cfg.warmup, cfg.steps)
-    for group in run.optimizer.param_groups:
-        group["lr"] = lr
+    lr = set_learning_rate(run.optimizer, step, cfg)
     ratio = keep_ratio_at(step, cfg.keep_ratio_range, cfg.seed)
     images = batch["image"].to(process.device, non_blocking=True)
     input_size = batch["input_size"].to(process.device)
@@ -207,13 +195,7 @@ def train_step(run: Run, batch: dict, step: int) -> dict:
     losses["router_grad_norm"] = router_grad_norm(encoder)
     losses["grad_norm"] = torch.nn.utils.clip_grad_norm_(encoder.parameters(), cfg.grad_clip)
     row = {"step": step + 1, "lr": lr, "keep_ratio": ratio, **mean_over_ranks(losses, process)}
-    if not (math.isfinite(row["loss"]) and math.isfinite(row["grad_norm"])):
-        raise BiglSamError(
-            f"step {step + 1}: non-finite loss ({row['loss']}) or gradient norm ({row['grad_norm']}); stopped "
-            f"before the update, {Path(cfg.out) / STATE_FILE} (if written) keeps the last good weights"
-        )
-    run.optimizer.step()
-    run.optimizer.zero_grad(set_to_none=True)
+    update(run.optimizer, row, Path(cfg.out))
     row["seconds"] = time.perf_counter() - began
     return row
 

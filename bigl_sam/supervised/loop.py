@@ -13,7 +13,6 @@ A non-finite loss or gradient stops the run with an error naming the step, befor
 """
 
 import hashlib
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -29,7 +28,6 @@ from tqdm import tqdm
 from .. import distributed
 from ..build import build_model, build_sam, build_student_from_sam
 from ..checkpoint import read_model
-from ..errors import BiglSamError
 from ..evaluation.coco import CocoInstances
 from ..evaluation.coco_jobs import miou_job
 from ..evaluation.instances import CocoMiou
@@ -38,13 +36,12 @@ from ..evaluation.runner import score_in_memory
 from ..modeling.config import get_config, is_student
 from ..training.config import identity, run_dtype, settings
 from ..training.optimizer import adamw, freeze_router_biases
-from ..training.ranks import check_ranks_agree, mean_over_ranks
+from ..training.ranks import mean_over_ranks
 from ..training.runlog import RunLog
 from ..training.sampler import StreamSampler, make_loader
-from ..training.schedule import PROMPTS, keep_ratio_at, learning_rate, seeded_generator
-from ..training.state import (
-    FINAL_FILE, STATE_FILE, load_state, model_from_state, refuse_overwrite, restore, save_final, save_training_state,
-)
+from ..training.schedule import PROMPTS, keep_ratio_at, seeded_generator
+from ..training.state import load_state, model_from_state, refuse_overwrite, restore
+from ..training.steps import finish, save_if_due, set_learning_rate, update
 from .config import MaskTrainConfig, check_config
 from .data import MaskDataset, collate, training_images
 from .losses import dice, focal, reached_iou
@@ -197,16 +194,8 @@ def _train(cfg: MaskTrainConfig, process: distributed.Process) -> Path:
                     log.eval(done, rows, {f"heldout/miou_{r['prompt']}": r["miou"] for r in rows})
                     progress.write("step {}: held-out mIoU {}".format(
                         done, ", ".join(f"{r['prompt']} {r['miou']:.2f}" for r in rows)))
-            if done % cfg.ckpt_every == 0 or done == cfg.steps:
-                if process.is_main:
-                    save_training_state(out, model, optimizer, done, run_settings)
-                distributed.barrier(process)
-    check_ranks_agree(model, process)
-    if log:
-        log.close()
-    final = save_final(out, model) if process.is_main else out / FINAL_FILE
-    distributed.barrier(process)
-    return final
+            save_if_due(out, model, optimizer, done, cfg, run_settings, process)
+    return finish(out, model, model, process, log)
 
 
 def train_step(run: Run, batch: dict, step: int) -> dict:
@@ -214,9 +203,7 @@ def train_step(run: Run, batch: dict, step: int) -> dict:
     gradient raises before the update."""
     began = time.perf_counter()
     cfg, process, device = run.cfg, run.process, run.process.device
-    lr = learning_rate(step, cfg.lr, cfg.min_lr, cfg.warmup, cfg.steps)
-    for group in run.optimizer.param_groups:
-        group["lr"] = lr
+    lr = set_learning_rate(run.optimizer, step, cfg)
     ratio = keep_ratio_at(step, cfg.keep_ratio_range, cfg.seed) if is_student(run.model.image_encoder) else None
     generator = seeded_generator(cfg.seed, PROMPTS, step, process.rank)
     with distributed.autocast(device, run.dtype):
@@ -227,12 +214,7 @@ def train_step(run: Run, batch: dict, step: int) -> dict:
     terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
     row = {"step": step + 1, "lr": lr, "keep_ratio": "" if ratio is None else ratio,
            **mean_over_ranks(terms, process)}
-    if not (math.isfinite(row["loss"]) and math.isfinite(row["grad_norm"])):
-        raise BiglSamError(
-            f"step {step + 1}: non-finite loss ({row['loss']}) or gradient norm ({row['grad_norm']}); stopped "
-            f"before the update, {Path(cfg.out) / STATE_FILE} (if written) keeps the last good weights")
-    run.optimizer.step()
-    run.optimizer.zero_grad(set_to_none=True)
+    update(run.optimizer, row, Path(cfg.out))
     row["seconds"] = time.perf_counter() - began
     return row
 
