@@ -114,11 +114,11 @@ def build_student_from_sam(
     decoder = encoder if same else _sam_weights(decoder_checkpoint)
     model = build_model(config)
     if encoder is not None:
-        part = _part(encoder, "image_encoder")
+        part = part_of(encoder, "image_encoder")
         load_state_dict_into(model.image_encoder, part, encoder.source, fresh=(".router.", ".little."))
     if decoder is not None:
         for module in ("prompt_encoder", "mask_decoder"):
-            load_state_dict_into(getattr(model, module), _part(decoder, module), decoder.source)
+            load_state_dict_into(getattr(model, module), part_of(decoder, module), decoder.source)
     return model
 
 
@@ -141,7 +141,8 @@ def _check_p_path_size(weights: ModelWeights, config: BigLittleConfig) -> None:
     )
 
 
-def _part(weights: ModelWeights, module: str) -> Dict[str, torch.Tensor]:
+def part_of(weights: ModelWeights, module: str) -> Dict[str, torch.Tensor]:
+    """The weights of one of a SAM's modules (image_encoder, prompt_encoder, mask_decoder), without its prefix."""
     prefix = module + "."
     part = {k[len(prefix):]: v for k, v in weights.state.items() if k.startswith(prefix)}
     if not part:

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bigl_sam import build_model, load_sam, save_checkpoint
+from bigl_sam import build_model, build_student_from_sam, load_sam, save_checkpoint
 from bigl_sam.checkpoint import load_state_dict_into, read_checkpoint
 from bigl_sam.cli import main
 from bigl_sam.distill import cli as distill_cli
@@ -24,7 +24,7 @@ from bigl_sam.distill.teacher import OnlineTeacher
 from bigl_sam.distill.train import TrainConfig, resolve, train
 from bigl_sam.modeling import get_config
 
-from conftest import randomize_, small_test_configs
+from conftest import randomize_, rows_of, small_test_configs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -265,3 +265,51 @@ def test_the_former_compare_flags_still_work_and_warn(tmp_path, capsys):
     assert "--teacher-from is now --teacher-checkpoint" in err and "--init-from is now --encoder-checkpoint" in err
     assert main(["distill", "compare", "--student", "bigl_test", "--images", str(tmp_path)]) == 2
     assert "--teacher-checkpoint is required" in one_error_line(capsys)
+
+
+@pytest.fixture(scope="module")
+def full_size(official_checkpoint, tmp_path_factory):
+    """A 1024 px SAM file of the test size (the registry's vit_test) and 3 images."""
+    images = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(images / f"p{i}.png")
+    return official_checkpoint("vit_test"), images
+
+
+def _distill(full_size, out, *extra):
+    sam, images = full_size
+    return main(["distill", "train", "--teacher-checkpoint", str(sam), "--images", str(images), "--out", str(out),
+                 "--steps", "2", "--batch", "1", "--holdout", "1", "--workers", "0", "--lr", "1e-2", "--warmup", "1",
+                 "--mask-weight", "0", *extra])
+
+
+def test_a_dense_student_learns_from_random_weights_with_the_teachers_decoder(full_size, tmp_path):
+    """`--student vit_test` (a SAM ViT): MobileSAM's decoupled distillation, the encoder from random weights,
+    the prompt encoder and mask decoder the teacher's; no keep ratio; snapshots every step (--keep-every)."""
+    assert _distill(full_size, tmp_path, "--student", "vit_test", "--keep-every", "1") == 0
+    teacher, student = load_sam(full_size[0]).state_dict(), load_sam(tmp_path / "final.pth")
+    assert student.config.name == "vit_test"
+    assert not torch.equal(student.state_dict()["image_encoder.patch_embed.proj.weight"],
+                           teacher["image_encoder.patch_embed.proj.weight"])
+    assert all(torch.equal(student.state_dict()[k], teacher[k]) for k in teacher if not k.startswith("image_encoder."))
+    assert [row["keep_ratio"] for row in rows_of(tmp_path / "train.csv")] == ["", ""]
+    assert sorted(p.name for p in tmp_path.glob("step-*.pth")) == ["step-1.pth", "step-2.pth"]
+    assert load_sam(tmp_path / "step-1.pth").config.name == "vit_test"
+
+
+def test_random_routing_trains_the_paths_and_leaves_the_router(full_size, tmp_path):
+    """`--routing random` (the study's control): K random image tokens per layer; the router never learns."""
+    assert _distill(full_size, tmp_path / "random", "--student", "bigl_test", "--routing", "random") == 0
+    trained = load_sam(tmp_path / "random" / "final.pth").state_dict()
+    routers = [k for k in trained if ".router." in k]
+    littles = [k for k in trained if ".little." in k and k.endswith("weight")]
+    torch.manual_seed(0)  # the run's --seed: the router and E-path it started from
+    start = build_student_from_sam("bigl_test", full_size[0]).state_dict()
+    assert routers and all(torch.equal(trained[k], start[k]) for k in routers)
+    assert any(not torch.equal(trained[k], start[k]) for k in littles)
+
+
+def test_a_dense_student_has_no_router_to_randomise(full_size, tmp_path, capsys):
+    assert _distill(full_size, tmp_path, "--student", "vit_test", "--routing", "random") == 2
+    assert "is a dense SAM ViT" in capsys.readouterr().err

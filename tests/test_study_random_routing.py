@@ -7,7 +7,7 @@ import torch
 
 from bigl_sam.build import build_model
 from bigl_sam.modeling import get_config
-from bigl_sam.study.random_routing import RandomRouter, RandomRoutingEncoder, with_random_routing
+from bigl_sam.modeling.random_routing import RandomRouter, RandomRoutingEncoder, with_random_routing
 from conftest import seeded_model
 
 EXTENT = (600, 800)  # pixels of the 1024 x 1024 input that hold the image (the rest is SAM's zero padding)

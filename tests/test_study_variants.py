@@ -10,7 +10,7 @@ from bigl_sam.errors import BiglSamError
 from bigl_sam.evaluation.runner import ModelSpec
 from bigl_sam.pretrained import choose_weights
 from bigl_sam.study.pruning import PrunedImageEncoder
-from bigl_sam.study.random_routing import RandomRoutingEncoder
+from bigl_sam.modeling.random_routing import RandomRoutingEncoder
 from bigl_sam.study.variants import VariantSpec
 from eval_coco_data import make_coco_dataset
 

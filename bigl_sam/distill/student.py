@@ -7,11 +7,11 @@ from typing import Callable, Optional
 import torch
 from segment_anything.modeling import Sam
 
-from ..build import build_student_from_sam, load_sam
-from ..checkpoint import ModelWeights, read_model
+from ..build import build_model, build_student_from_sam, load_sam, part_of
+from ..checkpoint import ModelWeights, load_state_dict_into, read_model
 from ..errors import BiglSamError
 from ..training.optimizer import freeze_router_biases
-from ..modeling.config import BIGL_CONFIGS, SamVitConfig, is_student, students_of
+from ..modeling.config import BIGL_CONFIGS, SamVitConfig, get_config, is_student, students_of
 
 
 def build_student(
@@ -23,8 +23,10 @@ def build_student(
 ) -> Sam:
     """`student` a registry name: a fresh student, P-path from the SAM file `encoder_checkpoint` (None:
     random), prompt encoder and mask decoder from the SAM file `decoder_checkpoint`, router and E-path drawn
-    from `seed` (the same on every process, in every rerun, and in `distill compare`); or a bigl-sam student
-    checkpoint to continue distilling.
+    from `seed` (the same on every process, in every rerun, and in `distill compare`); the registry name of
+    a SAM ViT: a dense student (MobileSAM's decoupled distillation), its encoder drawn from `seed`, prompt
+    encoder and mask decoder from `decoder_checkpoint`; or a bigl-sam student checkpoint to continue
+    distilling.
     `read` reads the SAM files (a `checkpoint.ModelReader` reads a file named twice once)."""
     if Path(student).is_file():
         model = load_sam(student)
@@ -32,8 +34,21 @@ def build_student(
             raise BiglSamError(f"--student {student}: holds {model.config.name}, not a big.LITTLE student")
         return model
     torch.manual_seed(seed)
+    decoder = read(decoder_checkpoint) if decoder_checkpoint else None
+    if not is_student(get_config(student)):
+        return dense_student(student, decoder)
     encoder = read(encoder_checkpoint) if encoder_checkpoint else None
-    return build_student_from_sam(student, encoder, read(decoder_checkpoint) if decoder_checkpoint else None)
+    return build_student_from_sam(student, encoder, decoder)
+
+
+def dense_student(model_type: str, decoder: Optional[ModelWeights]) -> Sam:
+    """A SAM ViT `model_type` with random encoder weights (from the global generator), the prompt encoder and
+    mask decoder of `decoder` (a SAM file read already; None: random too)."""
+    model = build_model(get_config(model_type))
+    if decoder is not None:
+        for module in ("prompt_encoder", "mask_decoder"):
+            load_state_dict_into(getattr(model, module), part_of(decoder, module), decoder.source)
+    return model
 
 
 def student_for(sam: SamVitConfig, source: str) -> str:
@@ -61,6 +76,7 @@ def trainable_encoder(model: Sam, freeze_source: bool = False) -> torch.nn.Modul
         for block in encoder.blocks:
             block.router.requires_grad_(True)
             block.little.requires_grad_(True)
-    freeze_router_biases(encoder)
+    if is_student(encoder):
+        freeze_router_biases(encoder)
     encoder.train()
     return encoder

@@ -16,7 +16,7 @@ from segment_anything.modeling import Sam
 from ..build import Checkpoint, load_sam
 from ..checkpoint import as_weights
 from ..errors import BiglSamError, CheckpointError
-from ..modeling.config import is_student
+from ..modeling.config import is_student, sam_vit_config
 from .cache import TeacherCache, list_images
 from .data import DistillDataset, ImageDataset
 
@@ -85,7 +85,7 @@ def load_sam_teacher(checkpoint: Checkpoint) -> Sam:
 
 def check_fits(model: Sam, teacher) -> None:
     """The student makes embeddings of the teacher's shape from inputs of the teacher's size."""
-    vit = model.config.p_path
+    vit = sam_vit_config(model.config)
     grid = vit.img_size // vit.patch_size
     produced = (vit.out_chans, grid, grid)
     if vit.img_size != teacher.img_size or produced != tuple(teacher.embedding_shape):

@@ -31,7 +31,8 @@ from tqdm import tqdm
 from .. import distributed
 from ..checkpoint import ModelReader
 from ..errors import BiglSamError
-from ..modeling.config import MODEL_CONFIGS
+from ..modeling.config import MODEL_CONFIGS, is_student
+from ..modeling.random_routing import with_random_routing
 from ..training.config import check_fields, dtype_option, identity, option, run_dtype, settings
 from ..training.optimizer import adamw, router_grad_norm
 from ..training.ranks import mean_over_ranks
@@ -39,12 +40,13 @@ from ..training.runlog import RunLog
 from ..training.sampler import StreamSampler, make_loader, split_holdout
 from ..training.schedule import EVAL_PROMPTS, PROMPTS, eval_keep_ratios, keep_ratio_at, seeded_generator
 from ..training.state import load_state, model_from_state, refuse_overwrite, restore
-from ..training.steps import finish, save_if_due, set_learning_rate, update
+from ..training.steps import finish, keep_if_due, save_if_due, set_learning_rate, update
 from .data import LOSS_REGIONS, collate, loss_region
 from .losses import embedding_loss, mask_loss
 from .student import build_student, student_for, trainable_encoder
 from .teacher import CachedTeacher, OnlineTeacher, check_fits
 
+ROUTINGS = ("router", "random")
 TRAIN_FIELDS = ("step", "lr", "keep_ratio", "loss", "mse", "cosine", "mask", "grad_norm", "router_grad_norm", "seconds")
 EVAL_FIELDS = ("step", "keep_ratio", "loss", "mse", "cosine", "mask")
 SELF_DISTILL_MASK_WEIGHT = 1.0  # the mask-level loss is on by default with --teacher-checkpoint
@@ -57,7 +59,8 @@ class TrainConfig:
 
     out: str = option(help="run folder: checkpoints, CSV and TensorBoard logs", identity=False)
     student: Optional[str] = option(
-        None, "registry key of the student (bigl_b_t, bigl_l_s, ...); default with --teacher-checkpoint: the "
+        None, "registry key of the student (bigl_b_t, bigl_l_s, ...; a SAM ViT such as vit_micro: a dense student "
+        "from random weights, MobileSAM's decoupled distillation); default with --teacher-checkpoint: the "
         "student of that SAM's size")
     # Read only when a run starts: a resumed run takes its student from ckpt.pt.
     student_checkpoint: Optional[str] = option(
@@ -98,6 +101,11 @@ class TrainConfig:
     eval_every: int = option(500, "held-out curves every N steps and at the end; 0: never (the images stay held out)",
                              identity=False, check="non_negative")
     ckpt_every: int = option(500, "write RUN/ckpt.pt every N steps and at the end", identity=False, check="positive")
+    routing: str = option(
+        "router", "which tokens take the P-path: the learned router's top K, or K drawn at random per image and "
+        "layer (the quality study's control; the router then does not learn)", choices=ROUTINGS)
+    keep_every: int = option(0, "also keep the student after every N steps as RUN/step-N.pth (quality against "
+                             "steps); 0: never", identity=False, check="non_negative")
     seed: int = option(0, "seed of the data order, keep ratios, mask-loss prompts and a fresh student's draw")
     dtype: str = dtype_option()
     workers: int = option(2, "data loader processes", identity=False, check="non_negative")
@@ -145,6 +153,8 @@ def _train(cfg: TrainConfig, process: distributed.Process) -> Path:
                               cfg.seed, read)
     del read  # the weights it read now live in the models
     check_fits(model, teacher)
+    if cfg.routing == "random":
+        with_random_routing(model, cfg.seed)
     model.to(process.device)
     teacher.to(process.device)
     encoder = trainable_encoder(model, cfg.freeze_source)
@@ -166,14 +176,17 @@ def _train(cfg: TrainConfig, process: distributed.Process) -> Path:
             row = train_step(run, batch, step)
             done = step + 1
             progress.update(1)
-            progress.set_postfix(loss=f"{row['loss']:.4f}", r=f"{row['keep_ratio']:.2f}")
+            progress.set_postfix(loss=f"{row['loss']:.4f}", r=row["keep_ratio"])
             if log:
                 log.train(row)
                 if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
                     results = evaluate(run, heldout)
-                    rows = [{"step": done, "keep_ratio": ratio, **terms} for ratio, terms in results.items()]
-                    log.eval(done, rows, {f"heldout/loss@keep{ratio:g}": terms["loss"] for ratio, terms in results.items()})
+                    rows = [{"step": done, "keep_ratio": "" if ratio is None else ratio, **terms}
+                            for ratio, terms in results.items()]
+                    log.eval(done, rows, {"heldout/loss" + ("" if ratio is None else f"@keep{ratio:g}"): terms["loss"]
+                                          for ratio, terms in results.items()})
             save_if_due(out, model, optimizer, done, cfg, settings(cfg), process)
+            keep_if_due(out, model, done, cfg.keep_every, process)
     return finish(out, model, encoder, process, log)
 
 
@@ -183,7 +196,7 @@ def train_step(run: Run, batch: dict, step: int) -> dict:
     began = time.perf_counter()
     cfg, process = run.cfg, run.process
     lr = set_learning_rate(run.optimizer, step, cfg)
-    ratio = keep_ratio_at(step, cfg.keep_ratio_range, cfg.seed)
+    ratio = keep_ratio_at(step, cfg.keep_ratio_range, cfg.seed) if is_student(run.model) else None
     images = batch["image"].to(process.device, non_blocking=True)
     input_size = batch["input_size"].to(process.device)
     with run.autocast:
@@ -194,7 +207,8 @@ def train_step(run: Run, batch: dict, step: int) -> dict:
     encoder = run.model.image_encoder
     losses["router_grad_norm"] = router_grad_norm(encoder)
     losses["grad_norm"] = torch.nn.utils.clip_grad_norm_(encoder.parameters(), cfg.grad_clip)
-    row = {"step": step + 1, "lr": lr, "keep_ratio": ratio, **mean_over_ranks(losses, process)}
+    row = {"step": step + 1, "lr": lr, "keep_ratio": "" if ratio is None else round(ratio, 4),
+           **mean_over_ranks(losses, process)}
     update(run.optimizer, row, Path(cfg.out))
     row["seconds"] = time.perf_counter() - began
     return row
@@ -202,12 +216,16 @@ def train_step(run: Run, batch: dict, step: int) -> dict:
 
 def compute_losses(
     run: Run, encoder: torch.nn.Module, images: torch.Tensor, teacher: torch.Tensor, input_size: torch.Tensor,
-    ratio: float, generator: torch.Generator,
+    ratio: Optional[float], generator: torch.Generator,
 ) -> Dict[str, torch.Tensor]:
-    """images: B x 3 x S x S, teacher: B x C x G x G, input_size: B x 2 (pixels) -> loss terms (scalars)."""
+    """images: B x 3 x S x S, teacher: B x C x G x G, input_size: B x 2 (pixels) -> loss terms (scalars).
+    `ratio`: the student's keep ratio (None: a dense student)."""
     cfg = run.cfg
-    sizes = [tuple(hw) for hw in input_size.tolist()]  # the P-path budget goes to image tokens only
-    student = encoder(images, keep_ratio=ratio, input_size=sizes).float()
+    if ratio is None:
+        student = encoder(images).float()
+    else:
+        sizes = [tuple(hw) for hw in input_size.tolist()]  # the P-path budget goes to image tokens only
+        student = encoder(images, keep_ratio=ratio, input_size=sizes).float()
     region = loss_region(cfg.loss_region, input_size, teacher.shape[-1], images.shape[-1])
     terms = embedding_loss(student, teacher, region)
     terms["loss"] = terms["mse"] + cfg.cosine_weight * terms["cosine"]
@@ -225,7 +243,8 @@ def evaluate(run: Run, heldout) -> Dict[float, Dict[str, float]]:
     cfg, encoder = run.cfg, run.model.image_encoder
     encoder.eval()
     device = run.process.device
-    sums: Dict[float, Dict[str, float]] = {ratio: {} for ratio in eval_keep_ratios(cfg.keep_ratio_range)}
+    ratios = eval_keep_ratios(cfg.keep_ratio_range) if is_student(encoder) else [None]
+    sums: Dict[Optional[float], Dict[str, float]] = {ratio: {} for ratio in ratios}
     for start in range(0, len(heldout), cfg.batch):
         batch = collate([heldout[(i, 0)] for i in range(start, min(start + cfg.batch, len(heldout)))])
         images, input_size = batch["image"].to(device), batch["input_size"].to(device)
@@ -250,6 +269,9 @@ def check_config(cfg: TrainConfig) -> None:
         raise BiglSamError("--images goes with --teacher-checkpoint; a --cache already names its images")
     if cfg.cache and not (cfg.student or cfg.student_checkpoint):
         raise BiglSamError("--cache needs the student: --student (bigl_b_t, ...) or --student-checkpoint (a file)")
+    dense = cfg.student in MODEL_CONFIGS and not is_student(MODEL_CONFIGS[cfg.student])
+    if dense and (cfg.freeze_source or cfg.routing != "router"):
+        raise BiglSamError(f"--student {cfg.student} is a dense SAM ViT: it has no source to freeze and no router")
     if cfg.student and cfg.student_checkpoint:
         raise BiglSamError("give the student as either --student (a registry key) or --student-checkpoint (a file)")
     lo, hi = cfg.keep_ratio_range

@@ -15,7 +15,7 @@ from ..errors import BiglSamError, check_keep_ratio
 from ..evaluation.runner import ModelSpec
 from ..modeling.config import get_config, is_student
 from .pruning import PrunedImageEncoder
-from .random_routing import with_random_routing
+from ..modeling.random_routing import with_random_routing
 
 
 FRESH_STUDENT_SEED = 0  # the fresh router and E-path of `fresh_student` (E-path residual scale 0 whatever the seed)

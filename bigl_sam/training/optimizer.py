@@ -23,7 +23,8 @@ def freeze_router_biases(encoder: torch.nn.Module) -> None:
 
 def router_grad_norm(encoder: torch.nn.Module) -> torch.Tensor:
     """L2 norm of the routers' weight gradients (before clipping): is the router learning at all?"""
-    grads = [block.router.weight.grad for block in encoder.blocks if block.router.weight.grad is not None]
+    routers = [block.router for block in encoder.blocks if hasattr(block, "router")]
+    grads = [router.weight.grad for router in routers if router.weight.grad is not None]
     if not grads:
         return torch.zeros(())
     return torch.stack([g.detach().float().norm() for g in grads]).norm()

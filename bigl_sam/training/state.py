@@ -49,9 +49,9 @@ def save_training_state(out: Path, model: Sam, optimizer: torch.optim.Optimizer,
     return atomic_save(payload, path)
 
 
-def save_final(out: Path, model: Sam) -> Path:
-    """RUN/final.pth: the student alone, loadable with the registry and `load_sam`."""
-    path = out / FINAL_FILE
+def save_final(out: Path, model: Sam, name: str = FINAL_FILE) -> Path:
+    """RUN/final.pth (or RUN/`name`): the model alone, loadable with the registry and `load_sam`."""
+    path = out / name
     check_finite_weights(model, str(path))
     return save_checkpoint(model, path)
 

@@ -46,6 +46,12 @@ def save_if_due(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
         distributed.barrier(process)
 
 
+def keep_if_due(out: Path, model: torch.nn.Module, done: int, every: int, process: distributed.Process) -> None:
+    """RUN/step-N.pth, the model after step N (as final.pth holds it), every `every` steps (0: never)."""
+    if every and done % every == 0 and process.is_main:
+        save_final(out, model, f"step-{done}.pth")
+
+
 def finish(out: Path, model: torch.nn.Module, trained: torch.nn.Module, process: distributed.Process,
            log: Optional[RunLog]) -> Path:
     """The end of a run: the processes agree on `trained`'s weights, the logs close, rank 0 writes

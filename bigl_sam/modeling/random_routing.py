@@ -16,8 +16,8 @@ import torch
 from segment_anything.modeling import Sam
 from torch import nn
 
-from ..modeling import BigLittleImageEncoder, is_student
-from ..modeling.config import BigLittleConfig
+from .config import BigLittleConfig, is_student
+from .encoder import BigLittleImageEncoder
 
 
 class RandomRouter(nn.Module):
