@@ -40,15 +40,15 @@ def args(data, out, steps, *extra, model="vit_test"):
 
 def test_training_lowers_the_loss_and_its_checkpoint_loads_everywhere(data, tmp_path, capsys):
     out = tmp_path / "run"
-    val = ["--val-annotations", str(data["annotations"]), "--val-images", str(data["images"]), "--eval-every", "10"]
+    val = ["--val-annotations", str(data["annotations"]), "--val-images", str(data["images"]), "--eval-every", "20"]
     assert main(args(data, out, 20, *val, "--batch", "2")) == 0
     losses = [float(row["loss"]) for row in rows_of(out / "train.csv")]
     assert len(losses) == 20
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses
     heldout = rows_of(out / "eval.csv")
-    assert [(row["step"], row["prompt"]) for row in heldout] == [("10", "box"), ("10", "point"), ("20", "box"),
-                                                                 ("20", "point")]
-    assert all(0 <= float(row["miou"]) <= 100 and row["instances"] == "8" for row in heldout)
+    assert [(row["step"], row["prompt"]) for row in heldout] == [("20", "box"), ("20", "point")]
+    # eval coco's default protocol scores the crowd regions too: 3 instances an image
+    assert all(0 <= float(row["miou"]) <= 100 and row["instances"] == "12" for row in heldout)
     final = out / "final.pth"
     assert load_sam(final).config.name == "vit_test"
     sam_model_registry["vit_test"](checkpoint=final)
