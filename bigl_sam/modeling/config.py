@@ -88,8 +88,8 @@ SAM_VIT_CONFIGS: Dict[str, SamVitConfig] = {
     # 512-pixel input (32 x 32 tokens), 8 x 8 windows that tile the grid, SAM's prompt encoder and decoder.
     "vit_mini": SamVitConfig("vit_mini", embed_dim=256, depth=6, num_heads=4, global_attn_indexes=(2, 5),
                              window_size=8, img_size=512),
-    # A narrower dense ViT of about bigl_mini's GMACs at keep 0.25 (3.45 against 3.25 on a 512 x 512 input): the
-    # study's small dense student (MobileSAM's decoupled distillation, from random weights).
+    # A narrower dense ViT of about bigl_mini's GMACs at keep 0.25 (3.4 against 3.7 per 512 x 512 image, `bigl-sam
+    # bench`): the study's small dense student (MobileSAM's decoupled distillation, from random weights).
     "vit_micro": SamVitConfig("vit_micro", embed_dim=160, depth=6, num_heads=5, global_attn_indexes=(2, 5),
                               window_size=8, img_size=512),
 }
