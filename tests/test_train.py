@@ -41,7 +41,7 @@ def args(data, out, steps, *extra, model="vit_test"):
 def test_training_lowers_the_loss_and_its_checkpoint_loads_everywhere(data, tmp_path, capsys):
     out = tmp_path / "run"
     val = ["--val-annotations", str(data["annotations"]), "--val-images", str(data["images"]), "--eval-every", "20"]
-    assert main(args(data, out, 20, *val, "--batch", "2")) == 0
+    assert main(args(data, out, 20, *val)) == 0
     losses = [float(row["loss"]) for row in rows_of(out / "train.csv")]
     assert len(losses) == 20
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses
