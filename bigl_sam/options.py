@@ -9,6 +9,7 @@ renamed flag keeps working for one release.
 
 import argparse
 import sys
+import textwrap
 import weakref
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
@@ -69,14 +70,21 @@ def model_spec(args: argparse.Namespace, model_type: str, checkpoint: Optional[P
 
 class HelpFormatter(argparse.HelpFormatter):
     """Every option's help ends with its default, unless the help already gives it or there is none to give
-    (None, a flag that is off)."""
+    (None, a flag that is off); lines wrap between words only, so a printed command copies as it is."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if (not action.option_strings or "default" in text or action.default in (None, False, [])
-                or action.default is argparse.SUPPRESS):
+        if (not action.option_strings or "default" in text or action.default is None or action.default is False
+                or action.default == [] or action.default is argparse.SUPPRESS):
             return text
         return f"{text} (default: %(default)s)"
+
+    def _split_lines(self, text: str, width: int):  # lines end between words, never inside --an-option
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return textwrap.fill(" ".join(text.split()), width, initial_indent=indent, subsequent_indent=indent,
+                             break_on_hyphens=False)
 
 
 class CommandParser(argparse.ArgumentParser):
