@@ -16,19 +16,15 @@ import sys
 from pathlib import Path
 from typing import List
 
-from segment_anything import SamPredictor
 from tqdm import tqdm
 
-from . import distributed
 from .embeddings import EmbeddingError, embedding_complete, embedding_path, read_record, record_path, save_embedding
 from .errors import BiglSamError
-from .evaluation.sharding import Shard, gather_to_main
 from .fileio import atomic_write_text, check_writable
 from .fingerprint import changed_line, image_fingerprint, weights_fingerprint
 from .images import IMAGE_SUFFIXES, load_image
 from .modeling.config import check_keep_ratio_applies, keep_ratio_of
 from .options import add_device_options, add_model_options, model_spec
-from .pretrained import weights_lines
 
 SKIPPED_FILE = "skipped.json"
 # What must match for an image's record to count as done by this run.
@@ -37,14 +33,20 @@ RUN_KEYS = ("model", "weights_sha256", "keep_ratio", "dtype")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
-    add("--images", required=True, type=Path, help=f"folder of images ({'/'.join(IMAGE_SUFFIXES)})")
-    add("--out", required=True, type=Path, help="folder for NAME.npy (float32, whatever --dtype) and NAME.json per "
+    add("--images", required=True, type=Path, metavar="DIR", help=f"folder of images ({'/'.join(IMAGE_SUFFIXES)})")
+    add("--out", required=True, type=Path, metavar="DIR", help="folder for NAME.npy (float32, whatever --dtype) and NAME.json per "
         "image")
     add_model_options(parser)
     add_device_options(parser, autocasts="the encoder")
 
 
 def run(args: argparse.Namespace) -> int:
+    from segment_anything import SamPredictor  # here, not at the top, as the rest: --help does without torch
+
+    from . import distributed
+    from .evaluation.sharding import Shard, gather_to_main
+    from .pretrained import weights_lines
+
     images = _images(args.images)
     check_writable(args.out / SKIPPED_FILE, "--out")
     spec = model_spec(args, args.model, args.checkpoint)

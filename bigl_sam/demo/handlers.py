@@ -125,7 +125,10 @@ class DemoHandlers:
 
     def everything_estimate(self, image: np.ndarray, encoder_seconds: float) -> str:
         """What Everything will cost on `image`, before it starts: one encoder pass per crop (`encoder_seconds`:
-        this image's) plus the decoder per point prompt (`decoder_seconds_per_prompt`)."""
+        this image's) plus the decoder per point prompt (`decoder_seconds_per_prompt`, which `bigl-sam demo`
+        measures at start-up; "" until it is measured)."""
+        if self._prompt_seconds is None:
+            return ""
         settings = self.everything_settings
         boxes, layers = settings.crop_boxes(*image.shape[:2])
         per_side = [settings.points_per_side // settings.crop_n_points_downscale_factor**layer for layer in layers]
@@ -209,7 +212,8 @@ class DemoHandlers:
         if prompts.corner is not None:
             hint = "Click the opposite corner of the box."
         estimate = self.everything_estimate(session.image, main.seconds)
-        return "\n".join(rows) + f"\n\n**Click mode: {session.mode}.** {hint} {session.note}\n\n{estimate}"
+        status = "\n".join(rows) + f"\n\n**Click mode: {session.mode}.** {hint} {session.note}"
+        return status + (f"\n\n{estimate}" if estimate else "")
 
 
 def _require_image(session: Session) -> np.ndarray:
