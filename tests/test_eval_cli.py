@@ -156,8 +156,10 @@ def test_an_annotation_file_edited_in_place_starts_a_new_run(data, models, tmp_p
     coco = json.loads(edited["annotations"].read_text())
     coco["annotations"][0]["bbox"] = [0, 0, 10, 10]  # same path, other content
     edited["annotations"].write_text(json.dumps(coco))
-    assert run_eval(capsys, edited, models[:1], out, "--max-images", "1")[0] == 0 and len(encodes) == 2
+    code, _, err = run_eval(capsys, edited, models[:1], out, "--max-images", "1")
+    assert code == 0 and len(encodes) == 2
     assert len(list((out / "runs").iterdir())) == 2
+    assert "vit_test: a new run in " in err and "made with other settings (annotations_sha256 (sha256 " in err
 
 
 def test_an_image_replaced_under_its_name_is_scored_again(first_run, data, models, tmp_path, capsys, encodes):

@@ -9,6 +9,7 @@ records, each model's numbers (`summarize`), the table of all models (`markdown_
 says beside them (`report_fields`).
 """
 
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -23,12 +24,12 @@ from tqdm import tqdm
 
 from ..distributed import autocast, torch_dtype
 from ..errors import BiglSamError
-from ..fingerprint import image_fingerprint, weights_fingerprint
+from ..fingerprint import changed_line, image_fingerprint, weights_fingerprint
 from ..images import UPRIGHT, load_image, orientation_tag
 from ..modeling.config import check_keep_ratio, get_config, keep_ratio_of
 from ..pretrained import WeightsChoice, load_chosen
 from .decoding import DecoderClock
-from .records import RecordLog, run_directory
+from .records import SETTINGS_FILE, RecordLog, run_directory
 from .sharding import Shard, gather_to_main
 
 RANDOM_WEIGHTS_SEED = 0  # every process and every rerun builds the same random model
@@ -141,7 +142,12 @@ class Evaluation:
         if self.job.results_depend_on_sharding:
             settings["world_size"] = self.shard.world_size
         self.settings.append(settings)
+        earlier = _runs(self.out_dir, spec.name)
         run_dir = run_directory(self.out_dir, spec.name, settings)
+        if self.shard.is_main and earlier and all(found != settings for _, found in earlier):
+            latest, found = earlier[-1]
+            tqdm.write(f"{spec.name}: a new run in {run_dir}, as {latest} was made with other settings "
+                       f"({changed_line(found, settings)})", file=sys.stderr)
         log = RecordLog(run_dir, self.shard.rank)
         done = log.read()
         mine = self.shard.take(self.job.image_ids)
@@ -208,6 +214,17 @@ class Evaluation:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
+
+
+def _runs(out_dir: Path, model_name: str) -> List[Tuple[Path, dict]]:
+    """The runs of `model_name` in `out_dir` with their settings, the most recently started last."""
+    runs = []
+    for _, path in sorted((p.stat().st_mtime_ns, p) for p in Path(out_dir).glob(f"runs/{model_name}-*/{SETTINGS_FILE}")):
+        try:
+            runs.append((path.parent, json.loads(path.read_text())))
+        except (OSError, ValueError):
+            continue
+    return runs
 
 
 def _finished(record: Optional[dict]) -> bool:
