@@ -12,9 +12,12 @@ import sys
 import textwrap
 import weakref
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
 from .weights import WEIGHTS_DIR_HELP
+
+if TYPE_CHECKING:  # annotations only: --help imports no torch
+    from .evaluation.runner import ModelSpec
 
 # The precisions a command runs in (`distributed.DTYPES` maps them to torch dtypes). Declared here, without
 # torch, so that `bigl-sam COMMAND --help` imports no torch.

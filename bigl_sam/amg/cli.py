@@ -7,7 +7,7 @@ COCO file (`outputs.py`). Resumes after a kill; shards over processes under `tor
 import argparse
 import sys
 from pathlib import Path
-from typing import List
+from typing import TYPE_CHECKING, List
 
 from tqdm import tqdm
 
@@ -17,6 +17,9 @@ from ..modeling.config import check_keep_ratio_applies, get_config
 from ..options import add_device_options, add_model_options, model_spec
 from . import outputs
 from .settings import add_setting_arguments, settings_from_args
+
+if TYPE_CHECKING:  # annotations only: --help imports no torch
+    from .generator import MaskGenerator
 
 OUTPUT_MODES = ("binary_mask", "coco_rle")
 

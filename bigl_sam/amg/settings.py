@@ -5,9 +5,12 @@ import argparse
 import math
 import os
 from dataclasses import dataclass, fields
-from typing import Any, Dict, Union
+from typing import TYPE_CHECKING, Any, Dict, Union
 
 from ..errors import BiglSamError
+
+if TYPE_CHECKING:  # annotations only: --help imports no torch
+    import torch
 
 # More crops than this (crop_n_layers=3 makes 1 + 4 + 16 + 64 = 85) is refused: each crop is one more encoder
 # pass and one more point grid.

@@ -4,12 +4,15 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 from ..errors import BiglSamError
 from ..images import IMAGE_SUFFIXES
 from ..modeling.config import MODEL_CONFIGS
 from ..options import add_dtype_option, add_model_options
+
+if TYPE_CHECKING:  # annotations only: --help imports no torch
+    from .models import DemoModels
 
 # The repository's own drawn examples (absent from a wheel install: then the page has none).
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "demo" / "examples"
