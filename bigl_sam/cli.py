@@ -1,15 +1,21 @@
 """The `bigl-sam` command. Each subcommand lives in its own module, imported only when used:
-the module gives `add_arguments(parser)` and `run(args)`.
+the module gives `add_arguments(parser)` and `run(args)`. A command module imports torch (and anything
+else slow) inside `run`, not at its top, so that `bigl-sam COMMAND --help` answers at once.
 """
 
-import argparse
 import importlib
+import shutil
 import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import List, Optional
 
 from tqdm import tqdm
 
 from .errors import BiglSamError
+from .options import CommandParser
+
+PROGRAM = "bigl-sam"
 
 COMMANDS = {
     "bench": ("bigl_sam.bench.cli", "parameters, GMACs and latency of SAM, big.LITTLE and peer encoders"),
@@ -27,15 +33,15 @@ COMMANDS = {
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--version"]:
+        print(f"{PROGRAM} {installed_version()}")
+        return 0
     if not argv or argv[0] not in COMMANDS:
         _usage(argv)
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     name, rest = argv[0], argv[1:]
-    module_name, description = COMMANDS[name]
     try:
-        module = importlib.import_module(module_name)
-        parser = argparse.ArgumentParser(prog=f"bigl-sam {name}", description=description)
-        module.add_arguments(parser)
+        module, parser = command_parser(name)
         args = parser.parse_args(rest)
         return module.run(args) or 0
     except BiglSamError as err:
@@ -48,6 +54,38 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"bigl-sam {name}: interrupted", file=sys.stderr)
         return 130
+
+
+def command_parser(name: str):
+    """The module of command `name` and its parser, options declared."""
+    module_name, description = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = CommandParser(prog=f"{PROGRAM} {name}", description=description)
+    module.add_arguments(parser)
+    return module, parser
+
+
+def installed_version() -> str:
+    try:
+        return version(PROGRAM)
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
+
+
+def program() -> str:
+    """`bigl-sam` as this user can type it, for commands printed in messages: `bigl-sam` where that name on
+    PATH is this installation; else the command as it was started (`.venv/bin/bigl-sam`), or the script
+    beside this Python (a venv's, which runs without activating it); else `python -m bigl_sam.cli`."""
+    beside = Path(sys.executable).parent / PROGRAM
+    on_path = shutil.which(PROGRAM)
+    if on_path and beside.is_file() and Path(on_path).resolve() == beside.resolve():
+        return PROGRAM
+    started = sys.argv[0] if sys.argv and sys.argv[0] else ""
+    if Path(started).name == PROGRAM and beside.is_file() and Path(started).resolve() == beside.resolve():
+        return started
+    if beside.is_file():
+        return str(beside)
+    return f"{sys.executable} -m bigl_sam.cli"
 
 
 def one_line(err: BaseException) -> str:
@@ -64,7 +102,8 @@ def _usage(argv: List[str]) -> None:
     stream = sys.stdout if not argv or argv[0] in ("-h", "--help") else sys.stderr
     if argv and argv[0] not in ("-h", "--help"):
         print(f"bigl-sam: unknown command {argv[0]!r}", file=stream)
-    print("usage: bigl-sam COMMAND [options]   (bigl-sam COMMAND --help for its options)\n", file=stream)
+    print("usage: bigl-sam COMMAND [options]   (bigl-sam COMMAND --help for its options; bigl-sam --version)\n",
+          file=stream)
     for name, (_, description) in COMMANDS.items():
         print(f"  {name:<10} {description}", file=stream)
 

@@ -11,11 +11,12 @@ import torch
 import torch.distributed as dist
 
 from .errors import BiglSamError
+from .options import DTYPE_NAMES
 
 # Ranks wait for each other at the end of a cache shard list or a checkpoint; that can take long.
 BARRIER_TIMEOUT = timedelta(hours=6)
 # --dtype of every command that has one: float32, or bfloat16 under torch.autocast (`autocast`).
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.bfloat16)))
 
 
 @dataclass(frozen=True)

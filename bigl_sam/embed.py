@@ -4,9 +4,10 @@ that run the encoder ahead of time and SAM's ONNX decoder per click (the files: 
 Each image is read upright (EXIF orientation applied, as the demo and `bigl_sam.load_image` show it) and
 encoded by `SamPredictor.set_image`, so a predictor set from the stored embedding predicts exactly what it
 predicts after `set_image`. Under `torchrun` each process takes every N-th image. Images with a record that
-matches this run (model, weights sha256, keep ratio, precision) are not redone; a folder holding embeddings
-of another run is refused. Unreadable images are skipped, listed in `skipped.json`, and tried again on the
-next run.
+matches this run (model, weights content, keep ratio, precision) are not redone; a folder holding embeddings
+of another run is refused, naming what changed. An image replaced under its name since its embedding (its
+`fingerprint.image_fingerprint`), or whose `.npy` is cut short, is embedded again. Unreadable images are
+skipped, listed in `skipped.json`, and tried again on the next run.
 """
 
 import argparse
@@ -15,34 +16,37 @@ import sys
 from pathlib import Path
 from typing import List
 
-from segment_anything import SamPredictor
 from tqdm import tqdm
 
-from . import distributed
-from .embeddings import EmbeddingError, embedding_path, read_record, record_path, save_embedding
+from .embeddings import EmbeddingError, embedding_complete, embedding_path, read_record, record_path, save_embedding
 from .errors import BiglSamError
-from .evaluation.sharding import Shard, gather_to_main
 from .fileio import atomic_write_text, check_writable
+from .fingerprint import changed_line, image_fingerprint, weights_fingerprint
 from .images import IMAGE_SUFFIXES, load_image
 from .modeling.config import check_keep_ratio_applies, keep_ratio_of
 from .options import add_device_options, add_model_options, model_spec
-from .pretrained import weights_lines
-from .weights import sha256_of
 
 SKIPPED_FILE = "skipped.json"
 # What must match for an image's record to count as done by this run.
-RUN_KEYS = ("model", "weights_files", "keep_ratio", "dtype")
+RUN_KEYS = ("model", "weights_sha256", "keep_ratio", "dtype")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
-    add("--images", required=True, type=Path, help=f"folder of images ({'/'.join(IMAGE_SUFFIXES)})")
-    add("--out", required=True, type=Path, help="folder for NAME.npy and NAME.json per image")
+    add("--images", required=True, type=Path, metavar="DIR", help=f"folder of images ({'/'.join(IMAGE_SUFFIXES)})")
+    add("--out", required=True, type=Path, metavar="DIR", help="folder for NAME.npy (float32, whatever --dtype) and NAME.json per "
+        "image")
     add_model_options(parser)
-    add_device_options(parser, autocasts="the encoder (the stored embedding is float32 either way)")
+    add_device_options(parser, autocasts="the encoder")
 
 
 def run(args: argparse.Namespace) -> int:
+    from segment_anything import SamPredictor  # here, not at the top, as the rest: --help does without torch
+
+    from . import distributed
+    from .evaluation.sharding import Shard, gather_to_main
+    from .pretrained import weights_lines
+
     images = _images(args.images)
     check_writable(args.out / SKIPPED_FILE, "--out")
     spec = model_spec(args, args.model, args.checkpoint)
@@ -53,15 +57,17 @@ def run(args: argparse.Namespace) -> int:
     if shard.is_main:
         print(weights_lines([spec.weights]), file=sys.stderr)
         distributed.note_bfloat16(process.device, args.dtype)
+    fingerprints = [weights_fingerprint(path) for path in spec.weights.files]
     settings = {
         "model": args.model,
         "weights": spec.weights.describe(),
-        "weights_files": [{"path": str(p), "sha256": sha256_of(p, progress=shard.is_main)} for p in spec.weights.files],
+        "weights_files": [{"path": str(p), "sha256": f} for p, f in zip(spec.weights.files, fingerprints)],
+        "weights_sha256": fingerprints,
         "keep_ratio": keep_ratio_of(model),
         "dtype": args.dtype,
     }
     # Every rank checks every record, so that a folder of another run stops all of them alike.
-    done = {path.name for path in images if _done(args.out, path.name, settings)}
+    done = {path.name for path in images if _done(args.out, path, settings)}
     mine = shard.take(images)
     todo = [path for path in mine if path.name not in done]
     if len(todo) < len(mine):
@@ -79,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
         with distributed.autocast(process.device, args.dtype):
             predictor.set_image(image)
         features = predictor.get_image_embedding().float().cpu().numpy()
-        record = {"image": path.name, "original_size": list(predictor.original_size),
+        record = {"image": path.name, "image_fingerprint": image_fingerprint(path),
+                  "original_size": list(predictor.original_size),
                   "input_size": list(predictor.input_size), **settings,
                   "written_by": {"rank": shard.rank, "world_size": shard.world_size}}
         save_embedding(args.out, path.name, features, record)
@@ -105,18 +112,25 @@ def _images(folder: Path) -> List[Path]:
     return images
 
 
-def _done(out_dir: Path, name: str, settings: dict) -> bool:
-    """True if `name` has an embedding and a record of this run; a record of another run is an error (one
-    folder holds one model's embeddings, so a reader never mixes them)."""
+def _done(out_dir: Path, image: Path, settings: dict) -> bool:
+    """True if `image` has a complete embedding and a record of this run, made from this very file; a record
+    of another run is an error (one folder holds one model's embeddings, so a reader never mixes them)."""
+    name = image.name
     if not record_path(out_dir, name).is_file() or not embedding_path(out_dir, name).is_file():
         return False
     try:
         record = read_record(record_path(out_dir, name))
     except EmbeddingError:
         return False  # unreadable: simply done again
-    differing = [key for key in RUN_KEYS if record.get(key) != settings[key]]
-    if differing:
-        found = ", ".join(f"{key} {record.get(key)!r}" for key in differing)
-        raise BiglSamError(f"--out {out_dir}: holds embeddings of another run ({name}: {found}); use another --out")
+    found = {key: record.get(key) for key in RUN_KEYS}
+    wanted = {key: settings[key] for key in RUN_KEYS}
+    if found != wanted:
+        raise BiglSamError(f"--out {out_dir}: holds embeddings of another run ({name}: {changed_line(found, wanted)}); "
+                           "use another --out")
+    if not embedding_complete(embedding_path(out_dir, name)):
+        tqdm.write(f"{embedding_path(out_dir, name)}: cut short or unreadable: embedding {name} again", file=sys.stderr)
+        return False
+    if record.get("image_fingerprint") != image_fingerprint(image):
+        tqdm.write(f"{image}: changed since its embedding was made: embedding it again", file=sys.stderr)
+        return False
     return True
-

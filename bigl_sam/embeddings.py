@@ -10,7 +10,7 @@ collide):
 
 `set_embedding(predictor, path)` sets a `segment_anything.SamPredictor` (what `bigl_sam.SamPredictor` is)
 or a `bigl_sam.onnx.OnnxPredictor` from `NAME.npy` as `set_image` would have, after checking that the
-embedding fits the predictor: shape, dtype, model and keep ratio. Needs numpy only (torch is imported for a
+embedding fits the predictor: shape, dtype, finite values, sizes, model and keep ratio. Needs numpy only (torch is imported for a
 `SamPredictor` alone), so the ONNX predictor uses it without torch.
 """
 
@@ -24,7 +24,7 @@ import numpy as np
 
 from .errors import BiglSamError
 from .fileio import atomic_write, atomic_write_text
-from .images import PATCH_SIZE, resized_shape
+from .images import PATCH_SIZE, check_size, resized_shape
 
 PathLike = Union[str, Path]
 EMBEDDING_SUFFIX = ".npy"
@@ -62,6 +62,22 @@ def save_embedding(out_dir: PathLike, image_name: str, features: np.ndarray, rec
     path = atomic_write(embedding_path(out_dir, image_name), lambda f: f.write(buffer.getvalue()))
     atomic_write_text(record_path(out_dir, image_name), json.dumps(record, indent=2) + "\n")
     return path
+
+
+def embedding_complete(path: PathLike) -> bool:
+    """Whether the `.npy` at `path` holds all the bytes its header announces (a copy cut short does not);
+    reads the header only."""
+    try:
+        with open(path, "rb") as f:
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}.get(np.lib.format.read_magic(f))
+            if read_header is None:
+                return False
+            shape, _, dtype = read_header(f)
+            expected = f.tell() + int(np.prod(shape)) * dtype.itemsize
+    except (OSError, ValueError, EOFError):
+        return False
+    return Path(path).stat().st_size == expected
 
 
 def read_record(path: PathLike) -> dict:
@@ -111,6 +127,9 @@ def load_embedding(
     if shape is not None and features.shape != tuple(shape):
         expected, found = (" x ".join(map(str, s)) for s in (shape, features.shape))
         raise EmbeddingError(f"{array_path}: embedding is {found}, this predictor takes {expected}")
+    if not np.isfinite(features).all():
+        raise EmbeddingError(f"{array_path}: embedding holds NaN or infinite values ({np.count_nonzero(~np.isfinite(features))} "
+                             "of them); compute it again with bigl-sam embed")
     return StoredEmbedding(features, original_size, input_size, record)
 
 
@@ -137,6 +156,10 @@ def set_embedding(predictor, path: PathLike, model: Optional[str] = None) -> Sto
         sam = predictor.model
         config = getattr(sam, "config", None)
         name = model if model is not None else getattr(config, "name", None)
+        if name is None:
+            raise EmbeddingError(f"{path}: this predictor's model has no registry name (a segment_anything Sam), so "
+                                 "the embedding's model cannot be checked: give set_embedding(..., model='vit_h'), its "
+                                 "name, or build it with bigl_sam")
         shape = (1, sam.prompt_encoder.embed_dim, *sam.prompt_encoder.image_embedding_size)
         ratio = keep_ratio_of(sam)
         stored = load_embedding(path, shape, name, ratio, sam.image_encoder.img_size)
@@ -154,8 +177,13 @@ def _record_of(path: Path) -> Path:
 
 def _size(record: dict, key: str, path: Path) -> Tuple[int, int]:
     value = record[key]
-    if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and v > 0 for v in value)):
+    if not (isinstance(value, list) and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
         raise EmbeddingError(f"{_record_of(path)}: {key} must be [height, width] in pixels, got {value!r}")
+    try:
+        check_size(value[0], value[1], f"{_record_of(path)}: {key}")
+    except BiglSamError as err:
+        raise EmbeddingError(str(err)) from None
     return value[0], value[1]
 
 

@@ -120,12 +120,18 @@ def sha256_of(path: Path, progress: bool = True) -> str:
     return digest.hexdigest()
 
 
+def _program() -> str:
+    from .cli import program  # here, not at the top: the command imports this module's options
+
+    return program()
+
+
 def check_size(entry: KnownCheckpoint, path: Path) -> None:
     """A `BiglSamError` if the file at `path` is not the manifest's size (cut short, or another file)."""
     size = path.stat().st_size
     if size != entry.bytes:
         raise BiglSamError(f"{path}: {size} bytes, expected {entry.bytes} (truncated or another file); "
-                           f"get it again with `bigl-sam weights download {entry.name}`")
+                           f"get it again with `{_program()} weights download {entry.name}`")
 
 
 def _check(entry: KnownCheckpoint, path: Path) -> None:
@@ -139,7 +145,7 @@ def verify(entry: KnownCheckpoint, folder: Path) -> Path:
     """The file's path if its size and sha256 match the manifest; else a `BiglSamError` saying what differs."""
     path = folder / entry.name
     if not path.is_file():
-        raise BiglSamError(f"{path}: not found; get it with `bigl-sam weights download {entry.name}` "
+        raise BiglSamError(f"{path}: not found; get it with `{_program()} weights download {entry.name}` "
                            f"or copy it there from {entry.url}")
     _check(entry, path)
     return path
@@ -190,7 +196,7 @@ def _fetch(entry: KnownCheckpoint, partial: Path) -> None:
 def _download_error(entry: KnownCheckpoint, folder: Path, err: Exception) -> BiglSamError:
     reason = getattr(err, "reason", err)
     return BiglSamError(f"could not download {entry.name} from {entry.url} ({reason}); on a machine without "
-                        f"internet copy the file into {folder} and run `bigl-sam weights verify {entry.name}`")
+                        f"internet copy the file into {folder} and run `{_program()} weights verify {entry.name}`")
 
 
 def _copy(response, partial: Path, entry: KnownCheckpoint, offset: int) -> None:

@@ -80,7 +80,7 @@ def test_resume_redoes_only_unfinished_images(one_thread, images, segmented, tmp
 
 def test_other_settings_in_the_same_out_are_refused(one_thread, images, segmented, capsys):
     assert amg("--images", images, "--out", segmented, *FAST, "--points-per-side", "3") == 2
-    assert "holds masks made with other settings (points_per_side differ)" in capsys.readouterr().err
+    assert "holds masks made with other settings (points_per_side (2 -> 3))" in capsys.readouterr().err
 
 
 def test_torchrun_gives_each_image_once(images, tmp_path):
@@ -103,6 +103,9 @@ def test_torchrun_gives_each_image_once(images, tmp_path):
     (["--max-images", "0"], "--max-images must be at least 1"),
     (["--points-per-batch", "many"], "points_per_batch must be a whole number of at least 1 or auto, got 'many'"),
     (["--compile", "--share-image-work"], "compiled and share_image_work cannot be combined"),
+    (["--stability-score-offset", "inf"], "stability_score_offset must be a finite number, got inf"),
+    (["--pred-iou-thresh", "nan"], "pred_iou_thresh must be a finite number, got nan"),
+    (["--keep-ratio", "0.5"], "--keep-ratio: vit_test is SAM's own encoder"),
 ])
 def test_bad_settings_are_one_line(images, tmp_path, capsys, option, message):
     assert amg("--images", images, "--out", tmp_path / "out", "--model", "vit_test", *option) == 2
@@ -116,7 +119,86 @@ def test_help_lists_the_options(capsys):
         amg("--help")
     assert done.value.code == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "--points-per-batch N|auto" in out and "--compile" in out and "--share-image-work" in out
+    assert "--points-per-batch N" in out and "--compile" in out and "--share-image-work" in out
+    assert "--pred-iou-thresh X keep masks whose predicted IoU is at least X (default: 0.88)" in out
+    assert "A smoke run that takes seconds and writes masks: --model vit_test --points-per-side 2" in out
+
+
+def test_an_image_may_be_named_settings(one_thread, tmp_path, capsys):
+    Image.fromarray(photo(seed=0)).save(tmp_path / "settings.png")
+    assert amg("--images", tmp_path, "--out", tmp_path / "out", "--max-images", 1, *FAST) == 0
+    coco = json.loads((tmp_path / "out" / "masks_coco.json").read_text())
+    assert [image["file_name"] for image in coco["images"]] == ["settings.png"] and coco["annotations"]
+    assert amg("--images", tmp_path, "--out", tmp_path / "out", "--max-images", 1, *FAST) == 0  # resumes
+    assert "1 of 1 images already done" in capsys.readouterr().err
+
+
+def test_an_image_named_like_the_coco_file_is_refused_in_coco_rle_mode(tmp_path, capsys):
+    Image.fromarray(photo(seed=0)).save(tmp_path / "masks_coco.png")
+    assert amg("--images", tmp_path, "--out", tmp_path / "out", "--output-mode", "coco_rle", *FAST) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("the masks of masks_coco.png would be masks_coco.json, the folder's COCO file: rename the "
+                        "image, or use --output-mode binary_mask") and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def _copy(folder, out):
+    for path in folder.rglob("*"):
+        target = out / path.relative_to(folder)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_file():
+            target.write_bytes(path.read_bytes())
+
+
+@pytest.mark.parametrize("broken", ['{"file_name": "a.p', "{}", "[1, 2]", '"a record"'])
+def test_a_broken_record_is_segmented_again(one_thread, images, segmented, tmp_path, capsys, broken):
+    out = tmp_path / "out"
+    _copy(segmented, out)
+    (out / ".records" / "a.json").write_text(broken)
+    assert amg("--images", images, "--out", out, *FAST) == 0
+    assert f"{out / '.records' / 'a.json'}: broken record: segmenting a.png again" in capsys.readouterr().err
+    assert (out / "masks_coco.json").read_text() == (segmented / "masks_coco.json").read_text()
+
+
+@pytest.mark.parametrize("broken", ['{"model": "vit', "[1, 2]"])
+def test_a_broken_settings_file_is_one_line_saying_what_to_do(images, segmented, tmp_path, capsys, broken):
+    out = tmp_path / "out"
+    _copy(segmented, out)
+    (out / ".records" / "settings").write_text(broken)
+    assert amg("--images", images, "--out", out, *FAST) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{out / '.records' / 'settings'}: broken (" in err[0]
+    assert f"delete {out / '.records'} to segment every image again, or give another --out" in err[0]
+
+
+def test_an_image_replaced_under_its_name_is_segmented_again(one_thread, images, segmented, tmp_path, capsys):
+    folder, out = tmp_path / "images", tmp_path / "out"
+    _copy(images, folder)
+    _copy(segmented, out)
+    Image.fromarray(photo(seed=5)).save(folder / "a.png")
+    assert amg("--images", folder, "--out", out, *FAST) == 0
+    assert f"{folder / 'a.png'}: changed since its masks were made (image (" in capsys.readouterr().err
+
+
+def test_broken_and_looping_symlinks_are_listed_as_skipped(one_thread, tmp_path, capsys):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(photo(seed=0)).save(folder / "a.png")
+    (folder / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    (folder / "loop.jpg").symlink_to(folder / "loop.jpg")
+    assert amg("--images", folder, "--out", tmp_path / "out", *FAST) == 0
+    skipped = json.loads((tmp_path / "out" / "masks_coco.json").read_text())["info"]["skipped"]
+    assert [reason.split(":")[0] for reason in skipped] == [str(folder / "dangling.png"), str(folder / "loop.jpg")]
+    assert "1 of 3 images segmented" in capsys.readouterr().err
+
+
+def test_no_mask_passing_the_thresholds_is_said(one_thread, tmp_path, capsys):
+    """SAM's thresholds on random weights: the run finishes, and says why there is no mask."""
+    Image.fromarray(photo(seed=0)).save(tmp_path / "a.png")
+    assert amg("--images", tmp_path, "--out", tmp_path / "out", "--model", "vit_test", "--points-per-side", 2) == 0
+    err = capsys.readouterr().err
+    assert "1 of 1 images segmented (0 masks)" in err
+    assert "note: in 1 of 1 images no mask passed the thresholds (--pred-iou-thresh 0.88, " in err
 
 
 def test_bench_checks_the_masks_against_sams(one_thread, images, capsys):

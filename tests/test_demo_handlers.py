@@ -175,10 +175,11 @@ def test_scripted_segment_reuses_the_embedding_and_answers_at_full_size(student,
     image = picture(100, 60)
     main, workdir = student.models.main, student.workdir
     path, info, cache = segment(main, workdir, image, [[50, 30], [10, 10, 0]], None)
-    assert info["encoded"] and info["size"] == [60, 100] and len(info["scores"]) == 3
+    assert info["encoded"] and info["original_size"] == [60, 100] and len(info["scores"]) == 3
     assert Image.open(path).size == (100, 60)
     _, again, cache_again = segment(main, workdir, image, [[50, 30]], [0, 0, 80, 50], cache=cache)
     assert not again["encoded"] and cache_again is cache
+    assert info["encoder_ms"] > 0 and again["encoder_ms"] == 0.0  # this call's encoder time: none
     _, other, _ = segment(main, workdir, picture(60, 100), [[5, 5]], None, cache=cache)
     assert other["encoded"]
 

@@ -95,7 +95,7 @@ def test_bad_calls_get_their_reason_and_the_server_stays_up(server, tmp_path, up
                        api_name="/segment")
     assert "\n" not in str(error.value)
     _, info = client.predict(good, [[8, 6, 1]] * MAX_POINTS, None, None, api_name="/segment")
-    assert info["size"] == [12, 16]
+    assert info["original_size"] == [12, 16]
 
 
 def test_image_inputs_hand_the_upload_on_unopened(tmp_path):

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 from conftest import official_weights_folder
 
+from bigl_sam.cli import program
 from bigl_sam.demo.app import build_app
 from bigl_sam.demo.handlers import DemoHandlers
 from bigl_sam.demo.inference import decode_click, encode_image
@@ -67,8 +68,8 @@ def test_banner_names_the_official_files_and_no_released_checkpoints(tmp_path):
     with torch.device("meta"):  # the real architecture, without spending time on its random weights
         models = load_demo_models("bigl_b_t", weights_dir=tmp_path)
     banner = untrained_banner(models)
-    assert "`bigl-sam weights download sam_vit_b_01ec64.pth`" in banner
-    assert "`bigl-sam weights download sam_vit_h_4b8939.pth`" in banner
+    assert f"`{program()} weights download sam_vit_b_01ec64.pth`" in banner  # the command as this process runs
+    assert f"`{program()} weights download sam_vit_h_4b8939.pth`" in banner
     assert "exactly SAM ViT-B" in banner and "docs/distillation.md" in banner
     assert "released" not in banner and str(tmp_path) in banner
     tiny = untrained_banner(load_demo_models("bigl_test", weights_dir=tmp_path))  # no official file known

@@ -1,6 +1,7 @@
 """`bigl-sam embed` and predictors set from stored embeddings: the same masks as after set_image, resume after
 a kill, torchrun shards, and bad embeddings refused in one line."""
 
+import copy
 import json
 import os
 import socket
@@ -122,6 +123,38 @@ def test_resume_after_a_kill_does_no_image_twice(tmp_path, monkeypatch, one_thre
     assert folder_lines(capsys) == [folder_line(weights_dir())]  # the folder the rule searched, once
 
 
+def test_a_cut_short_embedding_or_a_replaced_image_is_embedded_again(tmp_path, monkeypatch, one_thread, capsys):
+    photos(tmp_path / "images", 3)
+    out = tmp_path / "out"
+    assert embed(tmp_path / "images", out, "--model", "vit_test") == 0
+    whole = embedding_path(out, "img0.png").read_bytes()
+    embedding_path(out, "img0.png").write_bytes(whole[: len(whole) // 2])  # a copy cut short
+    photo(tmp_path / "images" / "img1.png", seed=7)  # another picture under the same name
+    saved = []
+    real_save = bigl_sam.embed.save_embedding
+    monkeypatch.setattr(bigl_sam.embed, "save_embedding", lambda out_dir, name, *rest: saved.append(name) or
+                        real_save(out_dir, name, *rest))
+    capsys.readouterr()
+    assert embed(tmp_path / "images", out, "--model", "vit_test") == 0
+    err = capsys.readouterr().err
+    assert saved == ["img0.png", "img1.png"]
+    assert "img0.png.npy: cut short or unreadable: embedding img0.png again" in err
+    assert "img1.png: changed since its embedding was made: embedding it again" in err
+    assert embedding_path(out, "img0.png").read_bytes() == whole
+
+
+def test_a_transformers_folder_is_a_checkpoint_as_everywhere(tmp_path, official_checkpoint, one_thread):
+    pytest.importorskip("transformers")
+    from bigl_sam import load_sam
+    from bigl_sam.hf import to_transformers
+
+    folder = tmp_path / "sam-folder"
+    to_transformers(load_sam(official_checkpoint("vit_test"))).save_pretrained(folder)
+    photos(tmp_path / "images", 1)
+    assert embed(tmp_path / "images", tmp_path / "out", "--model", "vit_test", "--checkpoint", folder) == 0
+    assert len(records(tmp_path / "out")["img0.png"]["weights_sha256"][0]) == 64
+
+
 def test_torchrun_finishes_a_half_done_folder_with_each_image_once(tmp_path, monkeypatch, one_thread):
     images = photos(tmp_path / "images", 3)
     (tmp_path / "images" / "broken.png").write_bytes(b"not an image")
@@ -179,7 +212,7 @@ def test_every_rank_refuses_a_folder_of_another_run_in_one_line(tmp_path, offici
     for process, _, stderr in finished:
         errors = [line for line in stderr.splitlines() if line.startswith("bigl-sam embed: error: ")]
         assert process.returncode == 2 and len(errors) == 1, stderr[-2000:]
-        assert "holds embeddings of another run (img0.png: weights_files" in errors[0], errors[0]
+        assert "holds embeddings of another run (img0.png: weights_sha256 ([] -> [sha256 " in errors[0], errors[0]
     assert sorted(records(out)) == ["img0.png"]  # nothing written by either rank
 
 
@@ -202,6 +235,9 @@ def stored(folder: Path, features=None, **changes) -> Path:
     (None, {"model": "bigl_test", "keep_ratio": 0.25}, "is an embedding of bigl_test, this predictor runs vit_test"),
     (None, {"input_size": [1024, 1024]}, r"input_size \[1024, 1024\] is not original_size \[375, 500\] resized"),
     (None, {"original_size": "375x500"}, "original_size must be \\[height, width\\] in pixels"),
+    (None, {"original_size": [True, True]}, "original_size must be \\[height, width\\] in pixels"),
+    (None, {"original_size": [10**12, 10**12]}, "original_size: .* too large for SAM"),
+    (np.full((1, 256, 64, 64), np.nan, np.float32), {}, "embedding holds NaN or infinite values"),
 ])
 def test_an_embedding_that_does_not_fit_is_refused_in_one_line(tmp_path, vit_predictor, features, changes, message):
     if features is not None and features.dtype != np.float32:  # save_embedding writes float32 only
@@ -213,6 +249,14 @@ def test_an_embedding_that_does_not_fit_is_refused_in_one_line(tmp_path, vit_pre
         set_embedding(vit_predictor, path)
     assert "\n" not in str(err.value) and str(path.with_suffix("")) in str(err.value)  # a.png.npy or .json
     assert not vit_predictor.is_image_set
+
+
+def test_a_predictor_whose_model_has_no_name_is_refused_in_one_line(tmp_path, vit_predictor):
+    plain = copy.deepcopy(vit_predictor.model)
+    del plain.config  # as segment_anything's own build_sam makes it
+    with pytest.raises(EmbeddingError, match="model has no registry name .* give set_embedding\\(..., model="):
+        set_embedding(SamPredictor(plain), stored(tmp_path))
+    assert set_embedding(SamPredictor(plain), stored(tmp_path), model="vit_test").original_size == (375, 500)
 
 
 def test_missing_or_broken_files_are_refused_in_one_line(tmp_path, vit_predictor):
@@ -238,14 +282,14 @@ def test_embed_bad_arguments_are_one_line_exit_2(tmp_path, capsys):
     (tmp_path / "out" / "img0.png.npy").write_bytes((tmp_path / "out" / "a.png.npy").read_bytes())
     (tmp_path / "out" / "img0.png.json").write_text(json.dumps({
         "image": "img0.png", "original_size": [375, 500], "input_size": [768, 1024], "model": "bigl_test",
-        "weights_files": [], "keep_ratio": 0.25, "dtype": "float32"}))
+        "weights_sha256": [], "keep_ratio": 0.25, "dtype": "float32"}))
     cases = [
         (["--images", tmp_path / "nowhere", "--out", tmp_path / "x", "--model", "vit_test"], "no such folder"),
         (["--images", tmp_path / "out", "--out", tmp_path / "x", "--model", "vit_test"], "no .jpg/"),
         (["--images", tmp_path / "images", "--out", tmp_path / "x", "--model", "vit_test", "--keep-ratio", 0.5],
          "vit_test is SAM's own encoder"),
         (["--images", tmp_path / "images", "--out", tmp_path / "out", "--model", "vit_test"],
-         "holds embeddings of another run (img0.png: model 'bigl_test', keep_ratio 0.25)"),
+         "holds embeddings of another run (img0.png: keep_ratio (0.25 -> null), model (bigl_test -> vit_test))"),
     ]
     for arguments, message in cases:
         capsys.readouterr()

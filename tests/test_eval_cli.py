@@ -12,11 +12,15 @@ import sys
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 from bigl_sam.cli import main
 from bigl_sam.evaluation import cli, runner
 from bigl_sam.evaluation.coco import CocoInstances
+from bigl_sam.pretrained import CHECKPOINT, WeightsChoice
 from eval_coco_data import make_coco_dataset
 
 
@@ -152,8 +156,35 @@ def test_an_annotation_file_edited_in_place_starts_a_new_run(data, models, tmp_p
     coco = json.loads(edited["annotations"].read_text())
     coco["annotations"][0]["bbox"] = [0, 0, 10, 10]  # same path, other content
     edited["annotations"].write_text(json.dumps(coco))
-    assert run_eval(capsys, edited, models[:1], out, "--max-images", "1")[0] == 0 and len(encodes) == 2
+    code, _, err = run_eval(capsys, edited, models[:1], out, "--max-images", "1")
+    assert code == 0 and len(encodes) == 2
     assert len(list((out / "runs").iterdir())) == 2
+    assert "vit_test: a new run in " in err and "made with other settings (annotations_sha256 (sha256 " in err
+
+
+def test_an_image_replaced_under_its_name_is_scored_again(first_run, data, models, tmp_path, capsys, encodes):
+    out, images = tmp_path / "out", tmp_path / "images"
+    shutil.copytree(first_run[0], out)
+    shutil.copytree(data["images"], images)
+    gray = np.asarray(Image.open(images / "gray.png"))
+    Image.fromarray(255 - gray).save(images / "gray.png")  # another picture, same size, same name
+    code, _, err = run_eval(capsys, dict(data, images=images), models, out)
+    assert code == 0 and len(encodes) == 4, err  # images 1 and 6 (both gray.png) again, for each model
+    assert "2 images changed since they were scored (e.g. gray.png): scoring them again" in err
+
+
+def test_weights_replaced_in_place_are_another_run(tmp_path, student_checkpoint):
+    """The same path, size and modification time, other bytes: not the same weights."""
+    checkpoint = tmp_path / "bigl_test.pth"
+    original = student_checkpoint("bigl_test").read_bytes()
+    checkpoint.write_bytes(original)
+    spec = runner.ModelSpec("bigl_test", WeightsChoice("bigl_test", CHECKPOINT, tmp_path, (checkpoint,)))
+    model = spec.load(torch.device("cpu"))
+    stat = checkpoint.stat()
+    before = spec.settings(model)
+    checkpoint.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    os.utime(checkpoint, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert spec.settings(model) != before
 
 
 def test_skip_lines_go_through_tqdm_write(data, models, tmp_path, capsys, monkeypatch):

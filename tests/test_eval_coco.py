@@ -119,6 +119,12 @@ DELETE = object()
         (_set("annotations", 1, "segmentation", {"size": [40, 64], "counts": "abc"}),
          r"annotation 2: RLE of size \[40, 64\], but image 1 is \[48, 64\]"),
         (_set("annotations", 0, "bbox", [1, 2, 3]), "annotation 1: bbox must be 4 numbers"),
+        (_set("annotations", 0, "bbox", [10, 10, -5, 4]), "annotation 1: bbox .* negative width or height"),
+        (_set("annotations", 0, "bbox", [10, 10, 5, -4]), "annotation 1: bbox .* negative width or height"),
+        (_set("annotations", 0, "bbox", [60, 10, 30, 4]), "annotation 1: bbox .* reaches outside image 1 "
+                                                           r"\(64 x 48 pixels"),
+        (_set("annotations", 0, "bbox", [-20, 10, 5, 4]), "annotation 1: bbox .* reaches outside image 1"),
+        (_set("annotations", 0, "bbox", [1, 200, 5, 4]), "annotation 1: bbox .* reaches outside image 1"),
         (_set("images", 1, "file_name", DELETE), "image 2 has no file_name"),
         (_set("images", 1, "height", DELETE), "image 2: height must be a positive integer, got None"),
         (_set("images", 1, "width", DELETE), "image 2: width must be a positive integer, got None"),

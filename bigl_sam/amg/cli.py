@@ -7,31 +7,33 @@ COCO file (`outputs.py`). Resumes after a kill; shards over processes under `tor
 import argparse
 import sys
 from pathlib import Path
-from typing import List
+from typing import TYPE_CHECKING, List
 
 from tqdm import tqdm
 
-from .. import distributed
 from ..errors import BiglSamError
-from ..evaluation.sharding import Shard, gather_to_main
-from ..images import IMAGE_SUFFIXES, load_image
+from ..images import IMAGE_SUFFIXES
+from ..modeling.config import check_keep_ratio_applies, get_config
 from ..options import add_device_options, add_model_options, model_spec
-from ..pretrained import weights_lines
-from . import bench, outputs
-from .generator import MaskGenerator
+from . import outputs
 from .settings import add_setting_arguments, settings_from_args
+
+if TYPE_CHECKING:  # annotations only: --help imports no torch
+    from .generator import MaskGenerator
 
 OUTPUT_MODES = ("binary_mask", "coco_rle")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--images", required=True, type=Path, help="folder of the images (not its subfolders)")
-    parser.add_argument("--out", type=Path, default=None, help="folder of the masks (resumes what it holds)")
+    parser.add_argument("--images", required=True, type=Path, metavar="DIR",
+                        help="folder of the images (not its subfolders)")
+    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help="folder of the masks (resumes what it holds)")
     add_model_options(parser, default_model="bigl_b_t")
     parser.add_argument("--output-mode", choices=OUTPUT_MODES, default="binary_mask",
                         help="per image: a folder of PNG masks and metadata.csv, or a JSON of COCO RLEs (as SAM's "
-                             "scripts/amg.py); masks_coco.json for the whole folder either way")
-    parser.add_argument("--max-images", type=int, default=None, help="the first N images (by file name)")
+                             f"scripts/amg.py); {outputs.COCO_FILE} for the whole folder either way")
+    parser.add_argument("--max-images", type=int, default=None, metavar="N", help="the first N images (by file name)")
     add_device_options(parser)
     parser.add_argument("--bench", action="store_true",
                         help="time SAM's SamAutomaticMaskGenerator and this generator on the images instead "
@@ -48,7 +50,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .. import distributed  # here, not at the top: torch, which --help does without
+    from ..evaluation.sharding import Shard, gather_to_main
+    from ..pretrained import weights_lines
+    from . import bench
+    from .generator import MaskGenerator
+
     settings = settings_from_args(args)
+    check_keep_ratio_applies(get_config(args.model), args.keep_ratio, args.model)
     spec = model_spec(args, args.model, args.checkpoint)
     files = image_files(args.images, args.max_images)
     if args.bench:
@@ -62,6 +71,11 @@ def run(args: argparse.Namespace) -> int:
     if twins:
         raise BiglSamError(f"{args.images}: images share a name without suffix ({', '.join(twins[:3])}): their "
                            "masks would land in one folder")
+    coco_stem = Path(outputs.COCO_FILE).stem
+    if args.output_mode == "coco_rle" and coco_stem in names:
+        clash = files[names.index(coco_stem)].name
+        raise BiglSamError(f"{args.images}: the masks of {clash} would be {outputs.COCO_FILE}, the folder's COCO "
+                           "file: rename the image, or use --output-mode binary_mask")
     process = distributed.start(args.device, backend="gloo")
     shard = Shard(process.rank, process.world_size)
     model = spec.load(process.device)
@@ -79,20 +93,29 @@ def run(args: argparse.Namespace) -> int:
     skipped = gather_to_main(skipped, shard)
     if not shard.is_main:
         return 0
-    done = [path.stem for path in files if outputs.record_path(args.out, path.stem).is_file()]
+    done = [path for path in files if outputs.read_record(args.out, path.stem) is not None]
     if not done:
         raise BiglSamError(f"no image could be read in {args.images}, e.g. {skipped[0]}")
-    coco = outputs.write_coco(args.out, done, skipped)
+    coco, masks, empty = outputs.write_coco(args.out, [path.stem for path in done], skipped)
     for reason in skipped:
         print(f"skipped {reason}", file=sys.stderr)
-    print(f"{len(done)} of {len(files)} images segmented, {len(skipped)} skipped; wrote {coco}", file=sys.stderr)
+    print(f"{len(done)} of {len(files)} images segmented ({masks} masks), {len(skipped)} skipped; wrote {coco}",
+          file=sys.stderr)
+    if empty:
+        print(f"note: in {empty} of {len(done)} images no mask passed the thresholds (--pred-iou-thresh "
+              f"{settings.pred_iou_thresh:g}, --stability-score-thresh {settings.stability_score_thresh:g}); "
+              f"random or untrained weights keep none at SAM's defaults: lower them", file=sys.stderr)
     return 0
 
 
-def _segment(generator: MaskGenerator, mine: List[Path], args: argparse.Namespace,
-             process: distributed.Process) -> List[str]:
-    """Segments this process's images that have no record yet; returns why images were skipped."""
-    todo = [path for path in mine if not outputs.record_path(args.out, path.stem).is_file()]
+def _segment(generator: "MaskGenerator", mine: List[Path], args: argparse.Namespace, process) -> List[str]:
+    """Segments this process's images that have no record of this very file yet; returns why images were
+    skipped."""
+    from .. import distributed
+    from ..fingerprint import image_fingerprint
+    from ..images import load_image
+
+    todo = [path for path in mine if not outputs.is_done(args.out, path)]
     if len(todo) < len(mine):
         tqdm.write(f"amg [rank {process.rank}]: {len(mine) - len(todo)} of {len(mine)} images already done in "
                    f"{args.out}, {len(todo)} to go", file=sys.stderr)
@@ -106,17 +129,20 @@ def _segment(generator: MaskGenerator, mine: List[Path], args: argparse.Namespac
             continue
         with autocast:
             masks = generator.generate(image)
-        outputs.write_image(args.out, path.stem, path.name, image.shape[:2], masks, args.output_mode)
+        outputs.write_image(args.out, path.stem, path.name, image_fingerprint(path), image.shape[:2], masks,
+                            args.output_mode)
     return skipped
 
 
 def image_files(folder: Path, max_images=None) -> List[Path]:
-    """The image files directly in `folder` (by suffix), sorted by name; the first `max_images`."""
+    """The image files directly in `folder` (by suffix), sorted by name; the first `max_images`. A broken or
+    looping symlink is listed too, to be reported as skipped."""
     if not folder.is_dir():
         raise BiglSamError(f"--images {folder}: not a folder")
     if max_images is not None and max_images < 1:
         raise BiglSamError(f"--max-images must be at least 1, got {max_images}")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in folder.iterdir()
+                   if (p.is_file() or p.is_symlink()) and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise BiglSamError(f"--images {folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
     return files[:max_images]

@@ -5,13 +5,12 @@ import argparse
 import math
 import os
 from dataclasses import dataclass, fields
-from typing import Any, Dict, Union
-
-import torch
-
-from segment_anything.utils.amg import generate_crop_boxes
+from typing import TYPE_CHECKING, Any, Dict, Union
 
 from ..errors import BiglSamError
+
+if TYPE_CHECKING:  # annotations only: --help imports no torch
+    import torch
 
 # More crops than this (crop_n_layers=3 makes 1 + 4 + 16 + 64 = 85) is refused: each crop is one more encoder
 # pass and one more point grid.
@@ -25,6 +24,24 @@ AUTO = "auto"
 AUTO_MEMORY_SHARE = 0.25
 MAX_AUTO_POINTS = 1024
 DECODER_EMBEDDINGS_PER_POINT = 7
+
+
+# A run of a tiny model (random weights) that takes seconds and keeps masks: 2 x 2 prompts, thresholds that
+# random weights pass (the settings of the command's own tests).
+SMOKE_RUN = ("--model vit_test --points-per-side 2 --pred-iou-thresh 0.02 --stability-score-thresh 0.6 "
+             "--stability-score-offset 0.02 --box-nms-thresh 1.0")
+SETTING_HELP = {
+    "points_per_side": "prompts per side of the point grid (N x N per crop)",
+    "pred_iou_thresh": "keep masks whose predicted IoU is at least X",
+    "stability_score_thresh": "keep masks whose stability score is at least X",
+    "stability_score_offset": "logit offset of the stability score",
+    "box_nms_thresh": "IoU of boxes above which a duplicate mask is dropped (1: keep all)",
+    "crop_n_layers": "crop layers (each crop is one more encoder pass)",
+    "crop_nms_thresh": "IoU of boxes above which a duplicate mask of another crop is dropped",
+    "crop_overlap_ratio": "overlap of neighbouring crops, as a share of the crop",
+    "crop_n_points_downscale_factor": "points per side divided by N in each crop layer",
+    "min_mask_region_area": "remove holes and islands smaller than N pixels (0: off)",
+}
 
 
 class AmgSettingsError(BiglSamError, ValueError):
@@ -77,10 +94,12 @@ class AmgSettings:
 
     def crop_boxes(self, height: int, width: int):
         """The crop boxes (x0, y0, x1, y1 pixels) and their layers, as SAM's generator makes them."""
+        from segment_anything.utils.amg import generate_crop_boxes
+
         return generate_crop_boxes((height, width), self.crop_n_layers, self.crop_overlap_ratio)
 
 
-def auto_points_per_batch(embedding_bytes: int, device: torch.device) -> int:
+def auto_points_per_batch(embedding_bytes: int, device: "torch.device") -> int:
     """The point batch for `points_per_batch="auto"`: the points whose decoder working set
     (DECODER_EMBEDDINGS_PER_POINT x `embedding_bytes`, one image embedding's size) fits in AUTO_MEMORY_SHARE of
     `device`'s free memory (the GPU's, or the system's available memory), between 1 and MAX_AUTO_POINTS."""
@@ -91,10 +110,12 @@ def auto_points_per_batch(embedding_bytes: int, device: torch.device) -> int:
     return max(1, min(MAX_AUTO_POINTS, points))
 
 
-def free_memory_bytes(device: torch.device):
+def free_memory_bytes(device: "torch.device"):
     """Free memory of `device` in bytes: the GPU's free memory, or the system's available memory for the CPU
     (None where the system does not say)."""
     if device.type == "cuda":
+        import torch
+
         return torch.cuda.mem_get_info(device)[0]
     try:
         with open("/proc/meminfo") as meminfo:
@@ -113,23 +134,29 @@ def _check(name: str, value, kind: type, low: float, high: float) -> None:
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if kind is int and not (is_number and float(value).is_integer()):
         raise AmgSettingsError(f"{name} must be a whole number, got {value!r}")
-    if not (is_number and low <= value <= high):  # NaN fails the comparison too
+    if is_number and not math.isfinite(value):
+        raise AmgSettingsError(f"{name} must be a finite number, got {value!r}")
+    if not (is_number and low <= value <= high):
         span = f"at least {low:g}" if high == math.inf else f"in [{low:g}, {high:g}]"
         raise AmgSettingsError(f"{name} must be {span}, got {value!r}")
 
 
 def add_setting_arguments(parser: argparse.ArgumentParser) -> None:
     """One `--points-per-side N` style option per setting, SAM's default as the default."""
-    group = parser.add_argument_group("generator settings (SAM's SamAutomaticMaskGenerator, same defaults)")
+    group = parser.add_argument_group(
+        "generator settings (SAM's SamAutomaticMaskGenerator, same defaults)",
+        f"At SAM's defaults an image is {AmgSettings.points_per_side}^2 prompts, and random or untrained weights "
+        f"(the tiny vit_test and bigl_test included) keep no mask. A smoke run that takes seconds and writes "
+        f"masks: {SMOKE_RUN}")
     for f in fields(AmgSettings):
         flag = f"--{f.name.replace('_', '-')}"
         if f.name == "points_per_batch":
-            group.add_argument(flag, type=_points_per_batch, default=f.default, metavar="N|auto",
-                               help=f"default {f.default}; {AUTO}: as many as fit in {AUTO_MEMORY_SHARE:g} of the "
+            group.add_argument(flag, type=_points_per_batch, default=f.default, metavar="N",
+                               help=f"a number, or {AUTO}: as many as fit in {AUTO_MEMORY_SHARE:g} of the "
                                     f"device's free memory, at most {MAX_AUTO_POINTS}")
             continue
         group.add_argument(flag, type=f.type, default=f.default, metavar="N" if f.type is int else "X",
-                           help=f"default {f.default:g}")
+                           help=SETTING_HELP[f.name])
 
 
 def _points_per_batch(text: str) -> Union[int, str]:

@@ -19,6 +19,7 @@ from ..distributed import DTYPES, autocast, note_bfloat16, pick_device
 from ..errors import BiglSamError
 from ..fileio import atomic_write_text, check_writable
 from ..onnx.cli import ONNX_INSTALL, require_onnx_extra
+from ..options import add_dtype_option
 from .clicks import bench_clicks
 from .encoders import BenchEncoder, build_encoder, keep_ratios, model_names
 from .inputs import DEFAULT_SIZE, BenchInput, bench_inputs, encoder_input
@@ -55,10 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=1,
                         help="untimed runs per row before the rounds (the first counts MACs, or compiles)")
     parser.add_argument("--batch", type=int, default=1, help="images per forward (GMACs are per image)")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", metavar="DEVICE", help="cpu, cuda or cuda:N")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--dtype", choices=list(DTYPES), default="float32",
-                        help="bfloat16: the encoders run under torch.autocast (CPU and GPU)")
+    add_dtype_option(parser, "the encoders")
     parser.add_argument("--compile", action="store_true",
                         help="also time each encoder compiled by torch.compile (compile time reported apart)")
     parser.add_argument("--clicks", type=int, default=20,

@@ -1,5 +1,6 @@
-"""The scripted endpoint, for `gradio_client` users (a client cannot send click events): an image and
-numeric prompts in, the mask out."""
+"""The scripted endpoints, for `gradio_client` users (a client cannot send click events): `segment` (an
+image and numeric prompts in, the mask out) and `everything` (an image in, every mask out). Sizes are
+(height, width) pixels, as SAM's `original_size`; points and boxes are (x, y) pixels."""
 
 import hashlib
 from dataclasses import dataclass
@@ -8,12 +9,14 @@ from typing import List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from ..errors import BiglSamError
+from ..fileio import atomic_write
 from ..images import load_image
 from .inference import Encoding, check_point_count, decode_click, encode_image
 from .models import DemoModel
-from .render import save_mask_png, working_image
+from .render import color_masks, save_mask_png, working_image
 
 
 @dataclass(frozen=True)
@@ -67,15 +70,47 @@ def segment(
         "model": model.name,
         "trained": model.trained,
         "weights": model.weights_label,
-        "size": list(original.shape[:2]),
+        "original_size": list(original.shape[:2]),
         "scores": [round(float(v), 4) for v in prediction.scores],
         "chosen": prediction.best,
         "keep_ratio": cache.encoding.keep_ratio,
         "encoded": not reused,
-        "encoder_ms": round(cache.encoding.seconds * 1000, 1),
+        "encoder_ms": 0.0 if reused else round(cache.encoding.seconds * 1000, 1),  # this call's time only
         "decoder_ms": round(prediction.seconds * 1000, 1),
     }
     return str(save_mask_png(mask, workdir)), info, cache
+
+
+def everything(handlers, workdir: Path, source, keep_ratio: Optional[float] = None) -> Tuple[str, dict]:
+    """Image in, every mask out, on its own (no upload call first): `handlers.everything_masks` (the page's
+    Everything, SAM's automatic mask generator) on the image as the page shows it (long side at most
+    `render.MAX_SIDE`). Returns the picture with the masks coloured in (a PNG path) and info: the masks as
+    COCO RLEs at `mask_size` (H, W), with their boxes (XYWH), areas and scores."""
+    if source is None:
+        raise BiglSamError("everything: no image given; send an image file")
+    original = load_image(source)
+    image, _ = working_image(original)
+    masks, seconds, used = handlers.everything_masks(image, keep_ratio)
+    picture = color_masks(image, [m["segmentation"] for m in masks])
+    path = Path(workdir) / f"everything-{hashlib.sha1(picture.tobytes()).hexdigest()[:16]}.png"
+    atomic_write(path, lambda f: Image.fromarray(picture).save(f, format="PNG", compress_level=1))
+    info = {
+        "model": handlers.models.main.name,
+        "original_size": list(original.shape[:2]),
+        "mask_size": list(image.shape[:2]),
+        "keep_ratio": used,
+        "seconds": round(seconds, 2),
+        "masks": [{**{k: m[k] for k in ("bbox", "area", "predicted_iou", "stability_score")},
+                   "segmentation": _coco_rle(m["segmentation"])} for m in masks],
+    }
+    return str(path), info
+
+
+def _coco_rle(mask: np.ndarray) -> dict:
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
 def _resize_mask(mask: np.ndarray, size: Tuple[int, int]) -> np.ndarray:

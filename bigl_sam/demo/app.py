@@ -11,13 +11,16 @@ from typing import List, NamedTuple, Optional, Sequence
 import gradio as gr
 
 from ..errors import BiglSamError
-from .api import segment
+from .api import everything, segment
 from .handlers import DemoHandlers, View
 from .models import untrained_banner
 from .session import MODES, Session
 
 ENCODER_CONCURRENCY = 1  # image encodes at once (each one already uses every core)
 DECODER_CONCURRENCY = 4  # clicks at once (milliseconds each)
+# "Everything" runs (SAM's automatic masks: minutes on a CPU) at once, in a queue of their own: a long one
+# never holds up another user's upload or click (those share the cores with it for a while, nothing more).
+EVERYTHING_CONCURRENCY = 1
 QUEUE_SIZE = 64
 MAX_UPLOAD = "20mb"
 SESSION_CAPACITY = 100  # sessions kept in memory (each holds an image, its embeddings and masks)
@@ -83,7 +86,8 @@ def build_app(handlers: DemoHandlers, examples: Sequence[Path] = ()) -> gr.Block
         if banner:
             gr.Markdown(banner, elem_id="bigl-banner")
         _wire(_page(handlers, examples), handlers)
-        _scripted_endpoint(_user_errors(partial(segment, handlers.models.main, handlers.workdir)))
+        _scripted_endpoints(_user_errors(partial(segment, handlers.models.main, handlers.workdir)),
+                            _user_errors(partial(everything, handlers, handlers.workdir)))
     return app
 
 
@@ -182,13 +186,14 @@ def _wire(page: Page, handlers: DemoHandlers) -> None:
     page.mode.change(step(handlers.set_mode), [state, page.mode], outputs, **decoder)
     page.undo.click(step(handlers.undo), [state], outputs, **decoder)
     page.clear.click(step(handlers.clear), [state], outputs, **decoder)
-    page.everything.click(step(handlers.everything), [state, page.keep_ratio], outputs, api_name="everything",
-                          concurrency_id="encoder", concurrency_limit=ENCODER_CONCURRENCY)
+    page.everything.click(step(handlers.everything), [state, page.keep_ratio], outputs, concurrency_id="everything",
+                          concurrency_limit=EVERYTHING_CONCURRENCY, **hidden)
 
 
-def _scripted_endpoint(fn) -> None:
+def _scripted_endpoints(segment_fn, everything_fn) -> None:
     """`/segment` for gradio_client: (image, points, box, keep_ratio) -> (mask PNG, info). Its State keeps the
-    last embedding per client, so repeated calls on one image skip the encoder."""
+    last embedding per client, so repeated calls on one image skip the encoder. `/everything`: (image,
+    keep_ratio) -> (picture with every mask coloured in, info with the masks), in Everything's queue."""
     with gr.Row(visible=False):
         image = image_input(label="image")
         points = gr.JSON(label="points: [[x, y, label], ...] in image pixels, label 1 object / 0 background")
@@ -199,13 +204,22 @@ def _scripted_endpoint(fn) -> None:
         cache = gr.State(None, time_to_live=SESSION_TTL_S)
         button = gr.Button()
     button.click(
-        fn,
+        segment_fn,
         [image, points, box, keep_ratio, cache],
         [mask, info, cache],
         api_name="segment",
         concurrency_id="encoder",
         concurrency_limit=ENCODER_CONCURRENCY,
     )
+    with gr.Row(visible=False):
+        everything_image = image_input(label="image")
+        everything_ratio = gr.Number(label="keep_ratio (students; null: the model's)")
+        picture = gr.Image(type="filepath", format="png", label="every mask coloured in")
+        everything_info = gr.JSON(label="info")
+        everything_button = gr.Button()
+    everything_button.click(everything_fn, [everything_image, everything_ratio], [picture, everything_info],
+                            api_name="everything", concurrency_id="everything",
+                            concurrency_limit=EVERYTHING_CONCURRENCY)
 
 
 def launch(app: gr.Blocks, host: str, port: Optional[int], workdir: Path, block: bool = True) -> str:

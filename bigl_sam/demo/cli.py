@@ -4,18 +4,15 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
-import torch
-
-from ..distributed import DTYPES, note_bfloat16
 from ..errors import BiglSamError
 from ..images import IMAGE_SUFFIXES
 from ..modeling.config import MODEL_CONFIGS
-from ..options import add_model_options
-from ..pretrained import weights_lines
-from .inference import compile_decoder
-from .models import DemoModels, load_demo_models
+from ..options import add_dtype_option, add_model_options
+
+if TYPE_CHECKING:  # annotations only: --help imports no torch
+    from .models import DemoModels
 
 # The repository's own drawn examples (absent from a wheel install: then the page has none).
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "demo" / "examples"
@@ -28,13 +25,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser, default_model="bigl_b_t")
     add("--compare", choices=names, help="also run this model (e.g. vit_h) on the same clicks")
     add("--compare-checkpoint", type=Path, metavar="PATH", help="weights of the --compare model")
-    add("--dtype", choices=tuple(DTYPES), default="float32",
-        help="the image encoder's precision (bfloat16: autocast; default float32)")
+    add_dtype_option(parser, "the image encoder")
     add("--examples", type=Path, metavar="DIR",
         help="folder of example images (default: the repository's demo/examples, where there is one)")
-    add("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: the whole network)")
-    add("--port", type=int, default=7860, help="port to serve on")
-    add("--no-compile", action="store_true", help="skip compiling the mask decoder (faster start, slower clicks)")
+    add("--host", default="127.0.0.1", metavar="ADDRESS", help="address to serve on (0.0.0.0: the whole network)")
+    add("--port", type=int, default=7860, metavar="N", help="port to serve on")
+    add("--no-compile", action="store_true",
+        help="skip compiling the mask decoder: starts sooner (the compile takes 7 s to over 2 min on a CPU, by "
+             "load and cache), each click 1.6 to 1.8 times slower (docs/benchmark.md, One demo click)")
 
 
 def example_images(folder: Optional[Path] = None) -> List[Path]:
@@ -50,7 +48,9 @@ def example_images(folder: Optional[Path] = None) -> List[Path]:
     return images
 
 
-def _compile_decoders(models: DemoModels) -> None:
+def _compile_decoders(models: "DemoModels") -> None:
+    from .inference import compile_decoder
+
     for demo_model in models.shown:
         print(f"compiling {demo_model.name}'s mask decoder for fast clicks (--no-compile skips it)...", flush=True)
         try:
@@ -61,6 +61,12 @@ def _compile_decoders(models: DemoModels) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch  # here, not at the top, as the rest: --help does without them
+
+    from ..distributed import DTYPES, note_bfloat16
+    from ..pretrained import weights_lines
+    from .models import load_demo_models
+
     if not 0 <= args.port <= MAX_PORT:
         raise BiglSamError(f"--port must be in 0-{MAX_PORT}, got {args.port}")
     examples = example_images(args.examples)
@@ -77,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory(prefix="bigl-sam-demo-") as workdir:
         handlers = DemoHandlers(models, Path(workdir))
+        print(f"Everything: {handlers.decoder_seconds_per_prompt() * 1000:.1f} ms of decoder per point prompt "
+              f"(measured; the page estimates each run from it)", flush=True)
         app = build_app(handlers, examples)
         try:
             launch(app, args.host, args.port, Path(workdir))

@@ -19,6 +19,9 @@ from .session import MODES, Session
 
 MAIN, COMPARE = "main", "compare"
 EVERYTHING = " Everything: "  # starts the note of the last "Everything" run
+# The decoder's time per point prompt is measured on one batch of this many prompts (a grid of side
+# TIMED_POINTS_PER_SIDE on a blank image).
+TIMED_POINTS_PER_SIDE = 4
 
 
 class View(NamedTuple):
@@ -37,6 +40,7 @@ class DemoHandlers:
         self.models = models
         self.workdir = Path(workdir)
         self.everything_settings = AmgSettings()  # SAM's generator defaults
+        self._prompt_seconds: Optional[float] = None  # `decoder_seconds_per_prompt`, once measured
 
     def _roles(self):
         yield MAIN, self.models.main
@@ -84,9 +88,17 @@ class DemoHandlers:
         return self._decode(replace(session, encodings=encodings))
 
     def everything(self, session: Session, keep_ratio: Optional[float] = None) -> Session:
-        """Every mask of the image (SAM's automatic mask generator, `bigl_sam.amg`) with the main model at
-        `keep_ratio` (students; None: the model's), coloured on the image until the next click."""
+        """Every mask of the image (`everything_masks`), coloured on the image until the next click."""
         image = _require_image(session)
+        masks, seconds, used = self.everything_masks(image, keep_ratio)
+        ratio = f" at keep ratio {used:.2f}" if used is not None else ""
+        note = f"{session.note.split(EVERYTHING)[0]}{EVERYTHING}{len(masks)} masks in {seconds:.1f} s{ratio}."
+        picture = color_masks(image, [m["segmentation"] for m in masks])
+        return replace(session.cleared(), everything=picture, note=note)
+
+    def everything_masks(self, image: np.ndarray, keep_ratio: Optional[float] = None):
+        """SAM's automatic masks of `image` (`bigl_sam.amg`, `everything_settings`) with the main model at
+        `keep_ratio` (students; None: the model's): (records, seconds, keep ratio used or None)."""
         main = self.models.main
         encoder = main.model.image_encoder
         model_ratio = encoder.keep_ratio if main.is_student else None
@@ -94,15 +106,39 @@ class DemoHandlers:
         try:
             if main.is_student and keep_ratio is not None:
                 encoder.keep_ratio = check_keep_ratio(keep_ratio, "keep ratio")
+            used = encoder.keep_ratio if main.is_student else None
             masks = MaskGenerator(main.model, **self.everything_settings.as_kwargs()).generate(image)
         finally:
             if main.is_student:
                 encoder.keep_ratio = model_ratio
-        seconds = time.perf_counter() - start
-        ratio = f" at keep ratio {keep_ratio if keep_ratio is not None else model_ratio:.2f}" if main.is_student else ""
-        note = f"{session.note.split(EVERYTHING)[0]}{EVERYTHING}{len(masks)} masks in {seconds:.1f} s{ratio}."
-        picture = color_masks(image, [m["segmentation"] for m in masks])
-        return replace(session.cleared(), everything=picture, note=note)
+        return masks, time.perf_counter() - start, used
+
+    def decoder_seconds_per_prompt(self) -> float:
+        """The main model's decoder time per point prompt in Everything, measured once on this machine: one
+        batch of TIMED_POINTS_PER_SIDE^2 prompts of the generator on a blank image."""
+        if self._prompt_seconds is None:
+            side = TIMED_POINTS_PER_SIDE
+            generator = MaskGenerator(self.models.main.model, points_per_side=side, points_per_batch=side * side)
+            generator.generate(np.zeros((4 * side, 4 * side, 3), np.uint8))
+            self._prompt_seconds = generator.seconds["decoder"] / side**2
+        return self._prompt_seconds
+
+    def everything_estimate(self, image: np.ndarray, encoder_seconds: float) -> str:
+        """What Everything will cost on `image`, before it starts: one encoder pass per crop (`encoder_seconds`:
+        this image's) plus the decoder per point prompt (`decoder_seconds_per_prompt`, which `bigl-sam demo`
+        measures at start-up; "" until it is measured)."""
+        if self._prompt_seconds is None:
+            return ""
+        settings = self.everything_settings
+        boxes, layers = settings.crop_boxes(*image.shape[:2])
+        per_side = [settings.points_per_side // settings.crop_n_points_downscale_factor**layer for layer in layers]
+        prompts = sum(side * side for side in per_side)
+        per_prompt = self.decoder_seconds_per_prompt()
+        total = len(boxes) * encoder_seconds + prompts * per_prompt
+        return (f"**Everything** will take about {_duration(total)} here: {len(boxes)} image encoder pass"
+                f"{'es' if len(boxes) > 1 else ''} and {prompts} point prompts at {per_prompt * 1000:.1f} ms each "
+                "(the decoder's time per prompt, measured on this server), more if many masks pass the "
+                "thresholds. It runs apart from clicks and uploads, one at a time.")
 
     def choose(self, session: Session, index: int) -> Session:
         prediction = session.predictions.get(MAIN)
@@ -175,13 +211,19 @@ class DemoHandlers:
         hint = "Click on the image to add a point." if prompts.empty else f"Prompts: {prompts.describe()}."
         if prompts.corner is not None:
             hint = "Click the opposite corner of the box."
-        return "\n".join(rows) + f"\n\n**Click mode: {session.mode}.** {hint} {session.note}"
+        estimate = self.everything_estimate(session.image, main.seconds)
+        status = "\n".join(rows) + f"\n\n**Click mode: {session.mode}.** {hint} {session.note}"
+        return status + (f"\n\n{estimate}" if estimate else "")
 
 
 def _require_image(session: Session) -> np.ndarray:
     if session.image is None:
         raise BiglSamError("no image yet: upload an image or pick an example first")
     return session.image
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
 def _size(image: np.ndarray) -> str:

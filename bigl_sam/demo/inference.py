@@ -4,6 +4,7 @@ Nothing here stores state on the model, so one model serves concurrent sessions:
 own `Encoding` (the role `SamPredictor.set_image` plays) and passes it to `decode_click`.
 """
 
+import logging
 import time
 import weakref
 from dataclasses import dataclass
@@ -154,6 +155,9 @@ def compile_decoder(model: Sam) -> float:
     (dtype, strides, inference flag; grad mode is set by `decode_click` itself, whatever the thread) hold
     for the first click a server's worker thread makes, and it is not compiled again.
     """
+    # TorchInductor's C++ builder imports torch.utils.cpp_extension, which warns "No CUDA runtime is found"
+    # on any CPU machine with a CUDA toolkit installed: a fact of the machine, not of this compile.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     decoder = model.mask_decoder
     decoder.forward = torch.compile(decoder.forward, dynamic=True)
     start = time.perf_counter()

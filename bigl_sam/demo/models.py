@@ -10,6 +10,7 @@ from typing import List, Optional, Union
 import torch
 from segment_anything.modeling import Sam
 
+from ..cli import program
 from ..errors import BiglSamError
 from ..modeling.config import check_keep_ratio, check_keep_ratio_applies, is_student
 from ..pretrained import WeightsChoice, choose_weights, load_chosen, sam_vit_label
@@ -97,7 +98,7 @@ def untrained_banner(models: DemoModels) -> str:
         return ""
     names = ", ".join(m.name for m in untrained)
     wanted = list(dict.fromkeys(file for m in untrained for file in m.weights.wanted))
-    downloads = " and ".join(f"`bigl-sam weights download {file}`" for file in wanted)
+    downloads = " and ".join(f"`{program()} weights download {file}`" for file in wanted)
     folder = untrained[0].weights.folder
     banner = f"⚠️ **Random weights ({names}): the masks below are noise.** No weights were found in `{folder}`."
     if wanted:
@@ -106,7 +107,7 @@ def untrained_banner(models: DemoModels) -> str:
             banner += (
                 ": the demo builds the student from them, and at keep ratio 1.0 it is exactly SAM "
                 f"{sam_vit_label(models.main.name)}. No trained big.LITTLE student has been published yet; below "
-                "1.0 the routing is untrained until one is distilled (`bigl-sam distill`, docs/distillation.md)"
+                f"1.0 the routing is untrained until one is distilled (`{program()} distill`, docs/distillation.md)"
             )
         banner += "."
     return banner + " Or start the demo with `--checkpoint PATH`."

@@ -23,6 +23,10 @@ from .protocol import box_xywh_to_xyxy
 
 MIN_AREA = 1.0
 
+# How far (pixels) a ground-truth box may reach past its image's border: boxes computed from polygon
+# coordinates can round past it by a fraction of a pixel.
+BOX_SLACK_PIXELS = 1.0
+
 
 @dataclass
 class Instance:
@@ -174,6 +178,7 @@ def _check_annotation(path: Path, ann, images: dict) -> None:
     bbox = ann.get("bbox")
     if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
         raise BiglSamError(f"{name}: bbox must be 4 numbers [x, y, width, height], got {bbox!r}")
+    _check_box_in_image(name, bbox, image)
     segmentation = ann.get("segmentation")
     if isinstance(segmentation, list):
         if not segmentation:
@@ -191,6 +196,18 @@ def _check_annotation(path: Path, ann, images: dict) -> None:
                                f"[{image['height']}, {image['width']}] (height, width)")
     else:
         raise BiglSamError(f"{name}: segmentation must be polygons or an RLE, got {type(segmentation).__name__}")
+
+
+def _check_box_in_image(name: str, bbox: List[float], image: dict) -> None:
+    """The box [x, y, width, height] has no negative size and lies in its image, up to BOX_SLACK_PIXELS
+    (boxes computed from polygons may round past the border)."""
+    x, y, width, height = bbox
+    if width < 0 or height < 0:
+        raise BiglSamError(f"{name}: bbox {bbox} has a negative width or height")
+    if (min(x, y) < -BOX_SLACK_PIXELS or x + width > image["width"] + BOX_SLACK_PIXELS
+            or y + height > image["height"] + BOX_SLACK_PIXELS):
+        raise BiglSamError(f"{name}: bbox {bbox} [x, y, width, height] reaches outside image {image['id']} "
+                           f"({image['width']} x {image['height']} pixels, width x height)")
 
 
 def _is_number(value) -> bool:

@@ -20,13 +20,13 @@ DEFAULT_CLICKS = 5
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `eval coco` besides those every benchmark has."""
     parser.add_argument("--annotations", required=True, type=Path, help="COCO instances JSON")
-    parser.add_argument("--protocol", default=DEFAULT_PRESET, metavar="{" + ",".join(PRESETS) + "}",
-                        help="whose evaluation protocol (docs/evaluation.md)")
-    parser.add_argument("--prompt", choices=PROMPTS, default="box")
+    parser.add_argument("--protocol", default=DEFAULT_PRESET, metavar="NAME",
+                        help=f"whose evaluation protocol: {', '.join(PRESETS)} (docs/evaluation.md)")
+    parser.add_argument("--prompt", choices=PROMPTS, default="box", help="what prompts each instance")
     parser.add_argument("--clicks", type=int, default=None,
                         help=f"clicks in all for --prompt clicks (default {DEFAULT_CLICKS})")
     parser.add_argument("--select", choices=SELECTIONS, default=None, help="default: the protocol's")
-    parser.add_argument("--boxes", type=Path, default=None, metavar="DETECTIONS.json",
+    parser.add_argument("--boxes", type=Path, default=None, metavar="PATH",
                         help="COCO results file of box detections: prompt with them and report mask AP")
     parser.add_argument("--score-threshold", type=float, default=None,
                         help="with --boxes: the lowest score kept, in [0, 1] (default 0: every detection)")

@@ -46,8 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ignore-value", type=int, default=None,
                         help="mask value that counts nowhere (GrabCut: 128)")
     parser.add_argument("--union", action="store_true", help="one object of all mask values, not one per value")
-    parser.add_argument("--max-clicks", type=int, default=DEFAULT_MAX_CLICKS)
-    parser.add_argument("--select", choices=SELECTIONS, default="argmax")
+    parser.add_argument("--max-clicks", type=int, default=DEFAULT_MAX_CLICKS, metavar="N",
+                        help="clicks per instance at most")
+    parser.add_argument("--select", choices=SELECTIONS, default="argmax",
+                        help="which of the decoder's masks each click keeps")
     parser.add_argument("--feed-logits", action="store_true",
                         help="give each round the previous round's low-res logits as mask input")
 

@@ -9,6 +9,7 @@ records, each model's numbers (`summarize`), the table of all models (`markdown_
 says beside them (`report_fields`).
 """
 
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -23,11 +24,12 @@ from tqdm import tqdm
 
 from ..distributed import autocast, torch_dtype
 from ..errors import BiglSamError
+from ..fingerprint import changed_line, image_fingerprint, weights_fingerprint
 from ..images import UPRIGHT, load_image, orientation_tag
 from ..modeling.config import check_keep_ratio, get_config, keep_ratio_of
 from ..pretrained import WeightsChoice, load_chosen
 from .decoding import DecoderClock
-from .records import RecordLog, run_directory
+from .records import SETTINGS_FILE, RecordLog, run_directory
 from .sharding import Shard, gather_to_main
 
 RANDOM_WEIGHTS_SEED = 0  # every process and every rerun builds the same random model
@@ -52,13 +54,11 @@ class ModelSpec:
         return self.weights.random
 
     def settings(self, model: Sam) -> dict:
-        """What identifies this model's results: name, weights files (path, size, time) and the keep ratio it
-        runs at. Called after `load`, which has checked that the files exist."""
-        files = [
-            {"path": str(path.resolve()), "bytes": path.stat().st_size, "mtime_ns": path.stat().st_mtime_ns}
-            for path in self.weights.files
-        ]
-        return {"model": self.name, "weights": files or None, "keep_ratio": keep_ratio_of(model)}
+        """What identifies this model's results: name, the content of its weights files (sha256, so a file
+        replaced under the same name starts another run) and the keep ratio it runs at. Called after
+        `load`, which has checked that the files exist."""
+        fingerprints = [weights_fingerprint(path) for path in self.weights.files]
+        return {"model": self.name, "weights_sha256": fingerprints or None, "keep_ratio": keep_ratio_of(model)}
 
     def load(self, device: torch.device) -> Sam:
         if self.random_weights:
@@ -142,10 +142,21 @@ class Evaluation:
         if self.job.results_depend_on_sharding:
             settings["world_size"] = self.shard.world_size
         self.settings.append(settings)
+        earlier = _runs(self.out_dir, spec.name)
         run_dir = run_directory(self.out_dir, spec.name, settings)
+        if self.shard.is_main and earlier and all(found != settings for _, found in earlier):
+            latest, found = earlier[-1]
+            tqdm.write(f"{spec.name}: a new run in {run_dir}, as {latest} was made with other settings "
+                       f"({changed_line(found, settings)})", file=sys.stderr)
         log = RecordLog(run_dir, self.shard.rank)
         done = log.read()
         mine = self.shard.take(self.job.image_ids)
+        changed = [i for i in mine if _finished(done.get(i)) and self._image_changed(done[i])]
+        if changed:
+            tqdm.write(f"{spec.name} [rank {self.shard.rank}]: {len(changed)} images changed since they were scored "
+                       f"(e.g. {done[changed[0]]['file']}): scoring them again", file=sys.stderr)
+        for image_id in changed:
+            del done[image_id]
         todo = [i for i in mine if not _finished(done.get(i))]  # skipped images are tried again
         self.job.resume(mine, done)
         if len(todo) < len(mine):
@@ -180,6 +191,7 @@ class Evaluation:
         orientation = orientation_tag(path)
         if orientation != UPRIGHT:
             record["exif_orientation"] = orientation
+        record["image_fingerprint"] = image_fingerprint(path)
         loaded = self._clock()
         with autocast(self.device, self.dtype):
             self.job.encode(predictor, image)
@@ -189,6 +201,14 @@ class Evaluation:
         scored = self._clock()
         return {**record, **fields, "load_s": loaded - start, "encode_s": encoded - loaded,
                 "decode_s": clock.seconds, "score_s": scored - encoded - clock.seconds}
+
+    def _image_changed(self, record: dict) -> bool:
+        """Whether the image file of a finished record is not the one it was scored on (replaced under the
+        same name); records without a fingerprint (nothing read) or of a vanished file are kept."""
+        path = self.job.image_path(record["image_id"])
+        if "image_fingerprint" not in record or not path.is_file():
+            return False
+        return record["image_fingerprint"] != image_fingerprint(path)
 
     def _clock(self) -> float:
         if self.device.type == "cuda":
@@ -203,6 +223,17 @@ def score_in_memory(job: Job, predictor: SamPredictor, device: torch.device, dty
     evaluation = Evaluation(job, out_dir=None, shard=Shard(), device=device, dtype=dtype)
     records = [evaluation.evaluate_image(predictor, image_id) for image_id in job.image_ids]
     return job.summarize(label, records, None)
+
+
+def _runs(out_dir: Path, model_name: str) -> List[Tuple[Path, dict]]:
+    """The runs of `model_name` in `out_dir` with their settings, the most recently started last."""
+    runs = []
+    for _, path in sorted((p.stat().st_mtime_ns, p) for p in Path(out_dir).glob(f"runs/{model_name}-*/{SETTINGS_FILE}")):
+        try:
+            runs.append((path.parent, json.loads(path.read_text())))
+        except (OSError, ValueError):
+            continue
+    return runs
 
 
 def _finished(record: Optional[dict]) -> bool:
