@@ -10,7 +10,7 @@ from .. import distributed
 from ..build import build_sam, load_sam
 from ..errors import BiglSamError
 from ..fileio import check_writable
-from ..options import add_device_options, add_renamed
+from ..options import add_device_options, add_dtype_option, add_renamed
 from .cache import SKIPPED, build_cache, read_index, verify_cache
 from .compare import compare, read_json, table, write_json
 from ..training.config import add_config_arguments, numbers
@@ -58,8 +58,7 @@ def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     add("--teacher-outputs", type=Path, help="file keeping the teacher's embeddings and masks: written once, "
         "then read (compare before and after training without running the teacher twice)")
     add("--json", type=Path, help="also write the rows as JSON here")
-    add("--dtype", choices=tuple(distributed.DTYPES), default="float32",
-        help="teacher and students in float32, or under bfloat16 autocast")
+    add_dtype_option(parser, "the teacher and the students")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -36,8 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     keep.add_argument("--keep-ratio", type=float, default=0.25, help="the student's keep ratio")
     keep.add_argument("--prune-layers", default=None,
                       help="comma-separated 0-based layers that prune (default: EViT's, scaled to the depth)")
-    keep.add_argument("--size", default=None, metavar="WIDTHxHEIGHT",
-                      help="count the student's GMACs on a photo of this size, padded as SAM pads it (its budget "
+    keep.add_argument("--size", default=None, metavar="SIZE",
+                      help="WIDTHxHEIGHT: count the student's GMACs on a photo of this size, padded as SAM pads it (its budget "
                            "shrinks with the image; the pruned SAM's does not); default: a square image")
 
     variant = steps.add_parser("eval", help="bigl-sam eval of a pruned SAM or a randomly routed student")
@@ -54,12 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     intervals = steps.add_parser("intervals", help="mIoU and share of the teacher's with 95%% bootstrap intervals")
     intervals.add_argument("--teacher", type=Path, required=True, help="the teacher's eval run folder")
-    intervals.add_argument("--row", action="append", required=True, metavar="LABEL=RUN_DIR",
-                           help="a row's eval run folder (same data and protocol); repeatable")
+    intervals.add_argument("--row", action="append", required=True, metavar="ROW",
+                           help="LABEL=RUN_DIR: a row's eval run folder (same data and protocol); repeatable")
     intervals.add_argument("--click", type=int, default=None,
                            help="eval interactive records: the IoU after this click (default: the last)")
-    intervals.add_argument("--resamples", type=int, default=RESAMPLES)
-    intervals.add_argument("--seed", type=int, default=0)
+    intervals.add_argument("--resamples", type=int, default=RESAMPLES,
+                           help="bootstrap resamples over instances (default: %(default)s)")
+    intervals.add_argument("--seed", type=int, default=0, help="seed of the resampling (default: %(default)s)")
     intervals.add_argument("--out", type=Path, default=None, help="also write the intervals as JSON here")
     intervals.add_argument("--points", type=Path, default=None, metavar="CSV",
                            help="also add each row's mIoU and interval at --x to this points file (for `plot`)")

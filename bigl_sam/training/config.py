@@ -42,8 +42,9 @@ FORMER_DTYPES = {"bf16": "bfloat16", "none": "float32"}
 def dtype_option() -> Any:
     """The `--dtype` field of a training command (a resumed run may change it: the precision may follow the
     machine it resumes on)."""
-    return option("auto", "auto: bfloat16 autocast on GPU, float32 on CPU; bfloat16 is fast on GPUs and on CPUs "
-                  "with AVX512-BF16 or AMX only", identity=False, choices=DTYPES + tuple(FORMER_DTYPES),
+    return option("auto", "bfloat16: the model, and with auto on a GPU only, under torch.autocast (fast on GPUs and on CPUs "
+                  "with AVX512-BF16 or AMX, emulated and slower on other CPUs)", identity=False,
+                  choices=DTYPES + tuple(FORMER_DTYPES),
                   former=("--amp",), metavar="{" + ",".join(DTYPES) + "}")
 
 
@@ -113,9 +114,10 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_class: type) ->
                 kwargs["required"] = True
             else:
                 kwargs["default"] = field.default
-            if field.default not in (None, dataclasses.MISSING):
-                shown = ",".join(map(str, field.default)) if isinstance(field.default, tuple) else field.default
-                kwargs["help"] += f" (default: {shown})"
+            if isinstance(field.default, tuple):
+                kwargs["help"] += f" (default: {','.join(map(str, field.default))})"
+            elif field.default not in (None, dataclasses.MISSING):
+                kwargs["help"] += " (default: %(default)s)"
         add_renamed(parser, flag(field.name), *meta["former"], **kwargs)
 
 
