@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .distributed import DTYPES
-from .evaluation.runner import ModelSpec
-from .pretrained import choose_weights
+from .pretrained import ModelSpec, choose_weights
 from .weights import WEIGHTS_DIR_HELP
 
 # Where a model without --checkpoint finds its weights (`pretrained.choose_weights`), for the help.

@@ -21,17 +21,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
+import torch
 from segment_anything.modeling import Sam
 
 from .build import build_model, build_sam, build_student_from_sam
 from .errors import BiglSamError
 from .modeling import get_config, is_student
-from .modeling.config import sam_vit_config
+from .modeling.config import check_keep_ratio, keep_ratio_of, sam_vit_config
 from .weights import KnownCheckpoint, check_size, folder_line, folder_problem, read_manifest, weights_dir
 
 PathLike = Union[str, Path]
 CHECKPOINT, OFFICIAL, RANDOM = "checkpoint", "official", "random"
 UNTRAINED_ROUTER_KEEP_RATIO = 1.0  # where a student fresh from SAM's files is exactly that SAM
+RANDOM_WEIGHTS_SEED = 0  # every process and every rerun builds the same random model
 
 
 @dataclass(frozen=True)
@@ -169,6 +171,42 @@ def load_chosen(choice: WeightsChoice) -> Sam:
         model = build_model(get_config(choice.name))
     model.weights_source = choice
     return model.eval()
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registry name, its weights (as `choose_weights` found them) and the keep ratio asked for
+    students (None: the one the model loads with)."""
+
+    name: str
+    weights: WeightsChoice
+    keep_ratio: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        get_config(self.name)
+        if self.keep_ratio is not None:
+            check_keep_ratio(self.keep_ratio, "--keep-ratio")
+
+    @property
+    def random_weights(self) -> bool:
+        return self.weights.random
+
+    def settings(self, model: Sam) -> dict:
+        """What identifies this model's results: name, weights files (path, size, time) and the keep ratio it
+        runs at. Called after `load`, which has checked that the files exist."""
+        files = [
+            {"path": str(path.resolve()), "bytes": path.stat().st_size, "mtime_ns": path.stat().st_mtime_ns}
+            for path in self.weights.files
+        ]
+        return {"model": self.name, "weights": files or None, "keep_ratio": keep_ratio_of(model)}
+
+    def load(self, device: torch.device) -> Sam:
+        if self.random_weights:
+            torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        model = load_chosen(self.weights)
+        if self.keep_ratio is not None and keep_ratio_of(model) is not None:
+            model.image_encoder.keep_ratio = self.keep_ratio
+        return model.to(device).eval()
 
 
 def load_student(name: str, weights_dir: Optional[PathLike] = None, manifest: Optional[PathLike] = None) -> Sam:

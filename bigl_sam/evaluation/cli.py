@@ -18,10 +18,10 @@ from typing import Any, Dict, List
 from .. import distributed
 from ..errors import BiglSamError
 from ..options import WEIGHTS_RULE_HELP, add_device_options, add_weights_options, model_spec
-from ..pretrained import folder_lines
+from ..pretrained import ModelSpec, folder_lines
 from . import coco_jobs, interactive
 from .report import write_json
-from .runner import Evaluation, ModelSpec, evaluate_models
+from .runner import Evaluation, evaluate_models
 from .sharding import Shard
 
 BENCHMARKS = {

@@ -18,56 +18,15 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from segment_anything import SamPredictor
-from segment_anything.modeling import Sam
 from tqdm import tqdm
 
 from ..distributed import autocast, torch_dtype
 from ..errors import BiglSamError
 from ..images import UPRIGHT, load_image, orientation_tag
-from ..modeling.config import check_keep_ratio, get_config, keep_ratio_of
-from ..pretrained import WeightsChoice, load_chosen
+from ..pretrained import ModelSpec
 from .decoding import DecoderClock
 from .records import RecordLog, run_directory
 from .sharding import Shard, gather_to_main
-
-RANDOM_WEIGHTS_SEED = 0  # every process and every rerun builds the same random model
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A registry name, its weights (as `pretrained.choose_weights` found them) and the keep ratio asked for
-    students (None: the one the model loads with)."""
-
-    name: str
-    weights: WeightsChoice
-    keep_ratio: Optional[float] = None
-
-    def __post_init__(self) -> None:
-        get_config(self.name)
-        if self.keep_ratio is not None:
-            check_keep_ratio(self.keep_ratio, "--keep-ratio")
-
-    @property
-    def random_weights(self) -> bool:
-        return self.weights.random
-
-    def settings(self, model: Sam) -> dict:
-        """What identifies this model's results: name, weights files (path, size, time) and the keep ratio it
-        runs at. Called after `load`, which has checked that the files exist."""
-        files = [
-            {"path": str(path.resolve()), "bytes": path.stat().st_size, "mtime_ns": path.stat().st_mtime_ns}
-            for path in self.weights.files
-        ]
-        return {"model": self.name, "weights": files or None, "keep_ratio": keep_ratio_of(model)}
-
-    def load(self, device: torch.device) -> Sam:
-        if self.random_weights:
-            torch.manual_seed(RANDOM_WEIGHTS_SEED)
-        model = load_chosen(self.weights)
-        if self.keep_ratio is not None and keep_ratio_of(model) is not None:
-            model.image_encoder.keep_ratio = self.keep_ratio
-        return model.to(device).eval()
-
 
 class Job:
     """What the runner and the report need from a job; see the module docstring. out_dir: where the job
