@@ -1,6 +1,6 @@
 import argparse
 
-from bigl_sam.options import add_renamed
+from bigl_sam.cli import add_renamed
 
 
 def _parser():
