@@ -7,7 +7,7 @@ from torch._dynamo.utils import counters
 
 from bigl_sam import build_model
 from bigl_sam.demo import cli
-from bigl_sam.demo.inference import compile_decoder, decode_click, encode_image
+from bigl_sam.inference import compile_decoder, decode_click, encode_image
 from bigl_sam.demo.models import DemoModel, DemoModels
 from bigl_sam.modeling import get_config
 

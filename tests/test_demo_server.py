@@ -16,7 +16,7 @@ from torch._dynamo.utils import counters
 from bigl_sam.cli import main
 from bigl_sam.demo.app import build_app, image_input, launch
 from bigl_sam.demo.handlers import DemoHandlers
-from bigl_sam.demo.inference import MAX_POINTS, compile_decoder
+from bigl_sam.inference import MAX_POINTS, compile_decoder
 from bigl_sam.demo.models import load_demo_models
 
 

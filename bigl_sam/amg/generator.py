@@ -16,7 +16,7 @@ full-size logits at once and run-length encodes mask by mask. Here, per batch of
 NMS within and across crops, the small-region postprocessing and the output records are SAM's own.
 
 Two options compute the decoder's sums in other blocks, so they may round differently from SAM's decoder and
-are off by default: `compiled` (the demo's TorchInductor-compiled mask decoder) and `share_image_work` (the
+are off by default: `compiled` (the TorchInductor-compiled mask decoder the demo runs too) and `share_image_work` (the
 first decoder layer's projections of the image embedding made once per image instead of once per prompt:
 `image_work_shared`).
 """
@@ -50,7 +50,7 @@ from torch import nn
 from torchvision.ops.boxes import batched_nms, box_area
 
 from ..bench.measure import first_line
-from ..demo.inference import as_embedding, blank_encoding, compile_decoder
+from ..inference import as_embedding, blank_encoding, compile_decoder
 from ..errors import BiglSamError
 from .settings import AUTO, OUTPUT_MODES, AmgSettings, AmgSettingsError, auto_points_per_batch
 
@@ -133,8 +133,8 @@ class MaskGenerator:
         return self.predictor.model
 
     def _compile(self) -> float:
-        """Compiles the decoder (the demo's `compile_decoder`) and warms it up on a batch of points, so that
-        `generate` compiles nothing more (the batch size is dynamic, the embedding's layout fixed)."""
+        """Compiles the decoder (`inference.compile_decoder`, as the demo does) and warms it up on a batch of
+        points, so that `generate` compiles nothing more (the batch size is dynamic, the embedding's layout fixed)."""
         start = time.perf_counter()
         side = self.model.image_encoder.img_size
         points = np.random.default_rng(0).uniform(0, side, (max(2, self.points_per_batch), 2))

@@ -10,7 +10,7 @@ import statistics
 from typing import Dict, Tuple
 
 from ..build import build_model
-from ..demo.inference import compile_decoder, decode_click, encode_image
+from ..inference import compile_decoder, decode_click, encode_image
 from ..modeling import get_config
 from .inputs import synthetic_photo
 from .measure import first_line

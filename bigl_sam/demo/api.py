@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import BiglSamError
 from ..images import load_image
-from .inference import Encoding, check_point_count, decode_click, encode_image
+from ..inference import Encoding, check_point_count, decode_click, encode_image
 from .models import DemoModel
 from .render import save_mask_png, working_image
 

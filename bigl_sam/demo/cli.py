@@ -14,7 +14,7 @@ from ..images import IMAGE_SUFFIXES
 from ..modeling.config import MODEL_CONFIGS
 from ..options import add_model_options
 from ..pretrained import weights_lines
-from .inference import compile_decoder
+from ..inference import compile_decoder
 from .models import DemoModels, load_demo_models
 
 # The repository's own drawn examples (absent from a wheel install: then the page has none).
