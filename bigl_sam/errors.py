@@ -28,6 +28,15 @@ class PromptError(BiglSamError, ValueError):
     the decoder does not know, or no prompt at all."""
 
 
+def first_line(err: BaseException, with_type: bool = False) -> str:
+    """The first line of `err`'s message (a library's error may go on for pages), or its type's name when the
+    message is empty; `with_type`: as "TypeName: first line"."""
+    lines = str(err).strip().splitlines()
+    if not lines:
+        return type(err).__name__
+    return f"{type(err).__name__}: {lines[0]}" if with_type else lines[0]
+
+
 def check_keep_ratio(ratio: float, what: str = "keep ratio") -> float:
     """`ratio` as a float if it is a share of tokens the P-path can take: a real number in (0, 1].
     A bool, a string, a tensor or NaN is a `KeepRatioError` naming the value and its type."""

@@ -49,9 +49,8 @@ from segment_anything.utils.amg import (
 from torch import nn
 from torchvision.ops.boxes import batched_nms, box_area
 
-from ..bench.measure import first_line
 from ..inference import as_embedding, blank_encoding, compile_decoder
-from ..errors import BiglSamError
+from ..errors import BiglSamError, first_line
 from .settings import AUTO, OUTPUT_MODES, AmgSettings, AmgSettingsError, auto_points_per_batch
 
 # Full-size float logits held at once while upsampling and scoring (SAM holds a whole batch: 64 points x 3
@@ -144,7 +143,7 @@ class MaskGenerator:
                 self._decode(points, (side, side), blank_encoding(self.model).features)
         except Exception as err:  # inductor's failures have many types (no compiler, unsupported op, ...)
             self.model.mask_decoder.__dict__.pop("forward", None)  # eager again
-            raise BiglSamError(f"compiling the mask decoder failed ({first_line(err)})") from err
+            raise BiglSamError(f"compiling the mask decoder failed ({first_line(err, with_type=True)})") from err
         return time.perf_counter() - start
 
     @torch.inference_mode()

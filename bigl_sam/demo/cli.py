@@ -9,7 +9,7 @@ from typing import List, Optional
 import torch
 
 from ..distributed import DTYPES, note_bfloat16
-from ..errors import BiglSamError
+from ..errors import BiglSamError, first_line
 from ..images import IMAGE_SUFFIXES
 from ..modeling.config import MODEL_CONFIGS
 from ..options import add_model_options
@@ -56,8 +56,7 @@ def _compile_decoders(models: DemoModels) -> None:
         try:
             print(f"  done in {compile_decoder(demo_model.model):.0f} s", flush=True)
         except Exception as err:  # the demo still works, only its clicks are slower
-            first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            print(f"  torch.compile unavailable ({first_line}); clicks run eagerly", file=sys.stderr)
+            print(f"  torch.compile unavailable ({first_line(err)}); clicks run eagerly", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
