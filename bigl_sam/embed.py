@@ -13,7 +13,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import List
 
 from segment_anything import SamPredictor
 from tqdm import tqdm
@@ -23,7 +22,7 @@ from .embeddings import EmbeddingError, embedding_path, read_record, record_path
 from .errors import BiglSamError
 from .evaluation.sharding import Shard, gather_to_main
 from .fileio import atomic_write_text, check_writable
-from .images import IMAGE_SUFFIXES, load_image
+from .images import IMAGE_SUFFIXES, image_files, load_image
 from .modeling.config import check_keep_ratio_applies, keep_ratio_of
 from .options import add_device_options, add_model_options, model_spec
 from .pretrained import weights_lines
@@ -43,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    images = _images(args.images)
+    images = image_files(args.images)
     check_writable(args.out / SKIPPED_FILE, "--out")
     spec = model_spec(args, args.model, args.checkpoint)
     process = distributed.start(args.device, backend="gloo")  # skipped lists are Python objects: gloo anywhere
@@ -94,15 +93,6 @@ def run(args: argparse.Namespace) -> int:
         raise BiglSamError(f"--images {args.images}: not one image could be read (see {args.out / SKIPPED_FILE})")
     print(f"embeddings of {len(images) - len(gathered)} images in {args.out}", file=sys.stderr)
     return 0
-
-
-def _images(folder: Path) -> List[Path]:
-    if not folder.is_dir():
-        raise BiglSamError(f"--images {folder}: no such folder")
-    images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not images:
-        raise BiglSamError(f"--images {folder}: no {'/'.join(IMAGE_SUFFIXES)} images in it")
-    return images
 
 
 def _done(out_dir: Path, name: str, settings: dict) -> bool:

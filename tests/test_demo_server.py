@@ -147,7 +147,7 @@ def test_examples_folder_without_images_is_one_error_line(tmp_path, capsys, made
         folder.mkdir()
         (folder / "notes.txt").write_text("no image here")
     assert main(["demo", "--model", "bigl_test", "--examples", str(folder)]) == 2
-    reason = "no .jpg/.jpeg/.png/.bmp/.tif/.tiff/.webp/.gif images in it" if made else "no such folder"
+    reason = "no images (.jpg, .jpeg, .png, .bmp, .tif, .tiff, .webp, .gif) in this folder" if made else "no such folder"
     assert capsys.readouterr().err.strip() == f"bigl-sam demo: error: --examples {folder}: {reason}"
 
 

@@ -241,7 +241,7 @@ def test_embed_bad_arguments_are_one_line_exit_2(tmp_path, capsys):
         "weights_files": [], "keep_ratio": 0.25, "dtype": "float32"}))
     cases = [
         (["--images", tmp_path / "nowhere", "--out", tmp_path / "x", "--model", "vit_test"], "no such folder"),
-        (["--images", tmp_path / "out", "--out", tmp_path / "x", "--model", "vit_test"], "no .jpg/"),
+        (["--images", tmp_path / "out", "--out", tmp_path / "x", "--model", "vit_test"], "no images (.jpg, "),
         (["--images", tmp_path / "images", "--out", tmp_path / "x", "--model", "vit_test", "--keep-ratio", 0.5],
          "vit_test is SAM's own encoder"),
         (["--images", tmp_path / "images", "--out", tmp_path / "out", "--model", "vit_test"],

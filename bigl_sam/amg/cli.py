@@ -14,7 +14,7 @@ from tqdm import tqdm
 from .. import distributed
 from ..errors import BiglSamError
 from ..evaluation.sharding import Shard, gather_to_main
-from ..images import IMAGE_SUFFIXES, load_image
+from ..images import image_files, load_image
 from ..options import add_device_options, add_model_options, model_spec
 from ..pretrained import weights_lines
 from . import bench, outputs
@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     spec = model_spec(args, args.model, args.checkpoint)
-    files = image_files(args.images, args.max_images)
+    files = first_images(args.images, args.max_images)
     if args.bench:
         device = distributed.pick_device(args.device)
         bench.run(spec.load(device), files, settings, args.dtype, args.compile, args.share_image_work)
@@ -110,13 +110,8 @@ def _segment(generator: MaskGenerator, mine: List[Path], args: argparse.Namespac
     return skipped
 
 
-def image_files(folder: Path, max_images=None) -> List[Path]:
-    """The image files directly in `folder` (by suffix), sorted by name; the first `max_images`."""
-    if not folder.is_dir():
-        raise BiglSamError(f"--images {folder}: not a folder")
+def first_images(folder: Path, max_images=None) -> List[Path]:
+    """The image files directly in `folder`, sorted by name; the first `max_images`."""
     if max_images is not None and max_images < 1:
         raise BiglSamError(f"--max-images must be at least 1, got {max_images}")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise BiglSamError(f"--images {folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
-    return files[:max_images]
+    return image_files(folder)[:max_images]

@@ -10,7 +10,7 @@ import torch
 
 from ..distributed import DTYPES, note_bfloat16
 from ..errors import BiglSamError, first_line
-from ..images import IMAGE_SUFFIXES
+from ..images import image_files
 from ..modeling.config import MODEL_CONFIGS
 from ..options import add_model_options
 from ..pretrained import weights_lines
@@ -42,12 +42,7 @@ def example_images(folder: Optional[Path] = None) -> List[Path]:
     examples, or none where they are absent (a wheel install)."""
     if folder is None:
         return example_images(EXAMPLES_DIR) if EXAMPLES_DIR.is_dir() else []
-    if not folder.is_dir():
-        raise BiglSamError(f"--examples {folder}: no such folder")
-    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not images:
-        raise BiglSamError(f"--examples {folder}: no {'/'.join(IMAGE_SUFFIXES)} images in it")
-    return images
+    return image_files(folder, "--examples")
 
 
 def _compile_decoders(models: DemoModels) -> None:
