@@ -20,7 +20,6 @@ from tqdm import tqdm
 from . import distributed
 from .embeddings import EmbeddingError, embedding_path, read_record, record_path, save_embedding
 from .errors import BiglSamError
-from .evaluation.sharding import Shard, gather_to_main
 from .fileio import atomic_write_text, check_writable
 from .images import IMAGE_SUFFIXES, image_files, load_image
 from .modeling.config import check_keep_ratio_applies, keep_ratio_of
@@ -46,29 +45,25 @@ def run(args: argparse.Namespace) -> int:
     check_writable(args.out / SKIPPED_FILE, "--out")
     spec = model_spec(args, args.model, args.checkpoint)
     process = distributed.start(args.device, backend="gloo")  # skipped lists are Python objects: gloo anywhere
-    shard = Shard(process.rank, process.world_size)
     model = spec.load(process.device)  # first, even when all is done: a bad checkpoint fails on every rank
     check_keep_ratio_applies(model, args.keep_ratio, args.model)
-    if shard.is_main:
+    if process.is_main:
         print(weights_lines([spec.weights]), file=sys.stderr)
         distributed.note_bfloat16(process.device, args.dtype)
     settings = {
         "model": args.model,
         "weights": spec.weights.describe(),
-        "weights_files": [{"path": str(p), "sha256": sha256_of(p, progress=shard.is_main)} for p in spec.weights.files],
+        "weights_files": [{"path": str(p), "sha256": sha256_of(p, progress=process.is_main)}
+                          for p in spec.weights.files],
         "keep_ratio": keep_ratio_of(model),
         "dtype": args.dtype,
     }
     # Every rank checks every record, so that a folder of another run stops all of them alike.
     done = {path.name for path in images if _done(args.out, path.name, settings)}
-    mine = shard.take(images)
-    todo = [path for path in mine if path.name not in done]
-    if len(todo) < len(mine):
-        tqdm.write(f"embed [rank {shard.rank}]: {len(mine) - len(todo)} of {len(mine)} images already in {args.out}, "
-                   f"{len(todo)} to go", file=sys.stderr)
+    _, todo = distributed.take_unfinished(images, process, lambda path: path.name in done, "embed", args.out)
     predictor = SamPredictor(model)
     skipped = []
-    for path in tqdm(todo, desc=f"embed {args.model} [rank {shard.rank}]", unit="image"):
+    for path in tqdm(todo, desc=f"embed {args.model} [rank {process.rank}]", unit="image"):
         try:
             image = load_image(path)
         except BiglSamError as err:
@@ -80,9 +75,9 @@ def run(args: argparse.Namespace) -> int:
         features = predictor.get_image_embedding().float().cpu().numpy()
         record = {"image": path.name, "original_size": list(predictor.original_size),
                   "input_size": list(predictor.input_size), **settings,
-                  "written_by": {"rank": shard.rank, "world_size": shard.world_size}}
+                  "written_by": {"rank": process.rank, "world_size": process.world_size}}
         save_embedding(args.out, path.name, features, record)
-    gathered = gather_to_main(skipped, shard)
+    gathered = distributed.gather_to_main(skipped, process)
     distributed.stop(process)
     if gathered is None:
         return 0

@@ -139,7 +139,7 @@ def test_torchrun_finishes_a_half_done_folder_with_each_image_once(tmp_path, mon
     assert [found[p.name]["written_by"] for p in images] == [
         {"rank": 0, "world_size": 1}, {"rank": 0, "world_size": 2}, {"rank": 1, "world_size": 2}]
     assert record_path(out, "img0.png").stat().st_mtime_ns == first_record
-    assert "embed [rank 1]: 1 of 2 images already in" in done.stderr
+    assert "embed [rank 1]: 1 of 2 images already done in" in done.stderr
     assert "embed [rank 0]: " not in done.stderr  # rank 0 had nothing done: no such line
     skipped = json.loads((out / "skipped.json").read_text())["skipped"]
     assert [entry["file"] for entry in skipped] == ["broken.png"]

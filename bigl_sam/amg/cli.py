@@ -13,7 +13,6 @@ from tqdm import tqdm
 
 from .. import distributed
 from ..errors import BiglSamError
-from ..evaluation.sharding import Shard, gather_to_main
 from ..images import image_files, load_image
 from ..options import add_device_options, add_model_options, model_spec
 from ..pretrained import weights_lines
@@ -63,21 +62,19 @@ def run(args: argparse.Namespace) -> int:
         raise BiglSamError(f"{args.images}: images share a name without suffix ({', '.join(twins[:3])}): their "
                            "masks would land in one folder")
     process = distributed.start(args.device, backend="gloo")
-    shard = Shard(process.rank, process.world_size)
     model = spec.load(process.device)
     options = {"compiled": args.compile, "share_image_work": args.share_image_work}
     generator = MaskGenerator(model, **settings.as_kwargs(), **options, output_mode="uncompressed_rle")
     recorded = {**spec.settings(model), **settings.as_kwargs(), **{k: v for k, v in options.items() if v},
                 "dtype": args.dtype, "output_mode": args.output_mode}
-    if shard.is_main:
+    if process.is_main:
         outputs.check_settings(args.out, recorded)
         print(weights_lines([spec.weights]), file=sys.stderr)
     distributed.barrier(process)
-    if not shard.is_main:
+    if not process.is_main:
         outputs.check_settings(args.out, recorded)
-    skipped = _segment(generator, shard.take(files), args, process)
-    skipped = gather_to_main(skipped, shard)
-    if not shard.is_main:
+    skipped = distributed.gather_to_main(_segment(generator, files, args, process), process)
+    if not process.is_main:
         return 0
     done = [path.stem for path in files if outputs.record_path(args.out, path.stem).is_file()]
     if not done:
@@ -89,13 +86,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _segment(generator: MaskGenerator, mine: List[Path], args: argparse.Namespace,
+def _segment(generator: MaskGenerator, files: List[Path], args: argparse.Namespace,
              process: distributed.Process) -> List[str]:
-    """Segments this process's images that have no record yet; returns why images were skipped."""
-    todo = [path for path in mine if not outputs.record_path(args.out, path.stem).is_file()]
-    if len(todo) < len(mine):
-        tqdm.write(f"amg [rank {process.rank}]: {len(mine) - len(todo)} of {len(mine)} images already done in "
-                   f"{args.out}, {len(todo)} to go", file=sys.stderr)
+    """Segments this process's share of `files` that has no record yet; returns why images were skipped."""
+    _, todo = distributed.take_unfinished(
+        files, process, lambda path: outputs.record_path(args.out, path.stem).is_file(), "amg", args.out)
     skipped = []
     autocast = distributed.autocast(process.device, args.dtype)
     for path in tqdm(todo, desc=f"amg [rank {process.rank}]", unit="image"):

@@ -22,7 +22,6 @@ from ..pretrained import ModelSpec, folder_lines
 from . import coco_jobs, interactive
 from .report import write_json
 from .runner import Evaluation, evaluate_models
-from .sharding import Shard
 
 BENCHMARKS = {
     "coco": (coco_jobs, "mIoU of GT-prompted masks, or mask AP from detector boxes, on COCO"),
@@ -72,13 +71,12 @@ def run(args: argparse.Namespace) -> int:
         raise BiglSamError(f"--batch-size must be at least 1, got {args.batch_size}")
     job = BENCHMARKS[args.benchmark][0].job_from_args(args)
     process = distributed.start(args.device, backend="gloo")  # records are Python objects: gloo anywhere
-    shard = Shard(process.rank, process.world_size)
-    if shard.is_main:
+    if process.is_main:
         _say_which_weights(specs)
         distributed.note_bfloat16(process.device, args.dtype)
     with tempfile.TemporaryDirectory(prefix="bigl-sam-eval-") as scratch:
         out_dir = args.out if args.out is not None else Path(scratch)
-        evaluation = Evaluation(job, out_dir, shard, process.device, args.dtype)
+        evaluation = Evaluation(job, out_dir, process, args.dtype)
         results = evaluate_models(evaluation, specs)
     if results is None:
         return 0
@@ -87,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         summary = job.summarize(spec.name, records, models[0] if models else None)
         models.append({**_model_entry(spec, settings), **summary})
     arguments = recorded_arguments(args)
-    report = {"command": command_line(arguments), "arguments": arguments, "world_size": shard.world_size,
+    report = {"command": command_line(arguments), "arguments": arguments, "world_size": process.world_size,
               "dtype": args.dtype, **job.report_fields(models), "models": models}
     print(job.markdown_table(models))
     if args.out is not None:

@@ -20,13 +20,12 @@ import torch
 from segment_anything import SamPredictor
 from tqdm import tqdm
 
-from ..distributed import autocast, torch_dtype
+from ..distributed import Process, autocast, gather_to_main, take_unfinished, torch_dtype
 from ..errors import BiglSamError
 from ..images import UPRIGHT, load_image, orientation_tag
 from ..pretrained import ModelSpec
 from .decoding import DecoderClock
 from .records import RecordLog, run_directory
-from .sharding import Shard, gather_to_main
 
 class Job:
     """What the runner and the report need from a job; see the module docstring. out_dir: where the job
@@ -84,8 +83,7 @@ class Evaluation:
 
     job: Job
     out_dir: Path
-    shard: Shard
-    device: torch.device
+    process: Process
     dtype: str = "float32"
     settings: List[dict] = field(default_factory=list)  # per model run, what `ModelSpec.settings` said
 
@@ -95,28 +93,26 @@ class Evaluation:
     def run_model(self, spec: ModelSpec) -> Optional[List[dict]]:
         """Records of all selected images, in selection order, on rank 0 (None on other ranks)."""
         # Loaded first, even when all is done: a bad checkpoint then fails on every rank and writes nothing.
-        model = spec.load(self.device)
+        model = spec.load(self.process.device)
         predictor = SamPredictor(model)
         settings = {**spec.settings(model), **self.job.settings(), "dtype": self.dtype}
         if self.job.results_depend_on_sharding:
-            settings["world_size"] = self.shard.world_size
+            settings["world_size"] = self.process.world_size
         self.settings.append(settings)
         run_dir = run_directory(self.out_dir, spec.name, settings)
-        log = RecordLog(run_dir, self.shard.rank)
+        log = RecordLog(run_dir, self.process.rank)
         done = log.read()
-        mine = self.shard.take(self.job.image_ids)
-        todo = [i for i in mine if not _finished(done.get(i))]  # skipped images are tried again
+        # skipped images are tried again
+        mine, todo = take_unfinished(self.job.image_ids, self.process, lambda i: _finished(done.get(i)), spec.name,
+                                     run_dir)
         self.job.resume(mine, done)
-        if len(todo) < len(mine):
-            tqdm.write(f"{spec.name} [rank {self.shard.rank}]: {len(mine) - len(todo)} of {len(mine)} images already "
-                       f"done in {run_dir}, {len(todo)} to go", file=sys.stderr)
-        progress = tqdm(todo, desc=f"{spec.name} [rank {self.shard.rank}]", unit="image", leave=False)
+        progress = tqdm(todo, desc=f"{spec.name} [rank {self.process.rank}]", unit="image", leave=False)
         for image_id in progress:
             done[image_id] = self.evaluate_image(predictor, image_id)
             log.append(done[image_id])
             if "skipped" in done[image_id]:
                 tqdm.write(f"skipped {done[image_id]['file']}: {done[image_id]['skipped']}", file=sys.stderr)
-        gathered = gather_to_main([done[i] for i in mine], self.shard)
+        gathered = gather_to_main([done[i] for i in mine], self.process)
         return None if gathered is None else in_selection_order(gathered, self.job.image_ids)
 
     def evaluate_image(self, predictor: SamPredictor, image_id: int) -> dict:
@@ -125,7 +121,7 @@ class Evaluation:
         path = self.job.image_path(image_id)
         record = {"image_id": image_id, "file": path.name}
         if not self.job.needs_image(image_id):
-            return {**record, **self.job.score(predictor, image_id, DecoderClock(self.device)),
+            return {**record, **self.job.score(predictor, image_id, DecoderClock(self.process.device)),
                     "load_s": 0.0, "encode_s": 0.0, "decode_s": 0.0, "score_s": 0.0}
         start = time.perf_counter()
         try:
@@ -140,18 +136,18 @@ class Evaluation:
         if orientation != UPRIGHT:
             record["exif_orientation"] = orientation
         loaded = self._clock()
-        with autocast(self.device, self.dtype):
+        with autocast(self.process.device, self.dtype):
             self.job.encode(predictor, image)
             encoded = self._clock()
-            clock = DecoderClock(self.device)
+            clock = DecoderClock(self.process.device)
             fields = self.job.score(predictor, image_id, clock)
         scored = self._clock()
         return {**record, **fields, "load_s": loaded - start, "encode_s": encoded - loaded,
                 "decode_s": clock.seconds, "score_s": scored - encoded - clock.seconds}
 
     def _clock(self) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        if self.process.device.type == "cuda":
+            torch.cuda.synchronize(self.process.device)
         return time.perf_counter()
 
 
@@ -172,7 +168,7 @@ def evaluate_models(evaluation: Evaluation, specs: Sequence[ModelSpec]) -> Optio
     """Per model, the records of every selected image (rank 0), or None on the other ranks. On rank 0, a
     `BiglSamError` when not one image could be read for any model (the records stay on disk)."""
     results = [evaluation.run_model(spec) for spec in specs]
-    if not evaluation.shard.is_main:
+    if not evaluation.process.is_main:
         return None
     skipped = [r for records in results for r in records if "skipped" in r]
     if len(skipped) == sum(len(records) for records in results):
