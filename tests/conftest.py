@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,18 @@ def small_matmul_reference(monkeypatch):
     """bench's matmul reference at a tiny size in tests: where bfloat16 is emulated, the real one takes
     seconds per call."""
     monkeypatch.setattr("bigl_sam.bench.measure.REFERENCE_MATMUL", (64, 64, 64))
+
+
+@contextmanager
+def dynamo_only_compile():
+    """`torch.compile` with dynamo's "eager" backend inside the block: the same graph capture, guards and
+    recompiles as with inductor, without inductor's code generation (one to two minutes for SAM's mask
+    decoder on a loaded 2-core CPU). What inductor makes of the graph is timed by `bigl-sam bench` and
+    checked against SAM's masks by `bigl-sam amg --bench --compile`."""
+    real = torch.compile
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch, "compile", lambda model=None, **kwargs: real(model, **{**kwargs, "backend": "eager"}))
+        yield
 
 
 def randomize_(model: torch.nn.Module, seed: int) -> torch.nn.Module:

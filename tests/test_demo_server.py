@@ -18,6 +18,7 @@ from bigl_sam.demo.app import build_app, image_input, launch
 from bigl_sam.demo.handlers import DemoHandlers
 from bigl_sam.inference import MAX_POINTS, compile_decoder
 from bigl_sam.demo.models import load_demo_models
+from conftest import dynamo_only_compile
 
 
 class Server(NamedTuple):
@@ -32,10 +33,11 @@ def compiled_graphs() -> int:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """The one compiled decoder of this suite's served tests (compiling takes tens of seconds on CPU)."""
+    """The one compiled decoder of this suite's served tests (by dynamo alone: `conftest.dynamo_only_compile`)."""
     workdir = tmp_path_factory.mktemp("demo-server")
     models = load_demo_models("bigl_test")
-    compile_decoder(models.main.model)
+    with dynamo_only_compile():
+        compile_decoder(models.main.model)
     app = build_app(DemoHandlers(models, workdir))
     yield Server(launch(app, "127.0.0.1", None, workdir, block=False), models.main.model.mask_decoder,
                  compiled_graphs())
