@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     models: List[dict] = []
     for spec, settings, records in zip(specs, evaluation.settings, results):
-        summary = job.summarize(spec.name, records, models[0] if models else None)
+        summary = job.summarize(spec.model_type, records, models[0] if models else None)
         models.append({**_model_entry(spec, settings), **summary})
     arguments = recorded_arguments(args)
     report = {"command": command_line(arguments), "arguments": arguments, "world_size": process.world_size,
@@ -105,8 +105,8 @@ def _say_which_weights(specs) -> None:
 
 def _model_entry(spec: ModelSpec, settings: dict) -> dict:
     """The report's entry for one model; `settings`: what its run was keyed on (`ModelSpec.settings`)."""
-    label = spec.name + (" (RANDOM WEIGHTS)" if spec.random_weights else "")
-    return {"label": label, "name": spec.name, "weights": spec.weights.describe(),
+    label = spec.model_type + (" (RANDOM WEIGHTS)" if spec.random_weights else "")
+    return {"label": label, "name": spec.model_type, "weights": spec.weights.describe(),
             "weights_files": [str(path) for path in spec.weights.files], "random_weights": spec.random_weights,
             "keep_ratio": settings["keep_ratio"]}
 

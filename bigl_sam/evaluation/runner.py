@@ -27,6 +27,7 @@ from ..pretrained import ModelSpec
 from .decoding import DecoderClock
 from .records import RecordLog, run_directory
 
+
 class Job:
     """What the runner and the report need from a job; see the module docstring. out_dir: where the job
     writes its extra files (masks, plots; None: it writes none)."""
@@ -99,14 +100,13 @@ class Evaluation:
         if self.job.results_depend_on_sharding:
             settings["world_size"] = self.process.world_size
         self.settings.append(settings)
-        run_dir = run_directory(self.out_dir, spec.name, settings)
+        run_dir = run_directory(self.out_dir, spec.model_type, settings)
         log = RecordLog(run_dir, self.process.rank)
         done = log.read()
-        # skipped images are tried again
-        mine, todo = take_unfinished(self.job.image_ids, self.process, lambda i: _finished(done.get(i)), spec.name,
-                                     run_dir)
+        mine, todo = take_unfinished(self.job.image_ids, self.process, lambda i: _finished(done.get(i)),
+                                     spec.model_type, run_dir)  # skipped images are tried again
         self.job.resume(mine, done)
-        progress = tqdm(todo, desc=f"{spec.name} [rank {self.process.rank}]", unit="image", leave=False)
+        progress = tqdm(todo, desc=f"{spec.model_type} [rank {self.process.rank}]", unit="image", leave=False)
         for image_id in progress:
             done[image_id] = self.evaluate_image(predictor, image_id)
             log.append(done[image_id])
