@@ -310,8 +310,8 @@ class ImageCount(runner.Job):
     def image_path(self, image_id):
         return self.dataset.image_path(image_id)
 
-    def image_size(self, image_id):
-        return self.dataset.image_size(image_id)
+    def original_size(self, image_id):
+        return self.dataset.original_size(image_id)
 
     def score(self, predictor, image_id, clock) -> dict:
         return {"read": 1}

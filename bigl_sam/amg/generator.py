@@ -194,7 +194,7 @@ class MaskGenerator:
         return data
 
     def _batch_masks(self, points: np.ndarray, crop_size: Tuple[int, int], crop_box: List[int],
-                     image_size: Tuple[int, int]) -> MaskData:
+                     original_size: Tuple[int, int]) -> MaskData:
         """Masks of a batch of P points (pixels of the crop): the decoder's 3 per point, filtered and scored
         as SAM's `_process_batch` does, in its order (point-major)."""
         s = self.settings
@@ -225,10 +225,10 @@ class MaskGenerator:
             masks = logits > self.model.mask_threshold
             del logits
             chunk_boxes = batched_mask_to_box(masks)
-            inside = ~is_box_near_crop_edge(chunk_boxes, crop_box, [0, 0, image_size[1], image_size[0]])
+            inside = ~is_box_near_crop_edge(chunk_boxes, crop_box, [0, 0, original_size[1], original_size[0]])
             masks, stability, index, chunk_boxes = masks[inside], stability[inside], index[inside], chunk_boxes[inside]
             rle_start = self._now()
-            rles.extend(masks_to_rles(uncrop_masks(masks, crop_box, image_size[0], image_size[1])))
+            rles.extend(masks_to_rles(uncrop_masks(masks, crop_box, original_size[0], original_size[1])))
             encoding += self._now() - rle_start
             kept.append(index)
             scores.append(stability)

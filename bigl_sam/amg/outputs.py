@@ -49,10 +49,10 @@ def record_path(out_dir: Path, name: str) -> Path:
     return out_dir / RECORDS / f"{name}.json"
 
 
-def write_image(out_dir: Path, name: str, file_name: str, size: Sequence[int], masks: List[Dict[str, Any]],
-                output_mode: str) -> None:
+def write_image(out_dir: Path, name: str, file_name: str, original_size: Sequence[int],
+                masks: List[Dict[str, Any]], output_mode: str) -> None:
     """One image's outputs from the generator's records (uncompressed RLE segmentations) of an image of
-    `size` (height, width pixels); its record last."""
+    `original_size` (height, width pixels); its record last."""
     coco = [{**mask, "segmentation": coco_encode_rle(mask["segmentation"])} for mask in masks]
     if output_mode == "binary_mask":
         folder = out_dir / name
@@ -63,7 +63,7 @@ def write_image(out_dir: Path, name: str, file_name: str, size: Sequence[int], m
                                                                                     enumerate(masks)]))
     else:
         atomic_write_text(out_dir / f"{name}.json", json.dumps(coco))
-    record = {"file_name": file_name, "height": int(size[0]), "width": int(size[1]), "annotations": coco}
+    record = {"file_name": file_name, "height": int(original_size[0]), "width": int(original_size[1]), "annotations": coco}
     atomic_write_text(record_path(out_dir, name), json.dumps(record))
 
 

@@ -45,7 +45,7 @@ class Job:
     def image_path(self, image_id: int) -> Path:
         raise NotImplementedError
 
-    def image_size(self, image_id: int) -> Tuple[int, int]:
+    def original_size(self, image_id: int) -> Tuple[int, int]:
         """(height, width) the image must have."""
         raise NotImplementedError
 
@@ -128,7 +128,7 @@ class Evaluation:
             image = load_image(path, exif=False)  # pixels as stored, as the annotations are
         except BiglSamError as err:
             return {**record, "skipped": str(err)}
-        expected = self.job.image_size(image_id)
+        expected = self.job.original_size(image_id)
         if image.shape[:2] != tuple(expected):
             found, annotated = ("x".join(map(str, size)) for size in (image.shape[:2], expected))
             return {**record, "skipped": f"{path}: image is {found} (HxW), the annotations say {annotated}"}
