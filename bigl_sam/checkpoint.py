@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from . import hf_layout
-from .errors import CheckpointError
+from .errors import CheckpointError, first_line
 from .fileio import atomic_write, atomic_write_bytes
 from .modeling.config import (
     MODEL_CONFIGS, ModelConfig, config_from_dict, config_to_dict, infer_sam_vit_name, is_student,
@@ -84,7 +84,7 @@ def _unpickling_problem(message: str) -> str:
 def _first_sentence(err: Exception) -> str:
     """`: <first sentence>` of torch's zip reader (e.g. "failed finding central directory" for a file cut
     short); nothing for the bare Python errors garbage raises, or for a sentence about weights_only."""
-    text = str(err).strip().splitlines()[0] if isinstance(err, RuntimeError) and str(err).strip() else ""
+    text = first_line(err) if isinstance(err, RuntimeError) and str(err).strip() else ""
     sentence = text.split(". ")[0].rstrip(".")
     return "" if not sentence or "weights_only" in sentence else f": {sentence}"
 
@@ -156,8 +156,7 @@ def read_safetensors(path: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, str
     except PermissionError:
         raise CheckpointError(f"{path}: permission denied") from None
     except Exception as err:  # safetensors' own error type for a cut or garbled file; OSError for the rest
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: not a readable safetensors file ({reason})") from None
+        raise CheckpointError(f"{path}: not a readable safetensors file ({first_line(err)})") from None
 
 
 def _split_safetensors(state: dict, metadata: Dict[str, str], path: Path) -> Tuple[Optional[ModelConfig], dict]:

@@ -13,7 +13,7 @@ from typing import List, Optional
 from tqdm import tqdm
 
 from .errors import BiglSamError
-from .options import CommandParser
+from .arguments import CommandParser
 
 PROGRAM = "bigl-sam"
 
@@ -106,7 +106,3 @@ def _usage(argv: List[str]) -> None:
           file=stream)
     for name, (_, description) in COMMANDS.items():
         print(f"  {name:<10} {description}", file=stream)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

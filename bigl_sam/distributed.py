@@ -1,14 +1,20 @@
 """One process or many under `torchrun` (NCCL on GPU, gloo on CPU), the device each one runs on, and the
-precisions the commands offer (`--dtype`)."""
+precisions the commands offer (`--dtype`).
+
+Resumable work over a list (the images of `eval`, `amg` and `embed`) goes one way: each process takes its
+share (`Process.take`), leaves out what an earlier run finished (`take_unfinished`), and rank 0 gathers what
+the processes return (`gather_to_main`: small Python objects, so over gloo whatever the device).
+"""
 
 import os
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Optional, Union
+from typing import Callable, List, Optional, Sequence, Tuple, TypeVar, Union
 
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 from .errors import BiglSamError
 from .options import DTYPE_NAMES
@@ -18,9 +24,13 @@ BARRIER_TIMEOUT = timedelta(hours=6)
 # --dtype of every command that has one: float32, or bfloat16 under torch.autocast (`autocast`).
 DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.bfloat16)))
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
 class Process:
+    """This process among those `torchrun` started (rank 0 of 1 without torchrun), and its device."""
+
     rank: int
     world_size: int
     device: torch.device
@@ -28,6 +38,31 @@ class Process:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    def take(self, items: Sequence[T]) -> List[T]:
+        """This process's share: every `world_size`-th item from `rank` on."""
+        return list(items[self.rank :: self.world_size])
+
+
+def take_unfinished(items: Sequence[T], process: Process, finished: Callable[[T], bool], label: str,
+                    where: object) -> Tuple[List[T], List[T]]:
+    """This process's share of `items` and, of that share, the items not `finished` by an earlier run, in
+    order. When some are, says how many on stderr (`label`: whose work, `where`: the folder that holds it)."""
+    mine = process.take(items)
+    todo = [item for item in mine if not finished(item)]
+    if len(todo) < len(mine):
+        tqdm.write(f"{label} [rank {process.rank}]: {len(mine) - len(todo)} of {len(mine)} images already done in "
+                   f"{where}, {len(todo)} to go", file=sys.stderr)
+    return mine, todo
+
+
+def gather_to_main(items: List[T], process: Process) -> Optional[List[T]]:
+    """Every process's `items` concatenated on rank 0, in rank order (None elsewhere)."""
+    if process.world_size == 1:
+        return list(items)
+    gathered = [None] * process.world_size if process.is_main else None
+    dist.gather_object(items, gathered, dst=0)
+    return [item for part in gathered for item in part] if process.is_main else None
 
 
 def pick_device(name: Optional[str] = None) -> torch.device:

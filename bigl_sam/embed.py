@@ -14,7 +14,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import List
 
 from tqdm import tqdm
 
@@ -22,7 +21,7 @@ from .embeddings import EmbeddingError, embedding_complete, embedding_path, read
 from .errors import BiglSamError
 from .fileio import atomic_write_text, check_writable
 from .fingerprint import changed_line, image_fingerprint, weights_fingerprint
-from .images import IMAGE_SUFFIXES, load_image
+from .images import IMAGE_SUFFIXES, image_files, load_image
 from .modeling.config import check_keep_ratio_applies, keep_ratio_of
 from .options import add_device_options, add_model_options, model_spec
 
@@ -44,17 +43,15 @@ def run(args: argparse.Namespace) -> int:
     from segment_anything import SamPredictor  # here, not at the top, as the rest: --help does without torch
 
     from . import distributed
-    from .evaluation.sharding import Shard, gather_to_main
     from .pretrained import weights_lines
 
-    images = _images(args.images)
+    images = image_files(args.images)
     check_writable(args.out / SKIPPED_FILE, "--out")
     spec = model_spec(args, args.model, args.checkpoint)
     process = distributed.start(args.device, backend="gloo")  # skipped lists are Python objects: gloo anywhere
-    shard = Shard(process.rank, process.world_size)
     model = spec.load(process.device)  # first, even when all is done: a bad checkpoint fails on every rank
     check_keep_ratio_applies(model, args.keep_ratio, args.model)
-    if shard.is_main:
+    if process.is_main:
         print(weights_lines([spec.weights]), file=sys.stderr)
         distributed.note_bfloat16(process.device, args.dtype)
     fingerprints = [weights_fingerprint(path) for path in spec.weights.files]
@@ -68,14 +65,10 @@ def run(args: argparse.Namespace) -> int:
     }
     # Every rank checks every record, so that a folder of another run stops all of them alike.
     done = {path.name for path in images if _done(args.out, path, settings)}
-    mine = shard.take(images)
-    todo = [path for path in mine if path.name not in done]
-    if len(todo) < len(mine):
-        tqdm.write(f"embed [rank {shard.rank}]: {len(mine) - len(todo)} of {len(mine)} images already in {args.out}, "
-                   f"{len(todo)} to go", file=sys.stderr)
+    _, todo = distributed.take_unfinished(images, process, lambda path: path.name in done, "embed", args.out)
     predictor = SamPredictor(model)
     skipped = []
-    for path in tqdm(todo, desc=f"embed {args.model} [rank {shard.rank}]", unit="image"):
+    for path in tqdm(todo, desc=f"embed {args.model} [rank {process.rank}]", unit="image"):
         try:
             image = load_image(path)
         except BiglSamError as err:
@@ -88,9 +81,9 @@ def run(args: argparse.Namespace) -> int:
         record = {"image": path.name, "image_fingerprint": image_fingerprint(path),
                   "original_size": list(predictor.original_size),
                   "input_size": list(predictor.input_size), **settings,
-                  "written_by": {"rank": shard.rank, "world_size": shard.world_size}}
+                  "written_by": {"rank": process.rank, "world_size": process.world_size}}
         save_embedding(args.out, path.name, features, record)
-    gathered = gather_to_main(skipped, shard)
+    gathered = distributed.gather_to_main(skipped, process)
     distributed.stop(process)
     if gathered is None:
         return 0
@@ -101,15 +94,6 @@ def run(args: argparse.Namespace) -> int:
         raise BiglSamError(f"--images {args.images}: not one image could be read (see {args.out / SKIPPED_FILE})")
     print(f"embeddings of {len(images) - len(gathered)} images in {args.out}", file=sys.stderr)
     return 0
-
-
-def _images(folder: Path) -> List[Path]:
-    if not folder.is_dir():
-        raise BiglSamError(f"--images {folder}: no such folder")
-    images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not images:
-        raise BiglSamError(f"--images {folder}: no {'/'.join(IMAGE_SUFFIXES)} images in it")
-    return images
 
 
 def _done(out_dir: Path, image: Path, settings: dict) -> bool:

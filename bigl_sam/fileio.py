@@ -1,6 +1,8 @@
 """The one way files are written here: atomically (temp file, fsync, rename), so a reader never sees half a
-file, a crash leaves the previous version in place, and a full disk is one clear error. A folder of files
-that belong together (an ONNX export) is replaced as a whole the same way (`atomic_folder`)."""
+file, a crash leaves the previous version in place, and a full disk is one clear error. A writer that
+names its own files (onnx: a large model's weights go beside the graph) writes them the same way
+(`atomic_save`), and a folder of files that belong together (an ONNX export) is replaced as a whole
+(`atomic_folder`)."""
 
 import errno
 import os
@@ -38,6 +40,28 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> Path:
     except BaseException as err:
         tmp.unlink(missing_ok=True)
         raise_write_error(err, path)
+    return path
+
+
+def atomic_save(path: PathLike, save: Callable[[Path], None]) -> Path:
+    """Calls `save(target)` for a writer that opens its own files (`target`: `path`'s name in a temp folder
+    beside `path`) and renames each file it wrote beside `path`, `path` itself last: a reader that finds
+    `path` finds the files it names (onnx saves a model over 2 GB as the graph and `NAME.data`). On any
+    failure nothing is left of the temp folder; OSErrors become a `BiglSamError` as in `atomic_write`."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    except OSError as err:
+        raise BiglSamError(f"{path.parent}: cannot create the folder ({err.strerror})") from None
+    try:
+        save(tmp / path.name)
+        for part in sorted(tmp.iterdir(), key=lambda p: p.name == path.name):
+            os.replace(part, path.with_name(part.name))
+    except BaseException as err:
+        raise_write_error(err, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 

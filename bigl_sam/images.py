@@ -21,7 +21,7 @@ Size limits, so that a hostile or broken file is one error line instead of a cra
 import re
 import warnings
 from pathlib import Path
-from typing import Sequence, Tuple, Union
+from typing import List, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -33,8 +33,8 @@ from .errors import BiglSamError
 IMG_SIZE = 1024
 PATCH_SIZE = 16
 
-# The file suffixes taken as images where a folder is scanned (evaluation, distillation): formats Pillow reads
-# (a GIF: its first frame).
+# The file suffixes taken as images where a folder is scanned (`image_files`): formats Pillow reads (a GIF: its
+# first frame).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
 MAX_PIXELS = 150_000_000
@@ -45,6 +45,21 @@ UPRIGHT = 1  # the orientation tag's value for "stored as shown"
 # SAM's own normalisation constants (segment_anything/build_sam.py), RGB order.
 PIXEL_MEAN = [123.675, 116.28, 103.53]
 PIXEL_STD = [58.395, 57.12, 57.375]
+
+
+def image_files(folder: Path, what: str = "--images", recursive: bool = False) -> List[Path]:
+    """The image files (by suffix) directly in `folder`, or anywhere under it with `recursive`, sorted by their
+    path relative to `folder` (as POSIX text); a broken or looping link is listed too, so that reading it
+    reports it as skipped. A missing folder, or one without images, is a `BiglSamError` that starts with
+    `what` (the option that named the folder)."""
+    if not folder.is_dir():
+        raise BiglSamError(f"{what} {folder}: no such folder")
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    files = sorted((p for p in found if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or p.is_symlink())),
+                   key=lambda p: p.relative_to(folder).as_posix())
+    if not files:
+        raise BiglSamError(f"{what} {folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+    return files
 
 
 def load_image(source: Union[str, Path, Image.Image], exif: bool = True, max_pixels: int = MAX_PIXELS) -> np.ndarray:

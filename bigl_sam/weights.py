@@ -24,6 +24,7 @@ from typing import Dict, Optional
 
 from tqdm import tqdm
 
+from .arguments import add_renamed
 from .errors import BiglSamError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -222,8 +223,6 @@ def status(entry: KnownCheckpoint, folder: Path) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .options import add_renamed  # here, not at the top: options imports this module
-
     common = argparse.ArgumentParser(add_help=False)
     add_renamed(common, "--weights-dir", "--dir", type=Path, default=None, metavar="DIR",
                 help=f"weights folder (default: {WEIGHTS_DIR_HELP})")

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from bigl_sam import build_model, save_checkpoint
+from bigl_sam import build_model, distributed, save_checkpoint
 from bigl_sam.modeling import get_config
 
 
@@ -31,6 +32,18 @@ def small_matmul_reference(monkeypatch):
     """bench's matmul reference at a tiny size in tests: where bfloat16 is emulated, the real one takes
     seconds per call."""
     monkeypatch.setattr("bigl_sam.bench.measure.REFERENCE_MATMUL", (64, 64, 64))
+
+
+@contextmanager
+def dynamo_only_compile():
+    """`torch.compile` with dynamo's "eager" backend inside the block: the same graph capture, guards and
+    recompiles as with inductor, without inductor's code generation (one to two minutes for SAM's mask
+    decoder on a loaded 2-core CPU). What inductor makes of the graph is timed by `bigl-sam bench` and
+    checked against SAM's masks by `bigl-sam amg --bench --compile`."""
+    real = torch.compile
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch, "compile", lambda model=None, **kwargs: real(model, **{**kwargs, "backend": "eager"}))
+        yield
 
 
 def randomize_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -96,6 +109,33 @@ def run_torchrun(cli_args, processes: int = 2):
                "-m", "bigl_sam.cli", *map(str, cli_args)]
     return subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
                           timeout=300)
+
+
+def as_ranks(monkeypatch, command, world_size: int = 2) -> dict:
+    """{rank: command()}, `command` run once per rank of a `world_size`-process torchrun, in this process and
+    the last rank first: `distributed.start` gives that rank, barriers pass at once, and rank 0's k-th gather
+    gets the k-th thing each other rank sent. A command's own sharding, without the start-up of torchrun's
+    processes (about 25 s a test on a loaded 2-core machine); the real process group has its own test
+    (test_embed's torchrun test)."""
+    sent = {rank: [] for rank in range(1, world_size)}
+    running = {}
+
+    def gather_object(obj, object_gather_list=None, dst=0):
+        if running["rank"] != dst:
+            sent[running["rank"]].append(obj)
+        else:
+            object_gather_list[:] = [obj] + [sent[rank].pop(0) for rank in range(1, world_size)]
+
+    monkeypatch.setattr(torch.distributed, "gather_object", gather_object)
+    monkeypatch.setattr(torch.distributed, "barrier", lambda *args, **kwargs: None)
+    results = {}
+    for rank in reversed(range(world_size)):
+        running["rank"] = rank
+        monkeypatch.setattr(distributed, "start", lambda device=None, backend=None, rank=rank: distributed.Process(
+            rank, world_size, distributed.pick_device(device)))
+        results[rank] = command()
+    assert not any(sent.values()), "rank 0 gathered less than the other ranks sent"
+    return results
 
 
 def official_weights_folder(folder: Path, files: dict) -> Path:

@@ -14,9 +14,8 @@ import bigl_sam.onnx.export
 from bigl_sam import build_model, build_student_from_sam, load_sam, sam_model_registry, save_checkpoint
 from bigl_sam.cli import main
 from bigl_sam.demo.models import load_demo_model
-from bigl_sam.evaluation.runner import ModelSpec
 from bigl_sam.modeling import get_config
-from bigl_sam.pretrained import choose_weights
+from bigl_sam.pretrained import ModelSpec, choose_weights
 
 from conftest import randomize_, small_test_configs
 

@@ -1,4 +1,5 @@
-"""The demo's compiled mask decoder: same masks as SAM's eager decoder, and a clean fallback without it."""
+"""The demo's compiled mask decoder: same masks as SAM's eager decoder, no compile after the warm-up, and a
+clean fallback without it. Compiled by dynamo alone (`conftest.dynamo_only_compile`)."""
 
 import numpy as np
 import pytest
@@ -7,9 +8,10 @@ from torch._dynamo.utils import counters
 
 from bigl_sam import build_model
 from bigl_sam.demo import cli
-from bigl_sam.demo.inference import compile_decoder, decode_click, encode_image
+from bigl_sam.inference import compile_decoder, decode_click, encode_image
 from bigl_sam.demo.models import DemoModel, DemoModels
 from bigl_sam.modeling import get_config
+from conftest import dynamo_only_compile
 
 PROMPTS = [
     dict(points=[(30.0, 40.0)], labels=[1]),
@@ -28,7 +30,8 @@ def test_compiled_clicks_equal_eager_ones_and_never_compile_again():
     model = build_model(get_config("vit_test"))
     encoding = encode_image(model, np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8))
     eager = [decode_click(model, encoding, **prompt) for prompt in PROMPTS]
-    compile_decoder(model)
+    with dynamo_only_compile():
+        compile_decoder(model)
     assert "forward" in vars(model.mask_decoder)
     warmed_up = compiled_graphs()  # a decoder compiled earlier in this process shares its graph: no new one
     assert warmed_up > 0

@@ -12,7 +12,7 @@ from bigl_sam.cli import main
 from bigl_sam.demo import render
 from bigl_sam.demo.api import segment
 from bigl_sam.demo.handlers import COMPARE, MAIN, DemoHandlers
-from bigl_sam.demo.inference import MAX_POINTS
+from bigl_sam.inference import MAX_POINTS
 from bigl_sam.demo.models import load_demo_models
 from bigl_sam.demo.render import overlay_mask, routing_heat_map
 from bigl_sam.demo.session import BOX, NEGATIVE, Prompts, Session

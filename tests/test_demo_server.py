@@ -16,8 +16,9 @@ from torch._dynamo.utils import counters
 from bigl_sam.cli import main
 from bigl_sam.demo.app import build_app, image_input, launch
 from bigl_sam.demo.handlers import DemoHandlers
-from bigl_sam.demo.inference import MAX_POINTS, compile_decoder
+from bigl_sam.inference import MAX_POINTS, compile_decoder
 from bigl_sam.demo.models import load_demo_models
+from conftest import dynamo_only_compile
 
 
 class Server(NamedTuple):
@@ -32,10 +33,11 @@ def compiled_graphs() -> int:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """The one compiled decoder of this suite's served tests (compiling takes tens of seconds on CPU)."""
+    """The one compiled decoder of this suite's served tests (by dynamo alone: `conftest.dynamo_only_compile`)."""
     workdir = tmp_path_factory.mktemp("demo-server")
     models = load_demo_models("bigl_test")
-    compile_decoder(models.main.model)
+    with dynamo_only_compile():
+        compile_decoder(models.main.model)
     app = build_app(DemoHandlers(models, workdir))
     yield Server(launch(app, "127.0.0.1", None, workdir, block=False), models.main.model.mask_decoder,
                  compiled_graphs())
@@ -147,7 +149,7 @@ def test_examples_folder_without_images_is_one_error_line(tmp_path, capsys, made
         folder.mkdir()
         (folder / "notes.txt").write_text("no image here")
     assert main(["demo", "--model", "bigl_test", "--examples", str(folder)]) == 2
-    reason = "no .jpg/.jpeg/.png/.bmp/.tif/.tiff/.webp/.gif images in it" if made else "no such folder"
+    reason = "no images (.jpg, .jpeg, .png, .bmp, .tif, .tiff, .webp, .gif) in this folder" if made else "no such folder"
     assert capsys.readouterr().err.strip() == f"bigl-sam demo: error: --examples {folder}: {reason}"
 
 

@@ -11,7 +11,7 @@ from conftest import official_weights_folder
 from bigl_sam.cli import program
 from bigl_sam.demo.app import build_app
 from bigl_sam.demo.handlers import DemoHandlers
-from bigl_sam.demo.inference import decode_click, encode_image
+from bigl_sam.inference import decode_click, encode_image
 from bigl_sam.demo.models import load_demo_models, untrained_banner
 from bigl_sam.demo.session import Session
 from bigl_sam.pretrained import CHECKPOINT, OFFICIAL, RANDOM

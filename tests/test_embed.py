@@ -3,10 +3,6 @@ a kill, torchrun shards, and bad embeddings refused in one line."""
 
 import copy
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +17,7 @@ from bigl_sam.embeddings import EmbeddingError, embedding_path, record_path, sav
 from bigl_sam.modeling import get_config
 from bigl_sam.weights import folder_line, weights_dir
 
-from conftest import run_torchrun
+from conftest import as_ranks, run_torchrun
 
 POINT = {"point_coords": np.array([[140.0, 120.0]]), "point_labels": np.array([1])}
 BOX = {"box": np.array([270.0, 140.0, 470.0, 340.0])}
@@ -156,6 +152,8 @@ def test_a_transformers_folder_is_a_checkpoint_as_everywhere(tmp_path, official_
 
 
 def test_torchrun_finishes_a_half_done_folder_with_each_image_once(tmp_path, monkeypatch, one_thread):
+    """The one test of the shared resumable loop (`distributed.take_unfinished`, `gather_to_main`) on a real
+    process group; the other commands' tests run their ranks in one process (`conftest.as_ranks`)."""
     images = photos(tmp_path / "images", 3)
     (tmp_path / "images" / "broken.png").write_bytes(b"not an image")
     out = tmp_path / "out"
@@ -172,33 +170,13 @@ def test_torchrun_finishes_a_half_done_folder_with_each_image_once(tmp_path, mon
     assert [found[p.name]["written_by"] for p in images] == [
         {"rank": 0, "world_size": 1}, {"rank": 0, "world_size": 2}, {"rank": 1, "world_size": 2}]
     assert record_path(out, "img0.png").stat().st_mtime_ns == first_record
-    assert "embed [rank 1]: 1 of 2 images already in" in done.stderr
+    assert "embed [rank 1]: 1 of 2 images already done in" in done.stderr
     assert "embed [rank 0]: " not in done.stderr  # rank 0 had nothing done: no such line
     skipped = json.loads((out / "skipped.json").read_text())["skipped"]
     assert [entry["file"] for entry in skipped] == ["broken.png"]
 
 
-def run_ranks(cli_args, processes: int = 2, timeout_s: int = 240) -> list:
-    """`bigl-sam ARGS` as `processes` ranks of one process group, each run to its own end (torchrun's agent
-    stops the others once one fails, which would hide what they do): [(process, stdout, stderr)]. A rank
-    that waits for another one that has given up runs into the timeout."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "bigl_sam.cli", *map(str, cli_args)]
-    ranks = []
-    for rank in range(processes):
-        env = dict(os.environ, OMP_NUM_THREADS="1", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(processes),
-                   LOCAL_WORLD_SIZE=str(processes), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        ranks.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    try:
-        return [(rank, *rank.communicate(timeout=timeout_s)) for rank in ranks]
-    finally:
-        for rank in ranks:
-            rank.kill()
-
-
-def test_every_rank_refuses_a_folder_of_another_run_in_one_line(tmp_path, official_checkpoint):
+def test_every_rank_refuses_a_folder_of_another_run_in_one_line(tmp_path, official_checkpoint, monkeypatch, capsys):
     """The folder's one record of another run (other weights) is of an image in rank 0's share: rank 1
     refuses too, rather than embed its share and then wait for rank 0 forever."""
     photos(tmp_path / "images", 2)
@@ -207,11 +185,12 @@ def test_every_rank_refuses_a_folder_of_another_run_in_one_line(tmp_path, offici
     out.mkdir()
     for suffix in (".npy", ".json"):  # img0 only: rank 0's image
         (out / f"img0.png{suffix}").write_bytes((tmp_path / "first" / f"img0.png{suffix}").read_bytes())
-    finished = run_ranks(["embed", "--images", tmp_path / "images", "--out", out, "--model", "vit_test",
-                          "--checkpoint", official_checkpoint("vit_test")])
-    for process, _, stderr in finished:
+    capsys.readouterr()
+    finished = as_ranks(monkeypatch, lambda: (embed(tmp_path / "images", out, "--model", "vit_test", "--checkpoint",
+                                                    official_checkpoint("vit_test")), capsys.readouterr().err))
+    for code, stderr in finished.values():
         errors = [line for line in stderr.splitlines() if line.startswith("bigl-sam embed: error: ")]
-        assert process.returncode == 2 and len(errors) == 1, stderr[-2000:]
+        assert code == 2 and len(errors) == 1, stderr[-2000:]
         assert "holds embeddings of another run (img0.png: weights_sha256 ([] -> [sha256 " in errors[0], errors[0]
     assert sorted(records(out)) == ["img0.png"]  # nothing written by either rank
 
@@ -285,7 +264,7 @@ def test_embed_bad_arguments_are_one_line_exit_2(tmp_path, capsys):
         "weights_sha256": [], "keep_ratio": 0.25, "dtype": "float32"}))
     cases = [
         (["--images", tmp_path / "nowhere", "--out", tmp_path / "x", "--model", "vit_test"], "no such folder"),
-        (["--images", tmp_path / "out", "--out", tmp_path / "x", "--model", "vit_test"], "no .jpg/"),
+        (["--images", tmp_path / "out", "--out", tmp_path / "x", "--model", "vit_test"], "no images (.jpg, "),
         (["--images", tmp_path / "images", "--out", tmp_path / "x", "--model", "vit_test", "--keep-ratio", 0.5],
          "vit_test is SAM's own encoder"),
         (["--images", tmp_path / "images", "--out", tmp_path / "out", "--model", "vit_test"],

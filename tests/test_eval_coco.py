@@ -37,7 +37,7 @@ def test_crowd_and_zero_area_annotations_are_counted_not_scored(dataset, data):
 def test_polygon_and_rle_masks_have_their_annotated_area(dataset):
     for image_id in dataset.image_ids():
         for instance in dataset.instances(image_id):
-            assert instance.mask.shape == dataset.image_size(image_id)
+            assert instance.mask.shape == dataset.original_size(image_id)
             assert instance.mask.sum() == instance.area
 
 
@@ -53,7 +53,7 @@ def test_eval_reads_pixels_as_stored_like_coco_annotates_them(dataset):
     mask = dataset.instances(4)[0].mask
     as_stored = load_image(dataset.image_path(4), exif=False)
     upright = load_image(dataset.image_path(4))  # the demo's and the Python API's view
-    assert as_stored.shape[:2] == upright.shape[:2] == dataset.image_size(4)
+    assert as_stored.shape[:2] == upright.shape[:2] == dataset.original_size(4)
     assert ((as_stored[..., 0] > 90) == mask).mean() > 0.98  # JPEG blurs a few edge pixels
     assert ((upright[..., 0] > 90) == mask).mean() < 0.8
     assert np.array_equal(upright, as_stored[::-1, ::-1])

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bigl_sam.errors import BiglSamError
-from bigl_sam.fileio import atomic_folder, atomic_write, atomic_write_text, check_writable
+from bigl_sam.fileio import atomic_folder, atomic_save, atomic_write, atomic_write_text, check_writable
 
 ROOT = Path(__file__).resolve().parents[1]  # `python -c` run here imports this checkout
 
@@ -36,6 +36,25 @@ def test_full_disk_is_one_error_naming_the_folder(tmp_path):
     with pytest.raises(BiglSamError, match=f"no space left on {tmp_path}"):
         atomic_write(tmp_path / "b.bin", full)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_writer_of_its_own_files_lands_them_all_or_none(tmp_path):
+    """As onnx saves a model over 2 GB: the graph at the path it is given, its weights beside it."""
+    path = tmp_path / "encoder.onnx"
+
+    def save(target, fail=False):
+        target.with_name(target.name + ".data").write_text("weights")
+        if fail:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        target.write_text("graph")
+
+    assert atomic_save(path, save) == path
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["encoder.onnx", "encoder.onnx.data"]
+    path.write_text("old graph")
+    with pytest.raises(BiglSamError, match=f"no space left on {tmp_path} \\(writing encoder.onnx\\)"):
+        atomic_save(path, lambda target: save(target, fail=True))
+    assert path.read_text() == "old graph"  # and no temp folder is left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["encoder.onnx", "encoder.onnx.data"]
 
 
 def test_torch_enforce_failure_on_a_full_disk_is_recognised(tmp_path):

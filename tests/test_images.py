@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from bigl_sam.errors import BiglSamError
-from bigl_sam.images import MAX_ASPECT, MAX_PIXELS, load_image, sam_input
+from bigl_sam.images import MAX_ASPECT, MAX_PIXELS, image_files, load_image, sam_input
 
 
 def test_grayscale_becomes_three_equal_channels(tmp_path):
@@ -125,3 +125,18 @@ def test_distill_cache_names_a_bomb_and_a_sliver(tmp_path, official_checkpoint, 
     err = capsys.readouterr().err
     assert code in (0, 2) and "Traceback" not in err
     assert "bomb.png" in err and "too large for SAM" in err
+
+
+def test_image_files_lists_one_folder_or_a_tree_in_one_order(tmp_path):
+    for name in ("b.PNG", "a.jpg", "notes.txt", "a.b/c.png", "a/b.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "folder.png").mkdir()
+    assert [p.name for p in image_files(tmp_path)] == ["a.jpg", "b.PNG"]
+    found = [p.relative_to(tmp_path).as_posix() for p in image_files(tmp_path, recursive=True)]
+    assert found == ["a.b/c.png", "a.jpg", "a/b.png", "b.PNG"]  # as the sorted relative paths
+    with pytest.raises(BiglSamError, match=f"^--examples {tmp_path / 'a'}/x: no such folder$"):
+        image_files(tmp_path / "a" / "x", "--examples")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BiglSamError, match=r"^--images .*empty: no images \(\.jpg, .*\) in this folder$"):
+        image_files(tmp_path / "empty")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bigl_sam import build_model
-from bigl_sam.errors import BiglSamError, KeepRatioError
+from bigl_sam.errors import BiglSamError, KeepRatioError, keep_ratio_list
 from bigl_sam.modeling import get_config
 from bigl_sam.modeling.config import check_keep_ratio
 
@@ -46,3 +46,14 @@ def test_encoder_refuses_a_keep_ratio_of_the_wrong_type(ratio):
     encoder.keep_ratio = ratio
     with pytest.raises(KeepRatioError, match="bool|str"):
         encoder(x)
+
+
+def test_a_keep_ratio_list_is_read_one_way_for_every_command():
+    assert keep_ratio_list("0.25, 1.0,0.25") == [0.25, 1.0]
+    assert keep_ratio_list("default,1.0", default=0.25) == [0.25, 1.0]
+    with pytest.raises(BiglSamError, match=r"^--keep-ratio 'default' is not a number$"):
+        keep_ratio_list("default")  # only where the command has a default
+    with pytest.raises(BiglSamError, match=r"^--keep-ratio 'half' is not a number \(or 'default'\)$"):
+        keep_ratio_list("0.5,half", default=0.25)
+    with pytest.raises(KeepRatioError, match=r"^--keep-ratio must be in \(0, 1\], got 1\.5"):
+        keep_ratio_list("0.25,1.5")

@@ -1,6 +1,6 @@
 import pytest
 
-from bigl_sam.options import CommandParser, add_renamed
+from bigl_sam.arguments import CommandParser, add_renamed
 
 
 def _parser():

@@ -9,8 +9,7 @@ import bigl_sam
 from bigl_sam import build_sam, load_student, save_checkpoint
 from bigl_sam.cli import main
 from bigl_sam.errors import BiglSamError
-from bigl_sam.evaluation.runner import ModelSpec
-from bigl_sam.pretrained import CHECKPOINT, OFFICIAL, RANDOM, choose_weights, folder_lines
+from bigl_sam.pretrained import CHECKPOINT, OFFICIAL, RANDOM, ModelSpec, choose_weights, folder_lines
 
 OFFICIAL_TEST_FILE = "sam_vit_test_000000.pth"
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, List
 from tqdm import tqdm
 
 from ..errors import BiglSamError
-from ..images import IMAGE_SUFFIXES
+from ..images import image_files
 from ..modeling.config import check_keep_ratio_applies, get_config
 from ..options import add_device_options, add_model_options, model_spec
 from . import outputs
@@ -51,7 +51,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import distributed  # here, not at the top: torch, which --help does without
-    from ..evaluation.sharding import Shard, gather_to_main
     from ..pretrained import weights_lines
     from . import bench
     from .generator import MaskGenerator
@@ -59,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     check_keep_ratio_applies(get_config(args.model), args.keep_ratio, args.model)
     spec = model_spec(args, args.model, args.checkpoint)
-    files = image_files(args.images, args.max_images)
+    files = first_images(args.images, args.max_images)
     if args.bench:
         device = distributed.pick_device(args.device)
         bench.run(spec.load(device), files, settings, args.dtype, args.compile, args.share_image_work)
@@ -77,21 +76,19 @@ def run(args: argparse.Namespace) -> int:
         raise BiglSamError(f"{args.images}: the masks of {clash} would be {outputs.COCO_FILE}, the folder's COCO "
                            "file: rename the image, or use --output-mode binary_mask")
     process = distributed.start(args.device, backend="gloo")
-    shard = Shard(process.rank, process.world_size)
     model = spec.load(process.device)
     options = {"compiled": args.compile, "share_image_work": args.share_image_work}
     generator = MaskGenerator(model, **settings.as_kwargs(), **options, output_mode="uncompressed_rle")
     recorded = {**spec.settings(model), **settings.as_kwargs(), **{k: v for k, v in options.items() if v},
                 "dtype": args.dtype, "output_mode": args.output_mode}
-    if shard.is_main:
+    if process.is_main:
         outputs.check_settings(args.out, recorded)
         print(weights_lines([spec.weights]), file=sys.stderr)
     distributed.barrier(process)
-    if not shard.is_main:
+    if not process.is_main:
         outputs.check_settings(args.out, recorded)
-    skipped = _segment(generator, shard.take(files), args, process)
-    skipped = gather_to_main(skipped, shard)
-    if not shard.is_main:
+    skipped = distributed.gather_to_main(_segment(generator, files, args, process), process)
+    if not process.is_main:
         return 0
     done = [path for path in files if outputs.read_record(args.out, path.stem) is not None]
     if not done:
@@ -108,17 +105,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _segment(generator: "MaskGenerator", mine: List[Path], args: argparse.Namespace, process) -> List[str]:
-    """Segments this process's images that have no record of this very file yet; returns why images were
-    skipped."""
+def _segment(generator: "MaskGenerator", files: List[Path], args: argparse.Namespace, process) -> List[str]:
+    """Segments this process's share of `files` that has no record of this very file yet
+    (`outputs.is_done`); returns why images were skipped."""
     from .. import distributed
     from ..fingerprint import image_fingerprint
     from ..images import load_image
 
-    todo = [path for path in mine if not outputs.is_done(args.out, path)]
-    if len(todo) < len(mine):
-        tqdm.write(f"amg [rank {process.rank}]: {len(mine) - len(todo)} of {len(mine)} images already done in "
-                   f"{args.out}, {len(todo)} to go", file=sys.stderr)
+    _, todo = distributed.take_unfinished(files, process, lambda path: outputs.is_done(args.out, path), "amg",
+                                          args.out)
     skipped = []
     autocast = distributed.autocast(process.device, args.dtype)
     for path in tqdm(todo, desc=f"amg [rank {process.rank}]", unit="image"):
@@ -134,15 +129,9 @@ def _segment(generator: "MaskGenerator", mine: List[Path], args: argparse.Namesp
     return skipped
 
 
-def image_files(folder: Path, max_images=None) -> List[Path]:
-    """The image files directly in `folder` (by suffix), sorted by name; the first `max_images`. A broken or
-    looping symlink is listed too, to be reported as skipped."""
-    if not folder.is_dir():
-        raise BiglSamError(f"--images {folder}: not a folder")
+def first_images(folder: Path, max_images=None) -> List[Path]:
+    """The image files directly in `folder`, sorted by name (broken or looping links too, to be reported as
+    skipped); the first `max_images`."""
     if max_images is not None and max_images < 1:
         raise BiglSamError(f"--max-images must be at least 1, got {max_images}")
-    files = sorted(p for p in folder.iterdir()
-                   if (p.is_file() or p.is_symlink()) and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise BiglSamError(f"--images {folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
-    return files[:max_images]
+    return image_files(folder)[:max_images]

@@ -16,7 +16,7 @@ full-size logits at once and run-length encodes mask by mask. Here, per batch of
 NMS within and across crops, the small-region postprocessing and the output records are SAM's own.
 
 Two options compute the decoder's sums in other blocks, so they may round differently from SAM's decoder and
-are off by default: `compiled` (the demo's TorchInductor-compiled mask decoder) and `share_image_work` (the
+are off by default: `compiled` (the TorchInductor-compiled mask decoder the demo runs too) and `share_image_work` (the
 first decoder layer's projections of the image embedding made once per image instead of once per prompt:
 `image_work_shared`).
 """
@@ -49,9 +49,8 @@ from segment_anything.utils.amg import (
 from torch import nn
 from torchvision.ops.boxes import batched_nms, box_area
 
-from ..bench.measure import first_line
-from ..demo.inference import as_embedding, blank_encoding, compile_decoder
-from ..errors import BiglSamError
+from ..inference import as_embedding, blank_encoding, compile_decoder
+from ..errors import BiglSamError, first_line
 from .settings import AUTO, OUTPUT_MODES, AmgSettings, AmgSettingsError, auto_points_per_batch
 
 # Full-size float logits held at once while upsampling and scoring (SAM holds a whole batch: 64 points x 3
@@ -133,8 +132,8 @@ class MaskGenerator:
         return self.predictor.model
 
     def _compile(self) -> float:
-        """Compiles the decoder (the demo's `compile_decoder`) and warms it up on a batch of points, so that
-        `generate` compiles nothing more (the batch size is dynamic, the embedding's layout fixed)."""
+        """Compiles the decoder (`inference.compile_decoder`, as the demo does) and warms it up on a batch of
+        points, so that `generate` compiles nothing more (the batch size is dynamic, the embedding's layout fixed)."""
         start = time.perf_counter()
         side = self.model.image_encoder.img_size
         points = np.random.default_rng(0).uniform(0, side, (max(2, self.points_per_batch), 2))
@@ -144,7 +143,7 @@ class MaskGenerator:
                 self._decode(points, (side, side), blank_encoding(self.model).features)
         except Exception as err:  # inductor's failures have many types (no compiler, unsupported op, ...)
             self.model.mask_decoder.__dict__.pop("forward", None)  # eager again
-            raise BiglSamError(f"compiling the mask decoder failed ({first_line(err)})") from err
+            raise BiglSamError(f"compiling the mask decoder failed ({first_line(err, with_type=True)})") from err
         return time.perf_counter() - start
 
     @torch.inference_mode()
@@ -195,7 +194,7 @@ class MaskGenerator:
         return data
 
     def _batch_masks(self, points: np.ndarray, crop_size: Tuple[int, int], crop_box: List[int],
-                     image_size: Tuple[int, int]) -> MaskData:
+                     original_size: Tuple[int, int]) -> MaskData:
         """Masks of a batch of P points (pixels of the crop): the decoder's 3 per point, filtered and scored
         as SAM's `_process_batch` does, in its order (point-major)."""
         s = self.settings
@@ -226,10 +225,10 @@ class MaskGenerator:
             masks = logits > self.model.mask_threshold
             del logits
             chunk_boxes = batched_mask_to_box(masks)
-            inside = ~is_box_near_crop_edge(chunk_boxes, crop_box, [0, 0, image_size[1], image_size[0]])
+            inside = ~is_box_near_crop_edge(chunk_boxes, crop_box, [0, 0, original_size[1], original_size[0]])
             masks, stability, index, chunk_boxes = masks[inside], stability[inside], index[inside], chunk_boxes[inside]
             rle_start = self._now()
-            rles.extend(masks_to_rles(uncrop_masks(masks, crop_box, image_size[0], image_size[1])))
+            rles.extend(masks_to_rles(uncrop_masks(masks, crop_box, original_size[0], original_size[1])))
             encoding += self._now() - rle_start
             kept.append(index)
             scores.append(stability)

@@ -88,10 +88,11 @@ def is_done(out_dir: Path, image: Path) -> bool:
     return True
 
 
-def write_image(out_dir: Path, name: str, file_name: str, fingerprint: str, size: Sequence[int],
+def write_image(out_dir: Path, name: str, file_name: str, fingerprint: str, original_size: Sequence[int],
                 masks: List[Dict[str, Any]], output_mode: str) -> None:
     """One image's outputs from the generator's records (uncompressed RLE segmentations) of an image of
-    `size` (height, width pixels) and `fingerprint` (`fingerprint.image_fingerprint`); its record last."""
+    `original_size` (height, width pixels) and `fingerprint` (`fingerprint.image_fingerprint`); its record
+    last."""
     import cv2
     import numpy as np
     from segment_anything.utils.amg import coco_encode_rle
@@ -108,8 +109,8 @@ def write_image(out_dir: Path, name: str, file_name: str, fingerprint: str, size
                                                                                     enumerate(masks)]))
     else:
         atomic_write_text(out_dir / f"{name}.json", json.dumps(coco))
-    record = {"file_name": file_name, "image_fingerprint": fingerprint, "height": int(size[0]),
-              "width": int(size[1]), "annotations": coco}
+    record = {"file_name": file_name, "image_fingerprint": fingerprint, "height": int(original_size[0]),
+              "width": int(original_size[1]), "annotations": coco}
     atomic_write_text(record_path(out_dir, name), json.dumps(record))
 
 

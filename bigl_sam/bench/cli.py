@@ -16,12 +16,12 @@ import torch
 from tqdm import tqdm
 
 from ..distributed import DTYPES, autocast, note_bfloat16, pick_device
-from ..errors import BiglSamError
+from ..errors import BiglSamError, keep_ratio_list
 from ..fileio import atomic_write_text, check_writable
 from ..onnx.cli import ONNX_INSTALL, require_onnx_extra
 from ..options import add_dtype_option
 from .clicks import bench_clicks
-from .encoders import BenchEncoder, build_encoder, keep_ratios, model_names
+from .encoders import BenchEncoder, build_encoder, model_names
 from .inputs import DEFAULT_SIZE, BenchInput, bench_inputs, encoder_input
 from .measure import Case, matmul_speed, measure
 from .peers import PEERS, PEERS_INSTALL
@@ -113,7 +113,7 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise BiglSamError(f"--threads must be at least 1, got {args.threads}")
     if args.clicks < 0:
         raise BiglSamError(f"--clicks must be 0 (skip) or more, got {args.clicks}")
-    keep_ratios(args.keep_ratio, default=1.0)
+    keep_ratio_list(args.keep_ratio, default=1.0)
     args.backends = backends(args)
     if args.json is not None:
         check_writable(args.json, "--json")

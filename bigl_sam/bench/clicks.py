@@ -10,10 +10,10 @@ import statistics
 from typing import Dict, Tuple
 
 from ..build import build_model
-from ..demo.inference import compile_decoder, decode_click, encode_image
+from ..errors import first_line
+from ..inference import compile_decoder, decode_click, encode_image
 from ..modeling import get_config
 from .inputs import synthetic_photo
-from .measure import first_line
 
 CLICK_PHOTO_SIZE = (640, 480)  # width, height
 CLICK_POINT = (320.0, 240.0)  # x, y in the photo
@@ -29,7 +29,7 @@ def bench_clicks(later_clicks: int, compiled: bool) -> Dict[str, object]:
         try:
             result["compile_s"] = compile_decoder(model)
         except Exception as err:  # the demo then runs eagerly; so is said here
-            result["compile_error"] = first_line(err)
+            result["compile_error"] = first_line(err, with_type=True)
             return result
         result["compiled_first_ms"], result["compiled_ms"] = _clicks(model, later_clicks)
     return result

@@ -8,10 +8,9 @@ import torch
 from torch import nn
 
 from ..build import build_model
-from ..errors import BiglSamError, UnknownModelError
+from ..errors import BiglSamError, UnknownModelError, keep_ratio_list
 from ..images import PIXEL_MEAN, PIXEL_STD
 from ..modeling import get_config, is_student
-from ..modeling.config import check_keep_ratio
 from .peers import PEERS, PEERS_INSTALL, build_peer
 
 
@@ -43,24 +42,6 @@ def model_names(spec: str) -> List[str]:
     return names
 
 
-def keep_ratios(spec: str, default: float) -> List[float]:
-    """'default,1.0' -> [0.25, 1.0] for a config whose own ratio is 0.25; duplicates dropped."""
-    ratios = []
-    for part in spec.split(","):
-        part = part.strip()
-        if part == "default":
-            value = default
-        else:
-            try:
-                value = float(part)
-            except ValueError:
-                raise BiglSamError(f"--keep-ratio {part!r} is not a number (or 'default')") from None
-            check_keep_ratio(value, "--keep-ratio")
-        if value not in ratios:
-            ratios.append(value)
-    return ratios
-
-
 def build_encoder(name: str, keep_ratio_spec: str, device: torch.device) -> BenchEncoder:
     if name in PEERS:
         mean, std = torch.tensor(PIXEL_MEAN), torch.tensor(PIXEL_STD)
@@ -69,7 +50,7 @@ def build_encoder(name: str, keep_ratio_spec: str, device: torch.device) -> Benc
     model = build_model(config)
     ratios: Sequence[Optional[float]] = [None]
     if is_student(config):
-        ratios = keep_ratios(keep_ratio_spec, config.keep_ratio)
+        ratios = keep_ratio_list(keep_ratio_spec, config.keep_ratio)
     encoder = model.image_encoder.to(device)
     return BenchEncoder(name, encoder, encoder.img_size, model.pixel_mean.flatten(), model.pixel_std.flatten(),
                         list(ratios))

@@ -14,6 +14,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from tqdm import tqdm
 
+from ..errors import first_line
+
 # torch's FLOP counter knows SDPA's CUDA kernels but not the CPU one.
 CPU_SDPA_FLOPS = {
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: (
@@ -97,15 +99,10 @@ def _first_call(case: Case, batch: int, device: torch.device) -> None:
     try:
         case.compile_s = _timed_ms(case.forward, device) / 1e3
     except Exception as err:  # inductor's failures have many types (no compiler, unsupported op, ...)
-        case.compile_error = first_line(err)
+        case.compile_error = first_line(err, with_type=True)
         tqdm.write(f"  {case.label} on {case.input}: torch.compile failed ({case.compile_error}); row skipped")
         return
     tqdm.write(f"  {case.label} on {case.input}: compiled in {case.compile_s:.1f} s (first call)")
-
-
-def first_line(err: Exception) -> str:
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
 
 
 def _timed_ms(forward: Callable[[], object], device: torch.device) -> float:

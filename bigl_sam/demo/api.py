@@ -14,7 +14,7 @@ from PIL import Image
 from ..errors import BiglSamError
 from ..fileio import atomic_write
 from ..images import load_image
-from .inference import Encoding, check_point_count, decode_click, encode_image
+from ..inference import Encoding, check_point_count, decode_click, encode_image
 from .models import DemoModel
 from .render import color_masks, save_mask_png, working_image
 

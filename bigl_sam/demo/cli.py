@@ -6,8 +6,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional
 
-from ..errors import BiglSamError
-from ..images import IMAGE_SUFFIXES
+from ..errors import BiglSamError, first_line
+from ..images import image_files
 from ..modeling.config import MODEL_CONFIGS
 from ..options import add_dtype_option, add_model_options
 
@@ -40,24 +40,18 @@ def example_images(folder: Optional[Path] = None) -> List[Path]:
     examples, or none where they are absent (a wheel install)."""
     if folder is None:
         return example_images(EXAMPLES_DIR) if EXAMPLES_DIR.is_dir() else []
-    if not folder.is_dir():
-        raise BiglSamError(f"--examples {folder}: no such folder")
-    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not images:
-        raise BiglSamError(f"--examples {folder}: no {'/'.join(IMAGE_SUFFIXES)} images in it")
-    return images
+    return image_files(folder, "--examples")
 
 
 def _compile_decoders(models: "DemoModels") -> None:
-    from .inference import compile_decoder
+    from ..inference import compile_decoder
 
     for demo_model in models.shown:
         print(f"compiling {demo_model.name}'s mask decoder for fast clicks (--no-compile skips it)...", flush=True)
         try:
             print(f"  done in {compile_decoder(demo_model.model):.0f} s", flush=True)
         except Exception as err:  # the demo still works, only its clicks are slower
-            first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            print(f"  torch.compile unavailable ({first_line}); clicks run eagerly", file=sys.stderr)
+            print(f"  torch.compile unavailable ({first_line(err)}); clicks run eagerly", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ import numpy as np
 from ..amg import AmgSettings, MaskGenerator
 from ..errors import BiglSamError, check_keep_ratio
 from ..images import load_image
-from .inference import Encoding, Prediction, check_point_count, decode_click, encode_image
+from ..inference import Encoding, Prediction, check_point_count, decode_click, encode_image
 from .models import DemoModel, DemoModels, weights_note
 from .render import color_masks, draw_prompts, overlay_mask, routing_heat_map, save_mask_png, thumbnail, working_image
 from .session import MODES, Session

@@ -9,7 +9,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from .inference import Encoding, Prediction
+from ..inference import Encoding, Prediction
 
 POSITIVE = "Positive point"
 NEGATIVE = "Negative point"

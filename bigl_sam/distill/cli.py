@@ -10,7 +10,8 @@ from .. import distributed
 from ..build import build_sam, load_sam
 from ..errors import BiglSamError
 from ..fileio import check_writable
-from ..options import add_device_options, add_dtype_option, add_renamed
+from ..arguments import add_renamed
+from ..options import add_device_options, add_dtype_option
 from .cache import SKIPPED, build_cache, read_index, verify_cache
 from .compare import compare, read_json, table, write_json
 from ..training.config import add_config_arguments, numbers

@@ -18,11 +18,10 @@ from typing import Any, Dict, List, Optional
 from .. import distributed
 from ..errors import BiglSamError
 from ..options import WEIGHTS_RULE_HELP, add_device_options, add_weights_options, model_spec
-from ..pretrained import folder_lines
+from ..pretrained import ModelSpec, folder_lines
 from . import coco_jobs, interactive
 from .report import write_json
-from .runner import Evaluation, ModelSpec, evaluate_models
-from .sharding import Shard
+from .runner import Evaluation, evaluate_models
 
 BENCHMARKS = {
     "coco": (coco_jobs, "mIoU of GT-prompted masks, or mask AP from detector boxes, on COCO"),
@@ -74,22 +73,21 @@ def run(args: argparse.Namespace, specs: Optional[List[ModelSpec]] = None) -> in
         raise BiglSamError(f"--batch-size must be at least 1, got {args.batch_size}")
     job = BENCHMARKS[args.benchmark][0].job_from_args(args)
     process = distributed.start(args.device, backend="gloo")  # records are Python objects: gloo anywhere
-    shard = Shard(process.rank, process.world_size)
-    if shard.is_main:
+    if process.is_main:
         _say_which_weights(specs)
         distributed.note_bfloat16(process.device, args.dtype)
     with tempfile.TemporaryDirectory(prefix="bigl-sam-eval-") as scratch:
         out_dir = args.out if args.out is not None else Path(scratch)
-        evaluation = Evaluation(job, out_dir, shard, process.device, args.dtype)
+        evaluation = Evaluation(job, out_dir, process, args.dtype)
         results = evaluate_models(evaluation, specs)
     if results is None:
         return 0
     models: List[dict] = []
     for spec, settings, records in zip(specs, evaluation.settings, results):
-        summary = job.summarize(spec.name, records, models[0] if models else None)
+        summary = job.summarize(spec.model_type, records, models[0] if models else None)
         models.append({**_model_entry(spec, settings), **summary})
     arguments = recorded_arguments(args)
-    report = {"command": command_line(arguments), "arguments": arguments, "world_size": shard.world_size,
+    report = {"command": command_line(arguments), "arguments": arguments, "world_size": process.world_size,
               "dtype": args.dtype, **job.report_fields(models), "models": models}
     print(job.markdown_table(models))
     if args.out is not None:
@@ -109,8 +107,8 @@ def _say_which_weights(specs) -> None:
 
 def _model_entry(spec: ModelSpec, settings: dict) -> dict:
     """The report's entry for one model; `settings`: what its run was keyed on (`ModelSpec.settings`)."""
-    label = spec.name + (" (RANDOM WEIGHTS)" if spec.random_weights else "")
-    return {"label": label, "name": spec.name, "weights": spec.weights.describe(),
+    label = spec.model_type + (" (RANDOM WEIGHTS)" if spec.random_weights else "")
+    return {"label": label, "name": spec.model_type, "weights": spec.weights.describe(),
             "weights_files": [str(path) for path in spec.weights.files], "random_weights": spec.random_weights,
             "keep_ratio": settings["keep_ratio"]}
 

@@ -79,7 +79,7 @@ class CocoInstances:
     def image_path(self, image_id: int) -> Path:
         return self.images_dir / self.coco.imgs[image_id]["file_name"]
 
-    def image_size(self, image_id: int) -> Tuple[int, int]:
+    def original_size(self, image_id: int) -> Tuple[int, int]:
         """(height, width) as the annotations say."""
         info = self.coco.imgs[image_id]
         return int(info["height"]), int(info["width"])

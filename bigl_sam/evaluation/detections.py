@@ -109,8 +109,8 @@ class DetectionMasks(Job):
     def image_path(self, image_id: int) -> Path:
         return self.dataset.image_path(image_id)
 
-    def image_size(self, image_id: int) -> Tuple[int, int]:
-        return self.dataset.image_size(image_id)
+    def original_size(self, image_id: int) -> Tuple[int, int]:
+        return self.dataset.original_size(image_id)
 
     def needs_image(self, image_id: int) -> bool:
         return bool(self.detections.get(image_id))

@@ -75,10 +75,10 @@ def frame_mask(mask: np.ndarray, input_size: Tuple[int, int], frame_pixels: int)
     return F.pad(resized, (0, frame_pixels - w, 0, frame_pixels - h))[0, 0].float()
 
 
-def round_trip(frame: torch.Tensor, input_size: Tuple[int, int], image_size: Tuple[int, int]) -> torch.Tensor:
+def round_trip(frame: torch.Tensor, input_size: Tuple[int, int], original_size: Tuple[int, int]) -> torch.Tensor:
     """S x S float frame mask -> H x W bool: its h x w part bilinearly resized to the image, above 0."""
     h, w = input_size
-    back = F.interpolate(frame[None, None, :h, :w], image_size, mode="bilinear", align_corners=False)
+    back = F.interpolate(frame[None, None, :h, :w], original_size, mode="bilinear", align_corners=False)
     return back[0, 0] > 0
 
 
@@ -150,12 +150,12 @@ def corrective_point(logits: torch.Tensor, truth: torch.Tensor, valid: torch.Ten
     return (x, y), int(missed[y, x])
 
 
-def frame_box(box_xywh: Sequence[float], image_size: Tuple[int, int], input_size: Tuple[int, int]) -> List[float]:
+def frame_box(box_xywh: Sequence[float], original_size: Tuple[int, int], input_size: Tuple[int, int]) -> List[float]:
     """An annotation's [x, y, w, h] -> XYXY in the frame: x, y, w, h scaled in float32, then the corners
     added (EdgeSAM's loader)."""
     pairs = torch.tensor(list(box_xywh), dtype=torch.float64).reshape(2, 2).float()  # (x, y), (w, h)
-    pairs[:, 0] = pairs[:, 0] * (input_size[1] / image_size[1])
-    pairs[:, 1] = pairs[:, 1] * (input_size[0] / image_size[0])
+    pairs[:, 0] = pairs[:, 0] * (input_size[1] / original_size[1])
+    pairs[:, 1] = pairs[:, 1] * (input_size[0] / original_size[0])
     return torch.cat([pairs[0], pairs[0] + pairs[1]]).tolist()
 
 
@@ -189,18 +189,18 @@ class EdgeSamMiou(CocoMiou):
         model = predictor.model
         frame_pixels = model.image_encoder.img_size
         low_res_pixels = model.prompt_encoder.mask_input_size[0]
-        image_size, input_size = predictor.original_size, predictor.input_size
+        original_size, input_size = predictor.original_size, predictor.input_size
         instances = self.dataset.instances(image_id)
         truths, low_truths, points = [], [], []
         for instance in instances:
             frame = frame_mask(instance.mask, input_size, frame_pixels)
-            truths.append(round_trip(frame, input_size, image_size))
+            truths.append(round_trip(frame, input_size, original_size))
             low_truths.append(low_res_truth(frame, low_res_pixels))
             points.append(centre_point(frame) if self.protocol.prompt != "box" else None)
         boxes = None
         if self.protocol.prompt == "box":
             ann_boxes = [self.dataset.box_xywh(i.ann_id) for i in instances]
-            boxes = torch.tensor([frame_box(b, image_size, input_size) for b in ann_boxes])
+            boxes = torch.tensor([frame_box(b, original_size, input_size) for b in ann_boxes])
             clicks: List[List[tuple]] = [[] for _ in instances]
         else:
             clicks = [[(x, y, 1)] for x, y in points]
@@ -222,7 +222,7 @@ class EdgeSamMiou(CocoMiou):
         scored, empty = [], []
         for start in range(0, len(instances), self.batch_size):
             batch = slice(start, start + self.batch_size)
-            masks = model.postprocess_masks(logits[batch], input_size, image_size)[:, 0] > model.mask_threshold
+            masks = model.postprocess_masks(logits[batch], input_size, original_size)[:, 0] > model.mask_threshold
             gt = torch.stack(truths[batch]).to(masks.device)
             for instance, iou, mask, truth in zip(instances[batch], mask_iou(masks, gt).tolist(), masks, gt):
                 if not (mask.any() or truth.any()):

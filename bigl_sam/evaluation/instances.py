@@ -33,8 +33,8 @@ class CocoMiou(Job):
     def image_path(self, image_id: int) -> Path:
         return self.dataset.image_path(image_id)
 
-    def image_size(self, image_id: int) -> Tuple[int, int]:
-        return self.dataset.image_size(image_id)
+    def original_size(self, image_id: int) -> Tuple[int, int]:
+        return self.dataset.original_size(image_id)
 
     def score(self, predictor: SamPredictor, image_id: int, clock: DecoderClock) -> dict:
         """Empty masks (polygons too thin to cover a pixel) are listed; under `score_empty` they are scored

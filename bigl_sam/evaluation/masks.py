@@ -102,7 +102,7 @@ class MaskFolders:
     def image_path(self, image_id: int) -> Path:
         return self.images[self.stems[image_id]]
 
-    def image_size(self, image_id: int) -> Tuple[int, int]:
+    def original_size(self, image_id: int) -> Tuple[int, int]:
         """(height, width) of the mask, which the image must have."""
         with Image.open(self.masks[self.stems[image_id]]) as mask:
             return mask.height, mask.width

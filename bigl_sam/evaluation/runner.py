@@ -19,54 +19,15 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from segment_anything import SamPredictor
-from segment_anything.modeling import Sam
 from tqdm import tqdm
 
-from ..distributed import autocast, torch_dtype
+from ..distributed import Process, autocast, gather_to_main, take_unfinished, torch_dtype
 from ..errors import BiglSamError
-from ..fingerprint import changed_line, image_fingerprint, weights_fingerprint
+from ..fingerprint import changed_line, image_fingerprint
 from ..images import UPRIGHT, load_image, orientation_tag
-from ..modeling.config import check_keep_ratio, get_config, keep_ratio_of
-from ..pretrained import WeightsChoice, load_chosen
+from ..pretrained import ModelSpec
 from .decoding import DecoderClock
 from .records import SETTINGS_FILE, RecordLog, run_directory
-from .sharding import Shard, gather_to_main
-
-RANDOM_WEIGHTS_SEED = 0  # every process and every rerun builds the same random model
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A registry name, its weights (as `pretrained.choose_weights` found them) and the keep ratio asked for
-    students (None: the one the model loads with)."""
-
-    name: str
-    weights: WeightsChoice
-    keep_ratio: Optional[float] = None
-
-    def __post_init__(self) -> None:
-        get_config(self.name)
-        if self.keep_ratio is not None:
-            check_keep_ratio(self.keep_ratio, "--keep-ratio")
-
-    @property
-    def random_weights(self) -> bool:
-        return self.weights.random
-
-    def settings(self, model: Sam) -> dict:
-        """What identifies this model's results: name, the content of its weights files (sha256, so a file
-        replaced under the same name starts another run) and the keep ratio it runs at. Called after
-        `load`, which has checked that the files exist."""
-        fingerprints = [weights_fingerprint(path) for path in self.weights.files]
-        return {"model": self.name, "weights_sha256": fingerprints or None, "keep_ratio": keep_ratio_of(model)}
-
-    def load(self, device: torch.device) -> Sam:
-        if self.random_weights:
-            torch.manual_seed(RANDOM_WEIGHTS_SEED)
-        model = load_chosen(self.weights)
-        if self.keep_ratio is not None and keep_ratio_of(model) is not None:
-            model.image_encoder.keep_ratio = self.keep_ratio
-        return model.to(device).eval()
 
 
 class Job:
@@ -86,7 +47,7 @@ class Job:
     def image_path(self, image_id: int) -> Path:
         raise NotImplementedError
 
-    def image_size(self, image_id: int) -> Tuple[int, int]:
+    def original_size(self, image_id: int) -> Tuple[int, int]:
         """(height, width) the image must have."""
         raise NotImplementedError
 
@@ -125,8 +86,7 @@ class Evaluation:
 
     job: Job
     out_dir: Path
-    shard: Shard
-    device: torch.device
+    process: Process
     dtype: str = "float32"
     settings: List[dict] = field(default_factory=list)  # per model run, what `ModelSpec.settings` said
 
@@ -136,39 +96,37 @@ class Evaluation:
     def run_model(self, spec: ModelSpec) -> Optional[List[dict]]:
         """Records of all selected images, in selection order, on rank 0 (None on other ranks)."""
         # Loaded first, even when all is done: a bad checkpoint then fails on every rank and writes nothing.
-        model = spec.load(self.device)
+        model = spec.load(self.process.device)
         predictor = SamPredictor(model)
         settings = {**spec.settings(model), **self.job.settings(), "dtype": self.dtype}
         if self.job.results_depend_on_sharding:
-            settings["world_size"] = self.shard.world_size
+            settings["world_size"] = self.process.world_size
         self.settings.append(settings)
-        earlier = _runs(self.out_dir, spec.name)
-        run_dir = run_directory(self.out_dir, spec.name, settings)
-        if self.shard.is_main and earlier and all(found != settings for _, found in earlier):
+        earlier = _runs(self.out_dir, spec.model_type)
+        run_dir = run_directory(self.out_dir, spec.model_type, settings)
+        if self.process.is_main and earlier and all(found != settings for _, found in earlier):
             latest, found = earlier[-1]
-            tqdm.write(f"{spec.name}: a new run in {run_dir}, as {latest} was made with other settings "
+            tqdm.write(f"{spec.model_type}: a new run in {run_dir}, as {latest} was made with other settings "
                        f"({changed_line(found, settings)})", file=sys.stderr)
-        log = RecordLog(run_dir, self.shard.rank)
+        log = RecordLog(run_dir, self.process.rank)
         done = log.read()
-        mine = self.shard.take(self.job.image_ids)
-        changed = [i for i in mine if _finished(done.get(i)) and self._image_changed(done[i])]
+        changed = [i for i in self.process.take(self.job.image_ids)
+                   if _finished(done.get(i)) and self._image_changed(done[i])]
         if changed:
-            tqdm.write(f"{spec.name} [rank {self.shard.rank}]: {len(changed)} images changed since they were scored "
-                       f"(e.g. {done[changed[0]]['file']}): scoring them again", file=sys.stderr)
+            tqdm.write(f"{spec.model_type} [rank {self.process.rank}]: {len(changed)} images changed since they were "
+                       f"scored (e.g. {done[changed[0]]['file']}): scoring them again", file=sys.stderr)
         for image_id in changed:
             del done[image_id]
-        todo = [i for i in mine if not _finished(done.get(i))]  # skipped images are tried again
+        mine, todo = take_unfinished(self.job.image_ids, self.process, lambda i: _finished(done.get(i)),
+                                     spec.model_type, run_dir)  # skipped images are tried again
         self.job.resume(mine, done)
-        if len(todo) < len(mine):
-            tqdm.write(f"{spec.name} [rank {self.shard.rank}]: {len(mine) - len(todo)} of {len(mine)} images already "
-                       f"done in {run_dir}, {len(todo)} to go", file=sys.stderr)
-        progress = tqdm(todo, desc=f"{spec.name} [rank {self.shard.rank}]", unit="image", leave=False)
+        progress = tqdm(todo, desc=f"{spec.model_type} [rank {self.process.rank}]", unit="image", leave=False)
         for image_id in progress:
             done[image_id] = self.evaluate_image(predictor, image_id)
             log.append(done[image_id])
             if "skipped" in done[image_id]:
                 tqdm.write(f"skipped {done[image_id]['file']}: {done[image_id]['skipped']}", file=sys.stderr)
-        gathered = gather_to_main([done[i] for i in mine], self.shard)
+        gathered = gather_to_main([done[i] for i in mine], self.process)
         return None if gathered is None else in_selection_order(gathered, self.job.image_ids)
 
     def evaluate_image(self, predictor: SamPredictor, image_id: int) -> dict:
@@ -177,14 +135,14 @@ class Evaluation:
         path = self.job.image_path(image_id)
         record = {"image_id": image_id, "file": path.name}
         if not self.job.needs_image(image_id):
-            return {**record, **self.job.score(predictor, image_id, DecoderClock(self.device)),
+            return {**record, **self.job.score(predictor, image_id, DecoderClock(self.process.device)),
                     "load_s": 0.0, "encode_s": 0.0, "decode_s": 0.0, "score_s": 0.0}
         start = time.perf_counter()
         try:
             image = load_image(path, exif=False)  # pixels as stored, as the annotations are
         except BiglSamError as err:
             return {**record, "skipped": str(err)}
-        expected = self.job.image_size(image_id)
+        expected = self.job.original_size(image_id)
         if image.shape[:2] != tuple(expected):
             found, annotated = ("x".join(map(str, size)) for size in (image.shape[:2], expected))
             return {**record, "skipped": f"{path}: image is {found} (HxW), the annotations say {annotated}"}
@@ -193,10 +151,10 @@ class Evaluation:
             record["exif_orientation"] = orientation
         record["image_fingerprint"] = image_fingerprint(path)
         loaded = self._clock()
-        with autocast(self.device, self.dtype):
+        with autocast(self.process.device, self.dtype):
             self.job.encode(predictor, image)
             encoded = self._clock()
-            clock = DecoderClock(self.device)
+            clock = DecoderClock(self.process.device)
             fields = self.job.score(predictor, image_id, clock)
         scored = self._clock()
         return {**record, **fields, "load_s": loaded - start, "encode_s": encoded - loaded,
@@ -211,8 +169,8 @@ class Evaluation:
         return record["image_fingerprint"] != image_fingerprint(path)
 
     def _clock(self) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        if self.process.device.type == "cuda":
+            torch.cuda.synchronize(self.process.device)
         return time.perf_counter()
 
 
@@ -220,7 +178,7 @@ def score_in_memory(job: Job, predictor: SamPredictor, device: torch.device, dty
                     label: str = "") -> dict:
     """`job`'s summary of `predictor` on every selected image, in this process, with no records written
     (held-out scores during training, trivial baselines): each image scored as `Evaluation` scores it."""
-    evaluation = Evaluation(job, out_dir=None, shard=Shard(), device=device, dtype=dtype)
+    evaluation = Evaluation(job, out_dir=None, process=Process(0, 1, device), dtype=dtype)
     records = [evaluation.evaluate_image(predictor, image_id) for image_id in job.image_ids]
     return job.summarize(label, records, None)
 
@@ -253,7 +211,7 @@ def evaluate_models(evaluation: Evaluation, specs: Sequence[ModelSpec]) -> Optio
     """Per model, the records of every selected image (rank 0), or None on the other ranks. On rank 0, a
     `BiglSamError` when not one image could be read for any model (the records stay on disk)."""
     results = [evaluation.run_model(spec) for spec in specs]
-    if not evaluation.shard.is_main:
+    if not evaluation.process.is_main:
         return None
     skipped = [r for records in results for r in records if "skipped" in r]
     if len(skipped) == sum(len(records) for records in results):

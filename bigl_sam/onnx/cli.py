@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..errors import BiglSamError, check_keep_ratio
+from ..errors import BiglSamError, keep_ratio_list
 from .interface import ANYLABELING_FORMAT, DEFAULT_OPSET, OPSETS
 
 ONNX_EXTRA = ("onnx", "onnxruntime", "onnxscript", "yaml")  # the modules the [onnx] extra installs
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from .export import check_opset, check_out, export_onnx
     from ..weights import sha256_of
 
-    ratios = None if args.keep_ratio is None else _ratios(args.keep_ratio)
+    ratios = None if args.keep_ratio is None else keep_ratio_list(args.keep_ratio)
     opset = DEFAULT_OPSET if args.opset is None else args.opset
     check_opset(opset)
     check_out(args.out)
@@ -121,9 +121,3 @@ def check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ratios(spec: str):
-    try:
-        ratios = [float(part) for part in spec.split(",") if part.strip()]
-    except ValueError:
-        raise BiglSamError(f"--keep-ratio must be comma-separated numbers in (0, 1], got {spec!r}") from None
-    return [check_keep_ratio(ratio, "--keep-ratio") for ratio in ratios]

@@ -22,7 +22,6 @@ import logging
 import os
 import platform
 import shutil
-import tempfile
 import uuid
 import warnings
 from pathlib import Path
@@ -34,7 +33,7 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.onnx import SamOnnxModel
 
 from ..errors import BiglSamError, check_keep_ratio
-from ..fileio import atomic_folder, atomic_write_text
+from ..fileio import atomic_folder, atomic_save, atomic_write_text
 from ..images import sam_input_array
 from .. import modeling
 from .interface import (
@@ -242,21 +241,9 @@ def _translations() -> dict:
 
 
 def _save(program, path: Path) -> None:
-    """Writes the model without ever leaving half a file at `path`.
-
-    onnx writes a model over 2 GB as two files (graph, and weights in `path.name + ".data"`), so the
-    export is saved in a temp folder beside `path` and renamed into place, weights first.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    try:
-        program.save(str(tmp / path.name))
-        for part in sorted(tmp.iterdir(), key=lambda p: p.name == path.name):
-            os.replace(part, path.with_name(part.name))
-    except OSError as err:
-        raise BiglSamError(f"{path}: could not write the ONNX file ({err.strerror})") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    """Writes the model without ever leaving half a file at `path` (a model over 2 GB is two files: the graph,
+    and its weights in `path.name + ".data"`)."""
+    atomic_save(path, lambda target: program.save(str(target)))
 
 
 def _check_ratios(model: Sam, ratios: Optional[Sequence[float]]) -> List[float]:

@@ -11,7 +11,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..errors import BiglSamError, PromptError, check_keep_ratio
+from ..errors import BiglSamError, PromptError, check_keep_ratio, first_line
 from ..images import PIXEL_MEAN, PIXEL_STD, check_size, resized_shape, sam_input_array
 from .interface import (
     ANYLABELING_FORMAT,
@@ -48,8 +48,7 @@ def open_session(path: PathLike, providers: Optional[Sequence[str]] = None, thre
     try:
         return ort.InferenceSession(str(path), options, providers=list(providers or ["CPUExecutionProvider"]))
     except Exception as err:  # onnxruntime raises its own pybind types for every kind of bad file
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise BiglSamError(f"{path}: not a readable ONNX model, truncated or corrupt ({reason})") from None
+        raise BiglSamError(f"{path}: not a readable ONNX model, truncated or corrupt ({first_line(err)})") from None
 
 
 def check_decoder_session(session, path: Path) -> dict:

@@ -12,10 +12,10 @@ from segment_anything.modeling import Sam
 from ..build import build_student_from_sam
 from ..checkpoint import ModelWeights
 from ..errors import BiglSamError, check_keep_ratio
-from ..evaluation.runner import ModelSpec
 from ..modeling.config import get_config, is_student
-from .pruning import PrunedImageEncoder
 from ..modeling.random_routing import with_random_routing
+from ..pretrained import ModelSpec
+from .pruning import PrunedImageEncoder
 
 
 FRESH_STUDENT_SEED = 0  # the fresh router and E-path of `fresh_student` (E-path residual scale 0 whatever the seed)

@@ -12,7 +12,7 @@ import typing
 from typing import Any, Callable, Optional, Sequence, Union
 
 from ..errors import BiglSamError
-from ..options import add_renamed
+from ..arguments import add_renamed
 
 
 def option(

@@ -1,4 +1,5 @@
-"""Encode an image once, then decode any number of prompts against its embedding.
+"""Encode an image once, then decode any number of prompts against its embedding: the model-level work the
+demo, `amg` and `bench` share (the embedding's layout, the compiled decoder, a blank encoding to warm it up).
 
 Nothing here stores state on the model, so one model serves concurrent sessions: each session keeps its
 own `Encoding` (the role `SamPredictor.set_image` plays) and passes it to `decode_click`.
@@ -15,12 +16,12 @@ import torch
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from ..distributed import autocast
-from ..errors import BiglSamError
-from ..images import sam_input
-from ..modeling.config import check_keep_ratio, is_student
-from ..modeling.encoder import BigLittleImageEncoder, routing_map
-from ..modeling.routing import token_extent
+from .distributed import autocast
+from .errors import BiglSamError
+from .images import sam_input
+from .modeling.config import check_keep_ratio, is_student
+from .modeling.encoder import BigLittleImageEncoder, routing_map
+from .modeling.routing import token_extent
 
 Size = Tuple[int, int]
 
