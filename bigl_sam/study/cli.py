@@ -116,7 +116,7 @@ def _evaluate_variant(args: argparse.Namespace) -> int:
         spec = model_spec(args, model_type, checkpoint)
         depth = sam_vit_config(get_config(model_type)).depth
         prune_layers = None if layers is None else _layers(layers, depth)
-        specs.append(VariantSpec(spec.name, spec.weights, spec.keep_ratio, prune_layers=prune_layers, **variant))
+        specs.append(VariantSpec(spec.model_type, spec.weights, spec.keep_ratio, prune_layers=prune_layers, **variant))
         print(f"{model_type}: study row {specs[-1].variant()}", file=sys.stderr)
     return evaluation_cli.run(args, specs)
 

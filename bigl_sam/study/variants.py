@@ -38,11 +38,11 @@ class VariantSpec(ModelSpec):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        student = is_student(get_config(self.name))
+        student = is_student(get_config(self.model_type))
         if self.evit_keep_rate is not None:
             check_keep_ratio(self.evit_keep_rate, "--evit-keep-rate")
             if student:
-                raise BiglSamError(f"--evit-keep-rate prunes SAM's own ViT; {self.name} is a big.LITTLE student")
+                raise BiglSamError(f"--evit-keep-rate prunes SAM's own ViT; {self.model_type} is a big.LITTLE student")
             if self.fresh_student is not None or self.random_routing_seed is not None:
                 raise BiglSamError("--evit-keep-rate prunes a SAM: it goes with neither --fresh-student nor "
                                    "--random-routing")
@@ -50,11 +50,11 @@ class VariantSpec(ModelSpec):
             raise BiglSamError("--prune-layers goes with --evit-keep-rate")
         if self.fresh_student is not None:
             if student:
-                raise BiglSamError(f"--fresh-student builds a student from a SAM; {self.name} is a student already")
+                raise BiglSamError(f"--fresh-student builds a student from a SAM; {self.model_type} is a student already")
             if not is_student(get_config(self.fresh_student)):
                 raise BiglSamError(f"--fresh-student: {self.fresh_student} is not a big.LITTLE student")
         elif self.random_routing_seed is not None and not student:
-            raise BiglSamError(f"--random-routing replaces a student's routers; {self.name} is SAM's own ViT "
+            raise BiglSamError(f"--random-routing replaces a student's routers; {self.model_type} is SAM's own ViT "
                                "(add --fresh-student to build one from it)")
         if self.evit_keep_rate is None and self.fresh_student is None and self.random_routing_seed is None:
             raise BiglSamError("a study row needs --evit-keep-rate, --fresh-student or --random-routing")
