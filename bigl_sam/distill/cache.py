@@ -28,7 +28,7 @@ from .. import distributed
 from ..checkpoint import atomic_save, read_checkpoint
 from ..errors import BiglSamError
 from ..fileio import atomic_write_text, remove_stale_temporaries
-from ..images import IMAGE_SUFFIXES, load_image, sam_input
+from ..images import image_files, load_image, sam_input
 from ..weights import sha256_of
 from .augment import augment, augmentation_seed
 
@@ -46,13 +46,8 @@ class Entry:
 
 
 def list_images(root: Path) -> List[str]:
-    """Image files under `root`, as sorted relative POSIX paths."""
-    if not root.is_dir():
-        raise BiglSamError(f"{root}: images folder not found")
-    found = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not found:
-        raise BiglSamError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
-    return found
+    """Image files under `root` (`images.image_files`, the whole tree), as sorted relative POSIX paths."""
+    return [p.relative_to(root).as_posix() for p in image_files(root, "--images", recursive=True)]
 
 
 def plan(image_ids: Sequence[str], augment_count: int) -> List[Tuple[str, int]]:
