@@ -106,3 +106,7 @@ def _usage(argv: List[str]) -> None:
           file=stream)
     for name, (_, description) in COMMANDS.items():
         print(f"  {name:<10} {description}", file=stream)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

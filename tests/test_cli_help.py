@@ -126,7 +126,7 @@ def test_compiling_the_decoder_says_nothing_about_cuda(tmp_path):
         os.environ["CUDA_HOME"] = {str(tmp_path / "cuda")!r}
         import torch
         from bigl_sam import build_model
-        from bigl_sam.demo import inference
+        from bigl_sam import inference
         from bigl_sam.modeling import get_config
         def compile_(fn, **kwargs):  # what TorchInductor's C++ builder does first, without the compile
             importlib.import_module("torch.utils.cpp_extension")
