@@ -11,6 +11,7 @@ resolution of the decoder's low-res logits (a quarter of the input side, in cell
 the losses and the corrective clicks are computed there.
 """
 
+import hashlib
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
@@ -27,27 +28,37 @@ LOW_RES_SCALE = 4  # input pixels per side of a low-res logit cell (SAM's decode
 DATA_STREAM = 0x5EED  # the numpy stream of the augmentations, apart from torch's streams
 
 
-def file_names_under(folder: Path) -> Set[str]:
-    """The file names of the images under `folder` (searched recursively)."""
+def held_out_images(folder: Path) -> Tuple[Set[str], Set[str]]:
+    """The file names and the contents (sha256 of the bytes) of the images under `folder` (searched
+    recursively): a held-out set's photo may sit in the training set under another name."""
     if not folder.is_dir():
         raise BiglSamError(f"--exclude {folder}: folder not found")
-    return {p.name for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES}
+    files = [p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    return {p.name for p in files}, {_content(p) for p in files}
 
 
 def training_images(dataset: CocoInstances, exclude: Optional[Path]) -> Tuple[List[int], int]:
-    """The ids of the images with at least one scored instance, minus those whose file name is in `exclude`;
-    and how many were left out that way. None left, or a missing image file, is a `BiglSamError`."""
+    """The ids of the images with at least one scored instance, minus those that are also under `exclude`
+    (the same file name, or the same bytes under another name); and how many were left out that way. None
+    left, or a missing image file, is a `BiglSamError`."""
     ids = dataset.image_ids()
-    excluded = file_names_under(exclude) if exclude else set()
-    kept = [i for i in ids if Path(dataset.coco.imgs[i]["file_name"]).name not in excluded]
+    missing = [dataset.image_path(i) for i in ids if not dataset.image_path(i).is_file()]
+    if missing:
+        raise BiglSamError(f"{len(missing)} of the {len(ids)} training images are not found under "
+                           f"{dataset.images_dir}, e.g. {missing[0]}")
+    kept = ids
+    if exclude:
+        names, contents = held_out_images(exclude)
+        kept = [i for i in ids if dataset.image_path(i).name not in names
+                and _content(dataset.image_path(i)) not in contents]
     if not kept:
         raise BiglSamError(f"{dataset.annotations_path}: no usable instance is left for training "
                            f"({len(ids)} images with instances, {len(ids) - len(kept)} of them excluded)")
-    missing = [dataset.image_path(i) for i in kept if not dataset.image_path(i).is_file()]
-    if missing:
-        raise BiglSamError(f"{len(missing)} of the {len(kept)} training images are not found under "
-                           f"{dataset.images_dir}, e.g. {missing[0]}")
     return kept, len(ids) - len(kept)
+
+
+def _content(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 class MaskDataset(Dataset):
@@ -96,7 +107,7 @@ class MaskDataset(Dataset):
         """H x W x 3 uint8 pixels as stored (as the annotations are) and N x H x W bool non-empty masks."""
         image_id = self.image_ids[item]
         image = load_image(self.dataset.image_path(image_id), exif=False)
-        expected = self.dataset.image_size(image_id)
+        expected = self.dataset.original_size(image_id)
         if image.shape[:2] != expected:
             raise BiglSamError(f"{self.dataset.image_path(image_id)}: image is {image.shape[0]}x{image.shape[1]} "
                                f"(HxW), the annotations say {expected[0]}x{expected[1]}")
