@@ -108,12 +108,14 @@ def test_eval_loads_by_the_same_rule(folders):
     for name in ("empty", "official", "both"):
         spec = ModelSpec("bigl_test", choose_weights("bigl_test", None, folders[name], folders["manifest"]))
         model = spec.load(device)
-        loaded[name] = (spec.weights.kind, spec.settings(model)["keep_ratio"], spec.settings(model)["weights"])
-    assert loaded["empty"] == (RANDOM, 0.25, None)
-    kind, keep, files = loaded["official"]
-    assert (kind, keep) == (OFFICIAL, 1.0) and [f["path"].endswith(OFFICIAL_TEST_FILE) for f in files] == [True] * 2
-    kind, keep, files = loaded["both"]
-    assert kind == CHECKPOINT and files[0]["path"].endswith("bigl_test_v1.pth")
+        settings = spec.settings(model)
+        loaded[name] = (spec.weights.kind, settings["keep_ratio"], settings["weights_sha256"], spec.weights.files)
+    assert loaded["empty"][:3] == (RANDOM, 0.25, None)
+    kind, keep, sha256, files = loaded["official"]
+    assert (kind, keep) == (OFFICIAL, 1.0) and [f.name.endswith(OFFICIAL_TEST_FILE) for f in files] == [True] * 2
+    assert [len(digest) for digest in sha256] == [64, 64]  # the files' content identifies the run
+    kind, keep, sha256, files = loaded["both"]
+    assert kind == CHECKPOINT and files[0].name.endswith("bigl_test_v1.pth")
     explicit = ModelSpec("bigl_test", choose_weights("bigl_test", None, folders["official"], folders["manifest"]), 0.5)
     assert explicit.load(device).image_encoder.keep_ratio == 0.5  # an explicit --keep-ratio wins
 
