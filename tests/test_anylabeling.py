@@ -80,16 +80,18 @@ def test_segment_anything_onnx_gives_sam_predictors_masks(exported):
     reference = SamPredictor(model)
     reference.set_image(image)
     assert np.abs(embedding["image_embedding"] - reference.features.numpy()).max() < 1e-3
-    prompts = [
+    prompts = [  # (prompt, SamPredictor's, multimask): SAM's own ONNX export's choice with return_single_mask
         ([{"type": "point", "data": [140, 120], "label": 1}],
-         {"point_coords": np.array([[140.0, 120.0]]), "point_labels": np.array([1])}),
+         {"point_coords": np.array([[140.0, 120.0]]), "point_labels": np.array([1])}, True),
         # samexporter adds SAM's padding point (label -1) after a box too; SamPredictor only without one
         ([{"type": "rectangle", "data": [270, 140, 470, 340]}],
-         {"box": np.array([270.0, 140.0, 470.0, 340.0]), "point_coords": np.zeros((1, 2)), "point_labels": np.array([-1])}),
+         {"box": np.array([270.0, 140.0, 470.0, 340.0]), "point_coords": np.zeros((1, 2)), "point_labels": np.array([-1])},
+         False),
     ]
-    for prompt, ours in prompts:
-        masks = runner.predict_masks(embedding, prompt)[0, 1:] > 0  # masks 1-3: SAM's multimask output
-        expected, _, _ = reference.predict(**ours, multimask_output=True)
+    for prompt, ours, multimask in prompts:
+        masks = runner.predict_masks(embedding, prompt)[0] > 0  # one mask: AnyLabeling shows masks[0][0]
+        candidates, scores, _ = reference.predict(**ours, multimask_output=multimask)
+        expected = candidates[[int(np.argmax(scores))]]  # one click: the best of the three multimask outputs
         assert masks.shape == expected.shape
         assert (masks != expected).mean() < MASK_TOLERANCE, (name, prompt)
 
@@ -140,6 +142,13 @@ def rewrite_record(folder, **changes):
     (folder / "export.json").write_text(json.dumps(dict(record, **changes)))
 
 
+def flip_a_byte(path):
+    """The same size, one byte changed in the middle (a corrupted copy a size check does not see)."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
 def truncate(path):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
@@ -177,7 +186,23 @@ INCOMPLETE = {  # name: (what is done to a copy of a good folder, the error line
                                         r"decoder\.onnx: not a SAM ONNX decoder"),
     "export.json of another export": (lambda f: rewrite_record(f, export_id="0" * 32),
                                       r"encoder\.onnx: not the file export\.json describes"),
+    "a flipped byte in the encoder": (lambda f: flip_a_byte(f / "encoder.onnx"),
+                                      r"encoder\.onnx: its sha256 differs from the one export\.json records"),
+    "negative input_size": (lambda f: (f / "config.yaml").write_text(
+        (f / "config.yaml").read_text().replace("input_size: 1024", "input_size: -100")),
+        r"config\.yaml: input_size is -100, expected pixels from 1 to 1024"),
+    "display_name not a string": (lambda f: rewrite_config(f, display_name=None),
+                                  r"config\.yaml: display_name is None, expected a non-empty string"),
 }
+
+
+def test_check_passes_after_an_edit_of_config_yaml_users_may_make(export_folder, tmp_path, capsys):
+    """docs/labeling.md: rename the model in AnyLabeling's list (config.yaml changes size)."""
+    folder = tmp_path / "export"
+    shutil.copytree(export_folder("vit_test")[1], folder)
+    rewrite_config(folder, display_name="My labeling model, tried on the 3rd of May")
+    code, line = check(folder, capsys)
+    assert code == 0 and "loads as AnyLabeling loads it (My labeling model" in line, line
 
 
 @pytest.mark.parametrize("case", INCOMPLETE)

@@ -191,10 +191,14 @@ def export_encoder(
     _save(program, path)
 
 
-def export_decoder(model: Sam, path: Path, opset: int = DEFAULT_OPSET, export_id: Optional[str] = None) -> None:
-    """Writes SAM's `SamOnnxModel` with all four masks and a dynamic number of points (`export_id` in the
-    metadata if given)."""
-    decoder = SamOnnxModel(model, return_single_mask=False).eval()
+def export_decoder(
+    model: Sam, path: Path, opset: int = DEFAULT_OPSET, export_id: Optional[str] = None, single_mask: bool = False
+) -> None:
+    """Writes SAM's `SamOnnxModel` with a dynamic number of points (`export_id` in the metadata if given):
+    all four masks, or with `single_mask` the one SAM's own export (`return_single_mask`) picks, what
+    AnyLabeling shows (`masks[0][0]`): for one click the best-scored of the three multimask outputs, for
+    more prompts the single-mask output."""
+    decoder = SamOnnxModel(model, return_single_mask=single_mask).eval()
     args = _decoder_inputs(torch.zeros(1, 256, 64, 64), np.zeros((2, 2)), np.array([1.0, -1.0]), None, (600, 800))
     points = torch.export.Dim("num_points", min=1, max=MAX_POINTS)
     dynamic = {name: None for name in DECODER_INPUTS}
@@ -309,11 +313,13 @@ def check_export(model: Sam, folder: Path, ratios: Sequence[float]) -> dict:
     return check_report(diffs, failures)
 
 
-def check_decoder(model: Sam, decoder, features: torch.Tensor, diffs: Dict[str, float], failures: List[str]) -> None:
-    """Adds the max abs difference onnxruntime (`decoder`, a session) vs PyTorch per prompt kind of
-    `CHECK_PROMPTS` on `features` (1 x 256 x 64 x 64) to `diffs`, and a line per kind beyond the tolerance
-    to `failures`."""
-    torch_decoder = SamOnnxModel(model, return_single_mask=False).eval()
+def check_decoder(
+    model: Sam, decoder, features: torch.Tensor, diffs: Dict[str, float], failures: List[str], single_mask: bool = False
+) -> None:
+    """Adds the max abs difference onnxruntime (`decoder`, a session, exported with `single_mask` as
+    `export_decoder`'s) vs PyTorch per prompt kind of `CHECK_PROMPTS` on `features` (1 x 256 x 64 x 64) to
+    `diffs`, and a line per kind beyond the tolerance to `failures`."""
+    torch_decoder = SamOnnxModel(model, return_single_mask=single_mask).eval()
     previous = None
     with torch.no_grad():
         for kind, (points, labels, box, use_mask) in CHECK_PROMPTS.items():
