@@ -8,7 +8,9 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from segment_anything.utils.onnx import SamOnnxModel
 
 pytest.importorskip("onnxruntime")
 sam_onnx = pytest.importorskip("samexporter.sam_onnx")
@@ -20,6 +22,7 @@ from bigl_sam.errors import BiglSamError  # noqa: E402
 from bigl_sam.onnx import OnnxPredictor  # noqa: E402
 from bigl_sam.onnx.anylabeling import CANVAS_HW, CONFIG_KEYS, RGB_INPUT  # noqa: E402
 from bigl_sam.onnx.export import check_out  # noqa: E402
+from bigl_sam.onnx.interface import DECODER_INPUTS  # noqa: E402
 from bigl_sam.onnx.predictor import open_session  # noqa: E402
 from conftest import photo_like  # noqa: E402
 
@@ -94,6 +97,46 @@ def test_segment_anything_onnx_gives_sam_predictors_masks(exported):
         expected = candidates[[int(np.argmax(scores))]]  # one click: the best of the three multimask outputs
         assert masks.shape == expected.shape
         assert (masks != expected).mean() < MASK_TOLERANCE, (name, prompt)
+
+
+class RecordingSession:
+    """An onnxruntime session that keeps each run's feeds and outputs."""
+
+    def __init__(self, session) -> None:
+        self.session, self.runs = session, []
+
+    def run(self, names, feeds):
+        outputs = self.session.run(names, feeds)
+        self.runs.append((feeds, outputs))
+        return outputs
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+
+def test_anylabeling_shows_the_best_of_sams_three_masks_for_one_click(export_folder, tmp_path, monkeypatch):
+    """AnyLabeling's own `SegmentAnything` model, run headless where its source and PyQt6 are importable
+    (docs/labeling.md: the manual check): for one click it shows `masks[0][0]`, which must be the best-scored
+    of SAM's three multimask outputs, as SAM's own ONNX export (`return_single_mask`) gives."""
+    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
+    anylabeling = pytest.importorskip("anylabeling.services.auto_labeling.segment_anything")
+    _, folder, model = export_folder("bigl_test")
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    labeler = anylabeling.SegmentAnything({**config, "config_file": str(folder / "config.yaml")}, lambda *_: None)
+    shown = []
+    monkeypatch.setattr(labeler, "post_process", lambda mask, label=None: shown.append(np.array(mask)) or [])
+    decoder = labeler.model.decoder_session = RecordingSession(labeler.model.decoder_session)
+    Image.fromarray(photo_like(PHOTO_SEED)).save(tmp_path / "photo.png")
+    labeler.set_auto_labeling_marks([{"type": "point", "data": [140, 120], "label": 1}])
+    labeler.predict_shapes(image=np.zeros(1), filename=str(tmp_path / "photo.png"))  # it reads the file
+    assert len(shown) == 1 and shown[0].shape == (375, 500)
+    ((feeds, (masks, _, _)),) = decoder.runs
+    assert masks.shape[:2] == (1, 1)
+    with torch.no_grad():
+        every, scores, _ = SamOnnxModel(model, return_single_mask=False)(
+            *(torch.from_numpy(feeds[name]) for name in DECODER_INPUTS))
+    best = 1 + int(scores[0, 1:].argmax())
+    assert ((masks[0, 0] > 0) != (every[0, best].numpy() > 0)).mean() < MASK_TOLERANCE
 
 
 def test_anylabeling_canvas_input_gives_sam_predictors_embedding(exported):
