@@ -154,13 +154,12 @@ def test_from_pretrained_initialises_what_the_folder_lacks_as_transformers_does(
 
 def test_torch_export_with_a_dynamic_batch_at_keep_one_and_at_keep_below_one():
     encoder = student_of(small_sam()).vision_encoder
-    # The image sides as transformers' exporter declares them: dynamic where the model allows it.
-    dims = {0: torch.export.Dim("batch", min=1, max=8), 2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO}
+    batch = torch.export.Dim("batch", min=1, max=8)
     for keep_ratio in (1.0, 0.5):
         encoder.keep_ratio = keep_ratio
-        exported = torch.export.export(encoder, (pixels(),), dynamic_shapes={"pixel_values": dims})
+        exported = torch.export.export(encoder, (pixels(),), dynamic_shapes={"pixel_values": {0: batch}})
         with torch.no_grad():
-            for size in (2, 3):
+            for size in (1, 3):
                 torch.testing.assert_close(exported.module()(pixels(size, seed=size)).last_hidden_state,
                                            encoder(pixels(size, seed=size)).last_hidden_state, rtol=0, atol=TOLERANCE)
 
