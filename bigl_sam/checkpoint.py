@@ -12,7 +12,9 @@ architecture, the state dict under segment_anything's names, and where it came f
 Nothing is unpickled but tensors (`weights_only=True`; safetensors holds no code): a checkpoint is data.
 """
 
+import errno
 import json
+import os
 import pickle
 import re
 import warnings
@@ -53,8 +55,7 @@ def read_checkpoint(path: PathLike) -> dict:
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
-    if not path.exists():
-        raise CheckpointError(f"{path}: checkpoint file not found")
+    _check_exists(path)
     try:
         with warnings.catch_warnings():  # garbage that looks like a newer pickle makes torch warn, then fail
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
@@ -70,6 +71,22 @@ def read_checkpoint(path: PathLike) -> dict:
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: holds a {type(state).__name__}, expected a state dict")
     return state
+
+
+def _check_exists(path: Path) -> None:
+    """A missing checkpoint is one `CheckpointError`: not found, a link to nothing, or a loop of links."""
+    if path.exists():
+        return
+    if not path.is_symlink():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        path.resolve(strict=True)
+    except RuntimeError:  # Python < 3.13 reports a loop so
+        raise CheckpointError(f"{path}: is a symlink loop, not a checkpoint file") from None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise CheckpointError(f"{path}: is a symlink loop, not a checkpoint file") from None
+    raise CheckpointError(f"{path}: is a symlink to {os.readlink(path)}, which does not exist")
 
 
 def _unpickling_problem(message: str) -> str:
@@ -120,8 +137,7 @@ def read_model(path: PathLike) -> ModelWeights:
         state = read_checkpoint(path)
         config, state = (None, state) if state.get("format") != FORMAT else _split_student_checkpoint(state, path)
     _check_state_dict(state, path)
-    if not is_student(config):
-        state = hf_layout.to_official(state, path) if hf_layout.is_hf_layout(state) else state
+    state = hf_layout.to_official(state, path) if hf_layout.is_hf_layout(state) else state
     return ModelWeights(config, state, str(path))
 
 
@@ -148,8 +164,7 @@ def read_safetensors(path: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, str
     """The tensors and the metadata of one `.safetensors` file (the format holds no code)."""
     from safetensors import safe_open
 
-    if not path.exists():
-        raise CheckpointError(f"{path}: checkpoint file not found")
+    _check_exists(path)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             return {key: f.get_tensor(key) for key in f.keys()}, dict(f.metadata() or {})
@@ -169,23 +184,24 @@ def _split_safetensors(state: dict, metadata: Dict[str, str], path: Path) -> Tup
 
 
 def _read_hf_folder(folder: Path) -> Tuple[ModelConfig, dict]:
-    """A transformers `save_pretrained` folder: the SAM ViT of its config.json and its weights."""
+    """A transformers `save_pretrained` folder: the model its config.json describes (a SAM ViT, or a student
+    `hf.to_transformers` saved) and its weights."""
     config_file = folder / HF_CONFIG
     if not config_file.is_file():
         raise CheckpointError(
             f"{folder}: is a directory without {HF_CONFIG}, not a checkpoint file nor a transformers "
             f"save_pretrained folder"
         )
-    vit = hf_layout.vit_config_from_hf(_read_json(config_file), config_file)
+    config = hf_layout.model_config_from_hf(_read_json(config_file), config_file)
     if (folder / HF_WEIGHTS).is_file():
-        return vit, read_safetensors(folder / HF_WEIGHTS)[0]
+        return config, read_safetensors(folder / HF_WEIGHTS)[0]
     if (folder / HF_INDEX).is_file():
         state = {}
         for name in hf_layout.hf_weight_files(_read_json(folder / HF_INDEX), folder / HF_INDEX):
             state.update(read_safetensors(folder / name)[0])
-        return vit, state
+        return config, state
     if (folder / HF_PICKLE).is_file():
-        return vit, read_checkpoint(folder / HF_PICKLE)
+        return config, read_checkpoint(folder / HF_PICKLE)
     raise CheckpointError(f"{folder}: has {HF_CONFIG} but none of {HF_WEIGHTS}, {HF_INDEX}, {HF_PICKLE}")
 
 

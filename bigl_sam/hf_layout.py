@@ -1,15 +1,17 @@
 """Hugging Face transformers' layout of SAM (`SamModel`): its parameter names and its `config.json`.
 
 `to_official` renames a `SamModel` state dict to segment_anything's names (the layout every builder here
-loads), `to_hf` the other way; `vit_config_from_hf` reads which SAM ViT a `config.json` describes. Needs
-neither torch's model code nor transformers: names and numbers only.
+loads), `to_hf` the other way; `model_config_from_hf` reads which model a `config.json` describes (a SAM
+ViT, or a student `hf.to_transformers` saved). Needs neither torch's model code nor transformers: names and
+numbers only.
 """
 
 import re
+from dataclasses import replace
 from typing import Dict, List, Tuple
 
 from .errors import CheckpointError
-from .modeling.config import PROMPT_EMBED_DIM, SAM_VIT_CONFIGS, SamVitConfig
+from .modeling.config import PROMPT_EMBED_DIM, SAM_VIT_CONFIGS, ModelConfig, SamVitConfig, config_from_dict, is_student
 
 # (official prefix, transformers prefix); "#" is a layer number. The first rule that matches a key wins.
 _RENAMES = (
@@ -72,15 +74,16 @@ def is_hf_layout(state: Dict[str, object]) -> bool:
 
 
 def to_official(state: Dict[str, object], source) -> Dict[str, object]:
-    """A `SamModel` state dict under segment_anything's names; keys of neither layout pass unchanged (the
-    loader then names them as unexpected)."""
-    state = dict(state)
+    """A `SamModel` state dict under segment_anything's names (a student's encoder, under STUDENT_PREFIX, as
+    `image_encoder.*`); keys of neither layout pass unchanged (the loader then names them as unexpected)."""
+    student = {"image_encoder." + k[len(STUDENT_PREFIX):]: v for k, v in state.items() if k.startswith(STUDENT_PREFIX)}
+    state = {k: v for k, v in state.items() if not k.startswith(STUDENT_PREFIX)}
     tied = state.pop(TIED_KEY, None)
     if SHARED_KEY not in state and tied is not None:
         state[SHARED_KEY] = tied
     elif tied is not None and not _same(tied, state[SHARED_KEY]):
         raise CheckpointError(f"{source}: {TIED_KEY} and {SHARED_KEY} differ; transformers ties them")
-    return {_rename(key, _TO_OFFICIAL): value for key, value in state.items()}
+    return {**{_rename(key, _TO_OFFICIAL): value for key, value in state.items()}, **student}
 
 
 def to_hf(state: Dict[str, object]) -> Dict[str, object]:
@@ -95,7 +98,7 @@ def _same(a, b) -> bool:
     return a.shape == b.shape and bool((a == b).all())
 
 
-# config.json's vision_config fields, with the SamVitConfig field each one fixes (None: must be SAM's value).
+# config.json's vision_config fields, with the SamVitConfig field each one fixes (None: read as mlp_ratio).
 _VISION_FIELDS = {
     "hidden_size": "embed_dim",
     "num_hidden_layers": "depth",
@@ -115,50 +118,105 @@ _SAM_PROMPT_DECODER = {
                             "num_attention_heads": 8, "num_multimask_outputs": 3, "iou_head_depth": 3,
                             "iou_head_hidden_dim": 256},
 }
+# A SAM ViT of a shape no registry key names (any width, depth, input size) is called this.
+UNREGISTERED_VIT = "vit_custom"
+# config.json of a student saved by `hf.to_transformers`: its own config (keep ratio included) under this key,
+# its encoder's weights under STUDENT_PREFIX (segment_anything's names after it).
+STUDENT_CONFIG_KEY = "bigl_sam_config"
+STUDENT_PREFIX = "vision_encoder.encoder."
 
 
 def hf_vision_config(vit: SamVitConfig) -> dict:
-    """The `vision_config` of a `SamConfig` for `vit` (what `vit_config_from_hf` reads back as `vit`)."""
+    """The `vision_config` of a `SamConfig` for `vit` (what `vit_config_from_vision` reads back as `vit`)."""
     values = {hf: getattr(vit, ours) for hf, ours in _VISION_FIELDS.items() if ours is not None}
     values["global_attn_indexes"] = list(vit.global_attn_indexes)
     values["mlp_dim"] = int(vit.embed_dim * vit.mlp_ratio)
     return {**values, **_SAM_VISION}
 
 
-def vit_config_from_hf(config: dict, source) -> SamVitConfig:
-    """The SAM ViT a transformers `config.json` (as a dict) describes. Anything else (another model type such
-    as SAM 2's Hiera, pruned widths such as SlimSAM's, another patch size...) is one `CheckpointError` naming
-    the fields that differ from the nearest SAM ViT."""
-    model_type = config.get("model_type") if isinstance(config, dict) else None
+def model_config_from_hf(config, source) -> ModelConfig:
+    """The model a transformers `config.json` (parsed) describes: the student `hf.to_transformers` saved (its
+    config travels under STUDENT_CONFIG_KEY), else the SAM ViT of its vision_config. Another model type (SAM 2's
+    Hiera...), a prompt encoder or mask decoder of other sizes than SAM's, or a malformed vision_config is one
+    `CheckpointError` naming the field."""
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{source}: holds a JSON {_json_type(config)}, expected an object (a SamConfig)")
+    model_type = config.get("model_type")
     if model_type != "sam":
         raise CheckpointError(f"{source}: model_type {model_type!r} is not SAM's ViT ('sam'); only SAM ViTs load")
-    vision = config.get("vision_config") or {}
-    if not isinstance(vision, dict):
-        raise CheckpointError(f"{source}: vision_config is not a mapping")
-    found = {**hf_vision_config(SAM_VIT_CONFIGS["vit_b"]), **vision}  # transformers' defaults are ViT-B's
+    _check_prompt_and_decoder(config, source)
+    vit = vit_config_from_vision(config.get("vision_config") or {}, source)
+    if STUDENT_CONFIG_KEY not in config:
+        return vit
     try:
-        if found["mlp_dim"] is None:
-            found["mlp_dim"] = int(found["hidden_size"] * found.get("mlp_ratio", 4.0))
-        found["global_attn_indexes"] = list(found["global_attn_indexes"])
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{source}: malformed vision_config ({err})") from None
-    differences = {}
-    for name, vit in SAM_VIT_CONFIGS.items():
-        expected = hf_vision_config(vit)
-        differences[name] = [f"{k} {found[k]} (SAM {name}: {v})" for k, v in expected.items() if found[k] != v]
-        if not differences[name]:
-            _check_prompt_and_decoder(config, source)
-            return vit
-    nearest = min(differences, key=lambda name: len(differences[name]))
-    raise CheckpointError(
-        f"{source}: not an architecture this version supports (SAM ViT-B/L/H); nearest is {nearest}, which differs "
-        f"in {', '.join(differences[nearest])}"
+        student = config_from_dict(config[STUDENT_CONFIG_KEY])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{source}: {STUDENT_CONFIG_KEY} is not a bigl-sam student config ({err})") from None
+    if not is_student(student) or replace(student.p_path, name=vit.name) != vit:
+        raise CheckpointError(f"{source}: {STUDENT_CONFIG_KEY} does not match its vision_config")
+    return student
+
+
+def vit_config_from_vision(vision, source) -> SamVitConfig:
+    """The SAM ViT a `vision_config` (a dict; missing fields take transformers' defaults, ViT-B's) describes:
+    any width, depth and input size; the registry's config where one has that shape. A field of the wrong
+    type or value, or one every SAM ViT shares set otherwise (no relative positions...), is one
+    `CheckpointError` naming it."""
+    if not isinstance(vision, dict):
+        raise CheckpointError(f"{source}: vision_config holds a JSON {_json_type(vision)}, expected an object")
+    found = {**hf_vision_config(SAM_VIT_CONFIGS["vit_b"]), "mlp_dim": None, **vision}
+    if found["mlp_dim"] is None:  # transformers' default: hidden_size * mlp_ratio
+        found["mlp_dim"] = _integer(found, "hidden_size", source) * found.get("mlp_ratio", 4.0)
+    sizes = {name: _integer(found, name, source) for name in _VISION_FIELDS if name != "global_attn_indexes"}
+    for name, value in sizes.items():
+        if value < (0 if name == "window_size" else 1):
+            raise CheckpointError(f"{source}: vision_config.{name} is {value}, expected a positive integer")
+    indexes = found["global_attn_indexes"]
+    if not isinstance(indexes, list) or not all(_is_int(i) and i >= 0 for i in indexes):
+        raise CheckpointError(f"{source}: vision_config.global_attn_indexes is {indexes!r}, expected a list of "
+                              f"layer numbers")
+    wrong = [f"{k} {found[k]!r} (every SAM ViT: {v!r})" for k, v in _SAM_VISION.items() if found.get(k, v) != v]
+    if sizes["hidden_size"] % sizes["num_attention_heads"]:
+        wrong.append(f"hidden_size {sizes['hidden_size']} not a multiple of num_attention_heads")
+    if sizes["image_size"] % sizes["patch_size"]:
+        wrong.append(f"image_size {sizes['image_size']} not a multiple of patch_size {sizes['patch_size']}")
+    if wrong:
+        raise CheckpointError(f"{source}: not a SAM ViT: {', '.join(wrong)}")
+    vit = SamVitConfig(
+        UNREGISTERED_VIT, embed_dim=sizes["hidden_size"], depth=sizes["num_hidden_layers"],
+        num_heads=sizes["num_attention_heads"], global_attn_indexes=tuple(indexes),
+        mlp_ratio=sizes["mlp_dim"] / sizes["hidden_size"], window_size=sizes["window_size"],
+        img_size=sizes["image_size"], patch_size=sizes["patch_size"], out_chans=sizes["output_channels"],
     )
+    registered = (name for name, known in SAM_VIT_CONFIGS.items() if replace(vit, name=name) == known)
+    return replace(vit, name=next(registered, UNREGISTERED_VIT))
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _integer(found: dict, name: str, source) -> int:
+    """vision_config's `name` as an int (a whole float such as transformers' computed mlp_dim counts)."""
+    value = found[name]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if not _is_int(value):
+        raise CheckpointError(f"{source}: vision_config.{name} is {value!r} (a JSON {_json_type(value)}), "
+                              f"expected an integer")
+    return value
+
+
+def _json_type(value) -> str:
+    names = {dict: "object", list: "list", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
 def _check_prompt_and_decoder(config: dict, source) -> None:
     for part, expected in _SAM_PROMPT_DECODER.items():
         found = config.get(part) or {}
+        if not isinstance(found, dict):
+            raise CheckpointError(f"{source}: {part} holds a JSON {_json_type(found)}, expected an object")
         wrong = [f"{k} {found[k]} (SAM: {v})" for k, v in expected.items() if k in found and found[k] != v]
         if wrong:
             raise CheckpointError(f"{source}: {part} is not SAM's: {', '.join(wrong)}")

@@ -8,7 +8,9 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from segment_anything.utils.onnx import SamOnnxModel
 
 pytest.importorskip("onnxruntime")
 sam_onnx = pytest.importorskip("samexporter.sam_onnx")
@@ -20,6 +22,7 @@ from bigl_sam.errors import BiglSamError  # noqa: E402
 from bigl_sam.onnx import OnnxPredictor  # noqa: E402
 from bigl_sam.onnx.anylabeling import CANVAS_HW, CONFIG_KEYS, RGB_INPUT  # noqa: E402
 from bigl_sam.onnx.export import check_out  # noqa: E402
+from bigl_sam.onnx.interface import DECODER_INPUTS  # noqa: E402
 from bigl_sam.onnx.predictor import open_session  # noqa: E402
 from conftest import photo_like  # noqa: E402
 
@@ -80,18 +83,60 @@ def test_segment_anything_onnx_gives_sam_predictors_masks(exported):
     reference = SamPredictor(model)
     reference.set_image(image)
     assert np.abs(embedding["image_embedding"] - reference.features.numpy()).max() < 1e-3
-    prompts = [
+    prompts = [  # (prompt, SamPredictor's, multimask): SAM's own ONNX export's choice with return_single_mask
         ([{"type": "point", "data": [140, 120], "label": 1}],
-         {"point_coords": np.array([[140.0, 120.0]]), "point_labels": np.array([1])}),
+         {"point_coords": np.array([[140.0, 120.0]]), "point_labels": np.array([1])}, True),
         # samexporter adds SAM's padding point (label -1) after a box too; SamPredictor only without one
         ([{"type": "rectangle", "data": [270, 140, 470, 340]}],
-         {"box": np.array([270.0, 140.0, 470.0, 340.0]), "point_coords": np.zeros((1, 2)), "point_labels": np.array([-1])}),
+         {"box": np.array([270.0, 140.0, 470.0, 340.0]), "point_coords": np.zeros((1, 2)), "point_labels": np.array([-1])},
+         False),
     ]
-    for prompt, ours in prompts:
-        masks = runner.predict_masks(embedding, prompt)[0, 1:] > 0  # masks 1-3: SAM's multimask output
-        expected, _, _ = reference.predict(**ours, multimask_output=True)
+    for prompt, ours, multimask in prompts:
+        masks = runner.predict_masks(embedding, prompt)[0] > 0  # one mask: AnyLabeling shows masks[0][0]
+        candidates, scores, _ = reference.predict(**ours, multimask_output=multimask)
+        expected = candidates[[int(np.argmax(scores))]]  # one click: the best of the three multimask outputs
         assert masks.shape == expected.shape
         assert (masks != expected).mean() < MASK_TOLERANCE, (name, prompt)
+
+
+class RecordingSession:
+    """An onnxruntime session that keeps each run's feeds and outputs."""
+
+    def __init__(self, session) -> None:
+        self.session, self.runs = session, []
+
+    def run(self, names, feeds):
+        outputs = self.session.run(names, feeds)
+        self.runs.append((feeds, outputs))
+        return outputs
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+
+def test_anylabeling_shows_the_best_of_sams_three_masks_for_one_click(export_folder, tmp_path, monkeypatch):
+    """AnyLabeling's own `SegmentAnything` model, run headless where its source and PyQt6 are importable
+    (docs/labeling.md: the manual check): for one click it shows `masks[0][0]`, which must be the best-scored
+    of SAM's three multimask outputs, as SAM's own ONNX export (`return_single_mask`) gives."""
+    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
+    anylabeling = pytest.importorskip("anylabeling.services.auto_labeling.segment_anything")
+    _, folder, model = export_folder("bigl_test")
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    labeler = anylabeling.SegmentAnything({**config, "config_file": str(folder / "config.yaml")}, lambda *_: None)
+    shown = []
+    monkeypatch.setattr(labeler, "post_process", lambda mask, label=None: shown.append(np.array(mask)) or [])
+    decoder = labeler.model.decoder_session = RecordingSession(labeler.model.decoder_session)
+    Image.fromarray(photo_like(PHOTO_SEED)).save(tmp_path / "photo.png")
+    labeler.set_auto_labeling_marks([{"type": "point", "data": [140, 120], "label": 1}])
+    labeler.predict_shapes(image=np.zeros(1), filename=str(tmp_path / "photo.png"))  # it reads the file
+    assert len(shown) == 1 and shown[0].shape == (375, 500)
+    ((feeds, (masks, _, _)),) = decoder.runs
+    assert masks.shape[:2] == (1, 1)
+    with torch.no_grad():
+        every, scores, _ = SamOnnxModel(model, return_single_mask=False)(
+            *(torch.from_numpy(feeds[name]) for name in DECODER_INPUTS))
+    best = 1 + int(scores[0, 1:].argmax())
+    assert ((masks[0, 0] > 0) != (every[0, best].numpy() > 0)).mean() < MASK_TOLERANCE
 
 
 def test_anylabeling_canvas_input_gives_sam_predictors_embedding(exported):
@@ -140,6 +185,13 @@ def rewrite_record(folder, **changes):
     (folder / "export.json").write_text(json.dumps(dict(record, **changes)))
 
 
+def flip_a_byte(path):
+    """The same size, one byte changed in the middle (a corrupted copy a size check does not see)."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
 def truncate(path):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
@@ -177,7 +229,23 @@ INCOMPLETE = {  # name: (what is done to a copy of a good folder, the error line
                                         r"decoder\.onnx: not a SAM ONNX decoder"),
     "export.json of another export": (lambda f: rewrite_record(f, export_id="0" * 32),
                                       r"encoder\.onnx: not the file export\.json describes"),
+    "a flipped byte in the encoder": (lambda f: flip_a_byte(f / "encoder.onnx"),
+                                      r"encoder\.onnx: its sha256 differs from the one export\.json records"),
+    "negative input_size": (lambda f: (f / "config.yaml").write_text(
+        (f / "config.yaml").read_text().replace("input_size: 1024", "input_size: -100")),
+        r"config\.yaml: input_size is -100, expected pixels from 1 to 1024"),
+    "display_name not a string": (lambda f: rewrite_config(f, display_name=None),
+                                  r"config\.yaml: display_name is None, expected a non-empty string"),
 }
+
+
+def test_check_passes_after_an_edit_of_config_yaml_users_may_make(export_folder, tmp_path, capsys):
+    """docs/labeling.md: rename the model in AnyLabeling's list (config.yaml changes size)."""
+    folder = tmp_path / "export"
+    shutil.copytree(export_folder("vit_test")[1], folder)
+    rewrite_config(folder, display_name="My labeling model, tried on the 3rd of May")
+    code, line = check(folder, capsys)
+    assert code == 0 and "loads as AnyLabeling loads it (My labeling model" in line, line
 
 
 @pytest.mark.parametrize("case", INCOMPLETE)

@@ -165,6 +165,19 @@ def _edited_folder(folder, tmp_path, **vision):
     return edited
 
 
+def _json_folder(folder, tmp_path, config):
+    edited = tmp_path / "edited"
+    shutil.copytree(folder, edited)
+    (edited / "config.json").write_text(json.dumps(config))
+    return edited
+
+
+def _symlink_loop(tmp_path):
+    (tmp_path / "loop.pth").symlink_to(tmp_path / "other.pth")
+    (tmp_path / "other.pth").symlink_to(tmp_path / "loop.pth")
+    return tmp_path / "loop.pth"
+
+
 def _truncated(folder, tmp_path):
     path = tmp_path / "cut.safetensors"
     path.write_bytes((folder / "model.safetensors").read_bytes()[:3000])
@@ -183,11 +196,17 @@ def _without_config(folder, tmp_path):
         (_truncated, "cut.safetensors: not a readable safetensors file"),
         (_without_config, "nocfg: is a directory without config.json"),
         (lambda f, t: _edited_folder(f, t, mlp_dim=128),
-         "nearest is vit_test, which differs in mlp_dim 128 (SAM vit_test: 256)"),
-        (lambda f, t: _edited_folder(f, t, patch_size=8), "differs in patch_size 8 (SAM vit_test: 16)"),
+         "image_encoder.blocks.0.mlp.lin1.weight (256, 64) vs (128, 64)"),
+        (lambda f, t: _edited_folder(f, t, patch_size=8), "image_encoder.pos_embed (1, 64, 64, 64) vs (1, 128, 128, 64)"),
         (lambda f, t: _edited_folder(f, t, top={"model_type": "sam2"}), "model_type 'sam2' is not SAM's ViT"),
+        (lambda f, t: _edited_folder(f, t, num_hidden_layers="2"),
+         "vision_config.num_hidden_layers is '2' (a JSON string), expected an integer"),
+        (lambda f, t: _edited_folder(f, t, use_rel_pos=False), "not a SAM ViT: use_rel_pos False"),
+        (lambda f, t: _json_folder(f, t, [1, 2]), "config.json: holds a JSON list, expected an object"),
+        (lambda f, t: _symlink_loop(t), "loop.pth: is a symlink loop"),
     ],
-    ids=["truncated-safetensors", "folder-without-config", "pruned-slimsam-like", "patch-size-8", "sam2"],
+    ids=["truncated-safetensors", "folder-without-config", "pruned-slimsam-like", "patch-size-8", "sam2",
+         "string-depth", "no-rel-pos", "config-list", "symlink-loop"],
 )
 def test_bad_transformers_input_is_one_line(hf_tiny, tmp_path, capsys, make, expected):
     line = _cache_error(capsys, make(hf_tiny[1], tmp_path), tmp_path)

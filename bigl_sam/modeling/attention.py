@@ -53,10 +53,10 @@ def _pick_offsets(
     return torch.gather(scores, -1, index.expand(scores.shape[0], scores.shape[1], -1, -1))
 
 
-def grid_positions(size, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Rows and columns (each 1 x h*w) of every cell of an h x w field (`size` (h, w), or one side for a
-    square), in raster order."""
-    h, w = (size, size) if isinstance(size, int) else size
+def grid_positions(size: Tuple[int, int], device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Rows and columns (each 1 x h*w) of every cell of an h x w field (`size`: (h, w), ints or a traced
+    shape's sizes), in raster order."""
+    h, w = size
     pos = torch.arange(h * w, device=device)
     return (pos // w)[None], (pos % w)[None]
 
@@ -83,12 +83,24 @@ class Attention(nn.Module):
         """Dense attention, every token a query. x: B x H x W x C (normalised) -> B x H x W x C."""
         qkv = self._fields(x, self.qkv.weight, self.qkv.bias, window_size)
         q, k, v = self._split_heads(qkv, 3)
-        rows, cols = grid_positions(qkv.shape[1], x.device)
+        rows, cols = grid_positions(qkv.shape[1:3], x.device)
         out = self.attend(q, k, v, rows, cols)
         out = self._merge_heads(out).unflatten(1, qkv.shape[1:3])
         if window_size > 0:
             out = window_unpartition(out, window_size, _padded_hw(x, window_size), x.shape[1:3])
         return self.proj(out)
+
+    def probabilities(self, x: torch.Tensor, window_size: int) -> torch.Tensor:
+        """The attention probabilities of dense attention, in SAM's (transformers' eager) layout.
+
+        x: B x H x W x C (normalised) -> (F * heads) x N x N, F = B x fields, N the tokens of one field.
+        """
+        qkv = self._fields(x, self.qkv.weight, self.qkv.bias, window_size)
+        q, k, _ = self._split_heads(qkv, 3)
+        rows, cols = grid_positions(qkv.shape[1:3], x.device)
+        logits = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+        logits = logits + rel_pos_bias(q, rows, cols, self.rel_pos_h, self.rel_pos_w)
+        return logits.softmax(dim=-1).flatten(0, 1)
 
     def routed(
         self,
@@ -122,7 +134,8 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         """q: F x heads x Q x d; k, v: F x heads x N x d; rows, cols: F x Q or 1 x Q -> F x heads x Q x d."""
         field_keys = k.shape[2]
-        chunk = max(1, MAX_BIAS_ELEMENTS // (q.shape[0] * q.shape[1] * field_keys))
+        fields = q.shape[0] if isinstance(q.shape[0], int) else 1  # a traced (dynamic) batch: chunks per field
+        chunk = max(1, MAX_BIAS_ELEMENTS // (fields * q.shape[1] * field_keys))
         if isinstance(q.shape[2], torch.SymInt):  # a traced size: the ONNX export's data-dependent K
             return self._attend_in_even_chunks(q, k, v, rows, cols, -(-field_keys // chunk))
         outputs = []

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from segment_anything.modeling.common import MLPBlock
+from segment_anything.modeling.image_encoder import window_partition
 
 from .attention import Attention, gather_tokens
 from .routing import RoutingPlan, router_log_scores, score_gate, top_slots
@@ -105,6 +106,26 @@ class BigLittleBlock(_SamBlockParts):
             x = self._routed_big(x, normed, top, gate[..., None], plan.token_extent)
             index = top.masked_fill(~active, -1)
         return x + self.little(x), index
+
+    def attention_map(self, x: torch.Tensor, index: Optional[torch.Tensor]) -> torch.Tensor:
+        """What the P-path's attention looked at, in SAM's layout: (B * fields * heads) x N x N probabilities,
+        N the tokens of one field (window, or the whole grid in a global layer).
+
+        x: B x H x W x C, this block's input tokens; index: what `forward` returned for them. A token the
+        P-path updated attended exactly as in SAM's dense attention over its field (the same keys), so its
+        row is SAM's; at keep < 1 the rows of the tokens the P-path skipped are zero (they attended nothing).
+        """
+        probabilities = self.attn.probabilities(self.norm1(x), self.window_size)
+        if index is None:
+            return probabilities
+        B, H, W, _ = x.shape
+        spare = H * W  # unused slots (-1) land in a spare column that is dropped
+        updated = x.new_zeros(B, spare + 1).scatter(1, index.masked_fill(index < 0, spare), 1.0)
+        updated = updated[:, :spare].view(B, H, W, 1)
+        if self.window_size > 0:
+            updated, _ = window_partition(updated, self.window_size)
+        rows = updated.flatten(1)  # F x N, 1 on the rows of updated tokens
+        return (probabilities.unflatten(0, (rows.shape[0], -1)) * rows[:, None, :, None]).flatten(0, 1)
 
     def _dense_big(self, x: torch.Tensor, normed: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         x = x + gate * self.attn(normed, self.window_size)

@@ -1,9 +1,11 @@
 """The big.LITTLE image encoder: a drop-in for SAM's `ImageEncoderViT`."""
 
+from functools import partial
 from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from segment_anything.modeling.common import LayerNorm2d
 from segment_anything.modeling.image_encoder import PatchEmbed
@@ -28,6 +30,10 @@ class BigLittleImageEncoder(nn.Module):
         self.config = config
         self.img_size = vit.img_size
         self.keep_ratio = config.keep_ratio
+        # In training, recompute each block in the backward pass instead of keeping its activations
+        # (transformers' `gradient_checkpointing_enable()` sets both).
+        self.gradient_checkpointing = False
+        self._gradient_checkpointing_func = partial(checkpoint, use_reentrant=False)
         self.patch_embed = PatchEmbed(
             kernel_size=(vit.patch_size, vit.patch_size),
             stride=(vit.patch_size, vit.patch_size),
@@ -70,36 +76,49 @@ class BigLittleImageEncoder(nn.Module):
         x: torch.Tensor,
         keep_ratio: Union[float, torch.Tensor, None] = None,
         input_size: Optional[InputSize] = None,
+        hidden_states: Optional[List[torch.Tensor]] = None,
     ) -> Tuple[torch.Tensor, List[Optional[torch.Tensor]]]:
         """Like `forward`, also returning, per layer, the B x K indexes the P-path updated (-1: a slot the
-        image did not use; None: every token).
+        image did not use; None: every token). A `hidden_states` list gets the B x H x W x C tokens before
+        each layer and after the last appended (depth + 1 of them).
 
         Safe to call from several threads at once (it stores nothing on the module). At keep < 1 it reads
         the images' extent once (one host sync, unless `input_size` is given); the layers then run with
         static shapes. A 0-dim tensor `keep_ratio` (the ONNX encoder's runtime input, checked where it is
         fed) plans in the graph instead (`routing.plan_routing_in_graph`; the extent is always read off the
-        padding), and every layer routes, also at 1.0.
+        padding), and every layer routes, also at 1.0. So does a float keep < 1 under `torch.export` (where
+        the extent cannot be read to the host) when `input_size` is not given.
         """
         if isinstance(keep_ratio, torch.Tensor):
             if input_size is not None:
                 raise ValueError("input_size cannot be given with a tensor keep_ratio: the extent is read off x")
             plan = plan_routing_in_graph(x, keep_ratio, self.config.p_path.patch_size, self.pos_embed.shape[1:3])
-            return self._run_blocks(x, plan)
+            return self._run_blocks(x, plan, hidden_states)
         ratio = check_keep_ratio(self.keep_ratio if keep_ratio is None else keep_ratio)
         plan = None
-        if ratio < 1.0:
+        if ratio < 1.0 and input_size is None and torch.compiler.is_exporting():
+            ratio_tensor = torch.tensor(ratio, dtype=torch.float64, device=x.device)
+            plan = plan_routing_in_graph(x, ratio_tensor, self.config.p_path.patch_size, self.pos_embed.shape[1:3])
+        elif ratio < 1.0:
             extents = token_extents(x, self.config.p_path.patch_size, input_size)  # (h, w) in tokens, per image
             plan = plan_routing(extents, ratio, self.pos_embed.shape[1:3], x.device)
-        return self._run_blocks(x, plan)
+        return self._run_blocks(x, plan, hidden_states)
 
     def _run_blocks(
-        self, x: torch.Tensor, plan: Optional[RoutingPlan]
+        self, x: torch.Tensor, plan: Optional[RoutingPlan], hidden_states: Optional[List[torch.Tensor]] = None
     ) -> Tuple[torch.Tensor, List[Optional[torch.Tensor]]]:
         x = self.patch_embed(x) + self.pos_embed
         routing = []
         for block in self.blocks:
-            x, index = block(x, plan)
+            if hidden_states is not None:
+                hidden_states.append(x)
+            if self.gradient_checkpointing and self.training:
+                x, index = self._gradient_checkpointing_func(block, x, plan)
+            else:
+                x, index = block(x, plan)
             routing.append(index)
+        if hidden_states is not None:
+            hidden_states.append(x)
         return self.neck(x.permute(0, 3, 1, 2)), routing
 
 

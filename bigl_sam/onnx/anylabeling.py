@@ -7,7 +7,8 @@ encoder one input: the photo resized (AnyLabeling: into a 684 x 1024 canvas; sam
 - encoder.onnx: `image` (H x W x 3, H and W dynamic up to 1024) -> `image_embeddings` (1 x 256 x 64 x 64),
   with SAM's normalisation and zero padding inside the graph and a student's keep ratio fixed at export
   (in the metadata as for the bigl-sam format; a one-input caller has no way to feed a dial);
-- decoder.onnx: the same SAM ONNX decoder as the bigl-sam format;
+- decoder.onnx: SAM's ONNX decoder as SAM's own export writes it with `return_single_mask`: one mask, for one
+  click the best-scored of SAM's three multimask outputs (AnyLabeling shows `masks[0][0]`);
 - config.yaml: what AnyLabeling reads (`type: segment_anything`, names, the two paths, sizes);
 - export.json: the export record, as for the bigl-sam format, with the format and the fixed keep ratio.
 
@@ -28,7 +29,7 @@ from segment_anything.modeling import Sam
 
 from ..errors import BiglSamError, check_keep_ratio
 from ..fileio import atomic_folder, atomic_write_text
-from ..images import resized_shape, sam_input_array
+from ..images import IMG_SIZE, resized_shape, sam_input_array
 from .. import modeling
 from .export import (
     EMBEDDING_TOLERANCE,
@@ -54,6 +55,7 @@ from .record import check_export_ids, read_export_record
 
 RGB_INPUT = "image"  # H x W x 3 float32, RGB 0-255, the photo resized to fit S x S
 CANVAS_HW = (684, 1024)  # AnyLabeling's input_size: every photo is resized into it (pixels)
+MAX_SIDE_PIXELS = IMG_SIZE  # the encoder's input: H and W up to this
 # The keys AnyLabeling's `segment_anything` model reads from config.yaml; a config without one fails to load.
 CONFIG_KEYS = ("type", "name", "display_name", "encoder_model_path", "decoder_model_path", "input_size",
                "max_width", "max_height")
@@ -116,7 +118,7 @@ def export_anylabeling(
         say(f"exporting the {model.config.name} image encoder (RGB input, preprocessing inside) to {out / ENCODER_FILE}")
         export_rgb_encoder(model, keep_ratio, folder / ENCODER_FILE, opset, export_id)
         say(f"exporting SAM's prompt encoder and mask decoder to {out / DECODER_FILE}")
-        export_decoder(model, folder / DECODER_FILE, opset, export_id)
+        export_decoder(model, folder / DECODER_FILE, opset, export_id, single_mask=True)
         atomic_write_text(folder / CONFIG_FILE, config_yaml(model.config.name, keep_ratio))
         say("checking both files in onnxruntime against PyTorch")
         _, encoder, decoder = open_anylabeling(folder)
@@ -173,7 +175,7 @@ def check_anylabeling(model: Sam, keep_ratio: Optional[float], encoder, decoder)
             if diffs[f"encoder:{kind}"] > EMBEDDING_TOLERANCE:
                 failures.append(f"encoder on the {kind} input: embeddings differ by {diffs[f'encoder:{kind}']:.3g} "
                                 f"(tolerance {EMBEDDING_TOLERANCE:g})")
-        check_decoder(model, decoder, expected, diffs, failures)
+        check_decoder(model, decoder, expected, diffs, failures, single_mask=True)
     return check_report(diffs, failures)
 
 
@@ -194,15 +196,18 @@ def config_yaml(model_name: str, keep_ratio: Optional[float]) -> str:
     return "".join(f"{key}: {json.dumps(value)}\n" for key, value in values.items())  # JSON scalars are YAML
 
 
-def open_anylabeling(folder: Path) -> Tuple[dict, object, object]:
+def open_anylabeling(folder: Path, check_hashes: bool = False) -> Tuple[dict, object, object]:
     """config.yaml of `folder` and onnxruntime sessions of the encoder and decoder it names, read as AnyLabeling
     reads them (the paths relative to the config's folder); with the export record when export.json is there
-    (files of another export, or truncated, are refused as `OnnxPredictor.from_folder` refuses them).
+    (files of another export, or truncated, are refused as `OnnxPredictor.from_folder` refuses them; with
+    `check_hashes`, files whose sha256 differs from the record's too). config.yaml may be edited (names,
+    sizes): its values are checked, not its bytes.
 
     Raises:
         BiglSamError: one line naming the problem: no folder or no config.yaml, a config.yaml that is not a
             YAML mapping, lacks a key of `CONFIG_KEYS` or is not of type segment_anything, an encoder or
-            decoder file it names that is missing, unreadable, or not of the interface AnyLabeling runs.
+            decoder file it names that is missing, unreadable, or not of the interface AnyLabeling runs, a
+            name that is not a non-empty string, a size that is not a whole number of pixels in 1..1024.
     """
     import yaml  # the onnx extra's (gradio's too); only this reader needs it
 
@@ -224,6 +229,14 @@ def open_anylabeling(folder: Path) -> Tuple[dict, object, object]:
         raise BiglSamError(f"{path}: lacks {', '.join(missing)}, which AnyLabeling requires; {REEXPORT_ANYLABELING}")
     if config["type"] != MODEL_TYPE:
         raise BiglSamError(f"{path}: type is {config['type']!r}; AnyLabeling runs this folder only as {MODEL_TYPE}")
+    for key in ("name", "display_name", "encoder_model_path", "decoder_model_path"):
+        if not isinstance(config[key], str) or not config[key].strip():
+            raise BiglSamError(f"{path}: {key} is {config[key]!r}, expected a non-empty string")
+    for key in ("input_size", "max_width", "max_height"):
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SIDE_PIXELS:
+            raise BiglSamError(f"{path}: {key} is {value!r}, expected pixels from 1 to {MAX_SIDE_PIXELS} (the "
+                               f"encoder's largest side)")
     files = {}
     for key in ("encoder_model_path", "decoder_model_path"):
         file = folder / str(config[key])
@@ -238,6 +251,6 @@ def open_anylabeling(folder: Path) -> Tuple[dict, object, object]:
                            f"image ({REEXPORT_ANYLABELING})")
     check_decoder_session(decoder, files["decoder_model_path"])
     if (folder / RECORD_FILE).is_file():
-        record = read_export_record(folder)
+        record = read_export_record(folder, hashes=check_hashes)
         check_export_ids(encoder, decoder, files["encoder_model_path"], files["decoder_model_path"], record["export_id"])
     return config, encoder, decoder

@@ -3,6 +3,7 @@
 
 import argparse
 import importlib.util
+import sys
 from pathlib import Path
 
 from tqdm import tqdm
@@ -18,7 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("format", choices=["onnx"], help="the export format")
     parser.add_argument("--model", default=None, help="model name, e.g. bigl_b_t or vit_b (required unless --check)")
     parser.add_argument(
-        "--checkpoint", type=Path, default=None, help="weights for --model (default: untrained random weights)"
+        "--checkpoint", type=Path, default=None,
+        help="weights for --model (default: the weights rule every command follows: a student file in the weights "
+             "folder, else SAM's official files there, else random weights, said so)"
     )
     parser.add_argument("--out", type=Path, required=True, help="folder for encoder.onnx, decoder.onnx, export.json")
     parser.add_argument("--format", dest="layout", choices=["bigl-sam", ANYLABELING_FORMAT], default="bigl-sam",
@@ -52,21 +55,19 @@ def run(args: argparse.Namespace) -> int:
         return check(args)
     if args.model is None:
         raise BiglSamError("--model is required (or --check, to check an earlier export)")
-    from ..build import build_sam
+    from ..modeling import check_keep_ratio_applies
+    from ..pretrained import choose_weights, load_chosen, weights_lines
     from .export import check_opset, check_out, export_onnx
-    from ..weights import sha256_of
 
     ratios = None if args.keep_ratio is None else keep_ratio_list(args.keep_ratio)
     opset = DEFAULT_OPSET if args.opset is None else args.opset
     check_opset(opset)
     check_out(args.out)
-    model = build_sam(args.model, args.checkpoint)
-    checkpoint = None
-    if args.checkpoint is not None and args.checkpoint.is_dir():  # a transformers folder: each of its files
-        files = sorted(p for p in args.checkpoint.iterdir() if p.is_file())
-        checkpoint = {"path": str(args.checkpoint), "sha256": {p.name: sha256_of(p, progress=False) for p in files}}
-    elif args.checkpoint is not None:
-        checkpoint = {"path": str(args.checkpoint), "sha256": sha256_of(args.checkpoint, progress=False)}
+    choice = choose_weights(args.model, args.checkpoint)  # the weights rule every command follows
+    model = load_chosen(choice)
+    check_keep_ratio_applies(model, args.keep_ratio, args.model)
+    print(weights_lines([choice]), file=sys.stderr)
+    checkpoint = _weights_record(choice)
     with tqdm(total=3, desc=f"export {args.model}", unit="step") as bar:
         started = []
 
@@ -93,8 +94,8 @@ def run(args: argparse.Namespace) -> int:
                 model, args.out, opset=opset, check_ratios=ratios, checkpoint=checkpoint, progress=step, waiting=waiting
             )
         bar.update(1)
-    if checkpoint is None:
-        print(f"note: {args.model} was exported with untrained random weights (no --checkpoint)")
+    if choice.random:
+        print(f"note: {args.model} was exported with untrained random weights ({choice.describe()})")
     diffs = ", ".join(f"{k} {v:.2g}" for k, v in record["check"]["max_abs_diff"].items())
     config = ", config.yaml" if args.layout == ANYLABELING_FORMAT else ""
     print(f"wrote {args.out}: encoder.onnx, decoder.onnx{config}, export.json; max abs difference to PyTorch: {diffs}")
@@ -110,14 +111,22 @@ def check(args: argparse.Namespace) -> int:
     if args.layout == ANYLABELING_FORMAT:
         from .anylabeling import open_anylabeling
 
-        config = open_anylabeling(args.out)[0]
+        config = open_anylabeling(args.out, check_hashes=True)[0]
         print(f"{args.out}: loads as AnyLabeling loads it ({config['display_name']}: {config['encoder_model_path']}, "
               f"{config['decoder_model_path']})")
     else:
         from .predictor import OnnxPredictor
 
-        OnnxPredictor.from_folder(args.out)
-        print(f"{args.out}: loads in OnnxPredictor (encoder.onnx, decoder.onnx, export.json agree)")
+        OnnxPredictor.from_folder(args.out, check_hashes=True)
+        print(f"{args.out}: loads in OnnxPredictor (encoder.onnx, decoder.onnx, export.json agree, sha256 included)")
     return 0
 
 
+def _weights_record(choice):
+    """export.json's `checkpoint`: {"path", "sha256"} of the weights (`fingerprint.weights_fingerprint`: a
+    file's sha256, or a transformers folder's), a list of them for a student built from two official files,
+    None for random weights."""
+    from ..fingerprint import weights_fingerprint
+
+    entries = [{"path": str(path), "sha256": weights_fingerprint(path)} for path in dict.fromkeys(choice.files)]
+    return None if not entries else entries[0] if len(entries) == 1 else entries

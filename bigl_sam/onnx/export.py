@@ -190,10 +190,41 @@ def export_encoder(
     _save(program, path)
 
 
-def export_decoder(model: Sam, path: Path, opset: int = DEFAULT_OPSET, export_id: Optional[str] = None) -> None:
-    """Writes SAM's `SamOnnxModel` with all four masks and a dynamic number of points (`export_id` in the
-    metadata if given)."""
-    decoder = SamOnnxModel(model, return_single_mask=False).eval()
+class SingleMaskDecoder(torch.nn.Module):
+    """`SamOnnxModel(model, return_single_mask=True)` as an exportable graph: the same one mask (for one point
+    and the padding point the best-scored multimask output, for more points the single-mask output), chosen
+    from the number of points as a tensor (SAM's own choice multiplies by the traced size as a Python
+    number, which torch's ONNX translator cannot write) and gathered from all four full-size masks."""
+
+    SINGLE_MASK_BONUS = 1000.0  # SAM's weight that lets the point count pick single-mask vs multimask output
+    MULTIMASK_BELOW_POINTS = 2.5  # SAM's: up to 2 points (one click and the padding point) take the multimask
+
+    def __init__(self, model: Sam) -> None:
+        super().__init__()
+        self.decoder = SamOnnxModel(model, return_single_mask=False)
+
+    def forward(self, image_embeddings, point_coords, point_labels, mask_input, has_mask_input, orig_im_size):
+        """SAM's ONNX decoder inputs -> masks B x 1 x H x W, iou_predictions B x 1, low_res_masks B x 1 x 256 x 256."""
+        masks, scores, low_res = self.decoder(
+            image_embeddings, point_coords, point_labels, mask_input, has_mask_input, orig_im_size
+        )
+        points = torch.ones_like(point_labels).sum(dim=1, keepdim=True)  # B x 1, the points as a tensor
+        single_mask_output = torch.zeros_like(scores)
+        single_mask_output[:, 0] = 1.0
+        bonus = (points - self.MULTIMASK_BELOW_POINTS) * self.SINGLE_MASK_BONUS * single_mask_output
+        best = (scores + bonus).argmax(dim=1, keepdim=True)  # B x 1
+        pick = lambda t: t.gather(1, best.view(-1, 1, *[1] * (t.dim() - 2)).expand(-1, 1, *t.shape[2:]))  # noqa: E731
+        return pick(masks), scores.gather(1, best), pick(low_res)
+
+
+def export_decoder(
+    model: Sam, path: Path, opset: int = DEFAULT_OPSET, export_id: Optional[str] = None, single_mask: bool = False
+) -> None:
+    """Writes SAM's `SamOnnxModel` with a dynamic number of points (`export_id` in the metadata if given):
+    all four masks, or with `single_mask` the one SAM's own export (`return_single_mask`) picks, what
+    AnyLabeling shows (`masks[0][0]`): for one click the best-scored of the three multimask outputs, for
+    more prompts the single-mask output."""
+    decoder = (SingleMaskDecoder(model) if single_mask else SamOnnxModel(model, return_single_mask=False)).eval()
     args = _decoder_inputs(torch.zeros(1, 256, 64, 64), np.zeros((2, 2)), np.array([1.0, -1.0]), None, (600, 800))
     points = torch.export.Dim("num_points", min=1, max=MAX_POINTS)
     dynamic = {name: None for name in DECODER_INPUTS}
@@ -296,11 +327,13 @@ def check_export(model: Sam, folder: Path, ratios: Sequence[float]) -> dict:
     return check_report(diffs, failures)
 
 
-def check_decoder(model: Sam, decoder, features: torch.Tensor, diffs: Dict[str, float], failures: List[str]) -> None:
-    """Adds the max abs difference onnxruntime (`decoder`, a session) vs PyTorch per prompt kind of
-    `CHECK_PROMPTS` on `features` (1 x 256 x 64 x 64) to `diffs`, and a line per kind beyond the tolerance
-    to `failures`."""
-    torch_decoder = SamOnnxModel(model, return_single_mask=False).eval()
+def check_decoder(
+    model: Sam, decoder, features: torch.Tensor, diffs: Dict[str, float], failures: List[str], single_mask: bool = False
+) -> None:
+    """Adds the max abs difference onnxruntime (`decoder`, a session, exported with `single_mask` as
+    `export_decoder`'s) vs PyTorch per prompt kind of `CHECK_PROMPTS` on `features` (1 x 256 x 64 x 64) to
+    `diffs`, and a line per kind beyond the tolerance to `failures`."""
+    torch_decoder = SamOnnxModel(model, return_single_mask=single_mask).eval()
     previous = None
     with torch.no_grad():
         for kind, (points, labels, box, use_mask) in CHECK_PROMPTS.items():

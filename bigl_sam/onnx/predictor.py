@@ -108,12 +108,12 @@ class OnnxPredictor:
         self.reset_image()
 
     @classmethod
-    def from_folder(cls, folder: PathLike, **kwargs) -> "OnnxPredictor":
+    def from_folder(cls, folder: PathLike, check_hashes: bool = False, **kwargs) -> "OnnxPredictor":
         """The encoder.onnx and decoder.onnx that `bigl-sam export onnx --out FOLDER` wrote, once checked
         against the export record beside them (export.json, `record.read_export_record`: sizes, export id,
-        keep-ratio input)."""
+        keep-ratio input; with `check_hashes`, each file's sha256 too, as `--check` does)."""
         folder = Path(folder)
-        record = read_export_record(folder)
+        record = read_export_record(folder, hashes=check_hashes)
         if record.get("format") == ANYLABELING_FORMAT:
             raise BiglSamError(f"{folder}: an export for AnyLabeling (its encoder takes the resized RGB image); "
                                f"OnnxPredictor takes the default format: `bigl-sam export onnx` without --format")

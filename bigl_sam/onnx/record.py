@@ -6,7 +6,7 @@ in export.json, and records each file's size and sha256. `OnnxPredictor.from_fol
 runs anything, that export.json lists both models, that every file it lists has the recorded size, and
 that both models carry its id: an encoder of one export beside a decoder of another, or an export.json of
 a third, is refused. Reading the ids and sizes costs nothing; the sha256 is not recomputed at load (a
-ViT-H encoder is 2.5 GB; a deployment that wants it compares `sha256sum` with export.json).
+ViT-H encoder is 2.5 GB): `bigl-sam export onnx --check` recomputes it.
 
 Needs no torch: the predictor imports it.
 """
@@ -17,15 +17,14 @@ from typing import Dict
 
 from ..errors import BiglSamError
 from ..fileio import folder_leftovers
-from .interface import DECODER_FILE, ENCODER_FILE, EXPORT_ID_KEY, RECORD_FILE
+from ..weights import sha256_of
+from .interface import ANYLABELING_CONFIG_FILE, DECODER_FILE, ENCODER_FILE, EXPORT_ID_KEY, RECORD_FILE
 
 REEXPORT = "export the model again (`bigl-sam export onnx`)"
 
 
 def file_records(folder: Path) -> Dict[str, dict]:
     """{name: {"bytes", "sha256"}} of every file in `folder` (the models and their external weights)."""
-    from ..weights import sha256_of
-
     return {
         path.name: {"bytes": path.stat().st_size, "sha256": sha256_of(path, progress=False)}
         for path in sorted(folder.iterdir())
@@ -33,9 +32,14 @@ def file_records(folder: Path) -> Dict[str, dict]:
     }
 
 
-def read_export_record(folder: Path) -> dict:
+def read_export_record(folder: Path, hashes: bool = False) -> dict:
     """The export record (export.json) of `folder` once it is checked against the files beside it (sizes,
-    both models listed); one `BiglSamError` line naming what does not match."""
+    both models listed; with `hashes`, as `--check` does, each model file's sha256 too); one `BiglSamError`
+    line naming what does not match. config.yaml, which users may edit, is checked by its values where it is
+    read (`anylabeling.open_anylabeling`), not here."""
+    if folder.is_file():
+        hint = f"the folder that holds it ({folder.parent})" if folder.name == RECORD_FILE else "the folder"
+        raise BiglSamError(f"{folder}: is a file, not an export folder; give {hint} `bigl-sam export onnx` wrote")
     if not folder.is_dir():
         old = folder_leftovers(Path(folder).absolute())["old"]
         if old.is_dir():
@@ -61,10 +65,15 @@ def read_export_record(folder: Path) -> dict:
         file = folder / name
         if Path(name).name != name or not file.is_file():
             raise BiglSamError(f"{file}: missing; {RECORD_FILE} lists it; {REEXPORT}")
+        if name == ANYLABELING_CONFIG_FILE:
+            continue
         size = file.stat().st_size
         if size != entry["bytes"]:
             raise BiglSamError(f"{file}: {size} bytes, {RECORD_FILE} records {entry['bytes']} (another export's "
                                f"file, or truncated); {REEXPORT}")
+        if hashes and sha256_of(file, progress=False) != entry.get("sha256"):
+            raise BiglSamError(f"{file}: its sha256 differs from the one {RECORD_FILE} records (the file changed "
+                               f"since the export); {REEXPORT}")
     return record
 
 
