@@ -40,7 +40,7 @@ from ..training.runlog import RunLog
 from ..training.sampler import StreamSampler, make_loader, split_holdout
 from ..training.schedule import EVAL_PROMPTS, PROMPTS, eval_keep_ratios, keep_ratio_at, seeded_generator
 from ..training.state import load_state, model_from_state, refuse_overwrite, restore
-from ..training.steps import finish, keep_if_due, save_if_due, set_learning_rate, update
+from ..training.steps import finish, keep_if_due, run_in_process, save_if_due, set_learning_rate, update
 from .data import LOSS_REGIONS, collate, loss_region
 from .losses import embedding_loss, mask_loss
 from .student import build_student, student_for, trainable_encoder
@@ -130,11 +130,7 @@ def train(cfg: TrainConfig) -> Path:
     """Trains the student; returns the path of the final checkpoint."""
     cfg = former_student_file(cfg)
     check_config(cfg)
-    process = distributed.start(cfg.device)
-    try:
-        return _train(cfg, process)
-    finally:
-        distributed.stop(process)
+    return run_in_process(cfg.device, lambda process: _train(cfg, process))
 
 
 def _train(cfg: TrainConfig, process: distributed.Process) -> Path:

@@ -41,7 +41,7 @@ from ..training.runlog import RunLog
 from ..training.sampler import StreamSampler, make_loader
 from ..training.schedule import PROMPTS, keep_ratio_at, seeded_generator
 from ..training.state import load_state, model_from_state, refuse_overwrite, restore
-from ..training.steps import finish, save_if_due, set_learning_rate, update
+from ..training.steps import finish, run_in_process, save_if_due, set_learning_rate, update
 from .config import MaskTrainConfig, check_config
 from .data import MaskDataset, collate, training_images
 from .losses import dice, focal, reached_iou
@@ -144,11 +144,7 @@ class Run:
 def train(cfg: MaskTrainConfig) -> Path:
     """Trains `cfg.model` on the masks of `cfg.annotations`; returns the path of the final checkpoint."""
     check_config(cfg)
-    process = distributed.start(cfg.device)
-    try:
-        return _train(cfg, process)
-    finally:
-        distributed.stop(process)
+    return run_in_process(cfg.device, lambda process: _train(cfg, process))
 
 
 def _train(cfg: MaskTrainConfig, process: distributed.Process) -> Path:

@@ -4,7 +4,7 @@ and the end of a run."""
 
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -14,6 +14,16 @@ from .ranks import check_ranks_agree
 from .runlog import RunLog
 from .schedule import learning_rate
 from .state import FINAL_FILE, STATE_FILE, save_final, save_training_state
+
+
+def run_in_process(device: Optional[str], run: Callable[[distributed.Process], Path]) -> Path:
+    """`run(process)` in this process of the run (`distributed.start` on `device`, the `torchrun` group when
+    there is one), left again whatever happens; returns what `run` returns (the final checkpoint)."""
+    process = distributed.start(device)
+    try:
+        return run(process)
+    finally:
+        distributed.stop(process)
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, step: int, cfg: Any) -> float:
