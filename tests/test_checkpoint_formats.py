@@ -123,4 +123,4 @@ def test_distill_commands_take_saved_safetensors(saved_256, tmp_path):
                  "--out", str(tmp_path / "run"), "--steps", "1", "--batch", "1", "--holdout", "0", "--workers", "0",
                  "--eval-every", "0"]) == 0
     assert main(["distill", "compare", "--teacher-checkpoint", sam, "--student", student, "--images", images,
-                 "--holdout", "1", "--keep-ratios", "0.5"]) == 0
+                 "--holdout", "1", "--keep-ratio", "0.5"]) == 0

@@ -186,23 +186,23 @@ def test_compare_measures_embedding_error_and_mask_agreement(official_checkpoint
     sam = str(official_checkpoint("vit_test"))
     args = ["distill", "compare", "--teacher-checkpoint", sam, "--student", "bigl_test", "--images", str(images),
             "--holdout", "1", "--teacher-outputs", str(tmp_path / "teacher.pt")]
-    assert main([*args, "--keep-ratios", "1,0.15", "--json", str(tmp_path / "rows.json")]) == 0
+    assert main([*args, "--keep-ratio", "1,0.15", "--json", str(tmp_path / "rows.json")]) == 0
     rows = {row["keep_ratio"]: row for row in json.loads((tmp_path / "rows.json").read_text())}
     assert rows[1.0]["rel_error"] < 1e-5  # at keep 1.0 a fresh student is its SAM
     assert rows[1.0]["box_iou"] == rows[1.0]["point_iou"] == 1.0
     assert rows[0.15]["rel_error"] > 1e-3 and rows[0.15]["removed"] == 0.0
     assert "| bigl_test | 0.15 |" in capsys.readouterr().out
     # the teacher's outputs are reused; another seed draws another router and E-path, the baseline is the first run
-    assert main([*args, "--keep-ratios", "0.15", "--seed", "5", "--baseline", str(tmp_path / "rows.json"),
+    assert main([*args, "--keep-ratio", "0.15", "--seed", "5", "--baseline", str(tmp_path / "rows.json"),
                  "--json", str(tmp_path / "again.json")]) == 0
     (again,) = json.loads((tmp_path / "again.json").read_text())
     assert again["removed"] == pytest.approx(1 - again["rel_error"] / rows[0.15]["rel_error"])
     assert again["rel_error"] != rows[0.15]["rel_error"]
-    assert main([*args, "--keep-ratios", "0.5", "--baseline", str(tmp_path / "again.json")]) == 0
+    assert main([*args, "--keep-ratio", "0.5", "--baseline", str(tmp_path / "again.json")]) == 0
     row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| bigl_test | 0.5 |")]
     assert row[0].split(" | ")[3] == "-"  # no baseline at keep 0.5
     # the kept teacher outputs are float32 ones: a bfloat16 compare must not reuse them
-    assert main([*args, "--keep-ratios", "0.5", "--dtype", "bfloat16"]) == 2
+    assert main([*args, "--keep-ratio", "0.5", "--dtype", "bfloat16"]) == 2
     assert "made for another teacher file, other images or --dtype" in capsys.readouterr().err
 
 
@@ -313,3 +313,13 @@ def test_random_routing_trains_the_paths_and_leaves_the_router(full_size, tmp_pa
 def test_a_dense_student_has_no_router_to_randomise(full_size, tmp_path, capsys):
     assert _distill(full_size, tmp_path, "--student", "vit_test", "--routing", "random") == 2
     assert "is a dense SAM ViT" in capsys.readouterr().err
+
+
+def test_compare_takes_keep_ratio_as_every_command_and_its_former_plural(capsys):
+    """`distill compare --keep-ratio` is spelled as bench's and export's; `--keep-ratios` still works and warns."""
+    parser = argparse.ArgumentParser()
+    distill_cli.add_arguments(parser)
+    base = ["compare", "--teacher-checkpoint", "t.pth", "--student", "bigl_test", "--images", "images"]
+    assert parser.parse_args([*base, "--keep-ratio", "0.2,1"]).keep_ratios == (0.2, 1.0)
+    assert parser.parse_args([*base, "--keep-ratios", "0.3"]).keep_ratios == (0.3,)
+    assert "--keep-ratios is now --keep-ratio" in capsys.readouterr().err

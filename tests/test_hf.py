@@ -141,7 +141,7 @@ def test_distill_compare_reads_the_teacher_folder_once(hf_tiny, tmp_path, monkey
     for name in ("a.png", "b.png"):  # compare holds out one and keeps one for training
         Image.fromarray(np.full((40, 60, 3), 90, dtype=np.uint8)).save(tmp_path / "images" / name)
     assert main(["distill", "compare", "--teacher-checkpoint", str(folder), "--student", "bigl_test", "--images",
-                 str(tmp_path / "images"), "--holdout", "1", "--keep-ratios", "1.0"]) == 0
+                 str(tmp_path / "images"), "--holdout", "1", "--keep-ratio", "1.0"]) == 0
     assert reads == [folder / "model.safetensors"]
 
 

@@ -53,7 +53,9 @@ def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
                 help="SAM file for the P-path of students given by name; default: --teacher-checkpoint")
     add("--images", required=True, type=Path, help="folder of images (searched recursively)")
     add("--holdout", type=int, default=10, help="compare on the last N images (sorted), as train --holdout N keeps out")
-    add("--keep-ratios", type=numbers(float), default=(0.15, 0.25, 0.5), help="comma-separated, e.g. 0.15,0.25,0.5")
+    add_renamed(parser, "--keep-ratio", "--keep-ratios", dest="keep_ratios", type=numbers(float),
+                default=(0.15, 0.25, 0.5), metavar="RATIOS",
+                help="keep ratios, comma-separated, as bench's --keep-ratio (default: 0.15,0.25,0.5)")
     add("--seed", type=int, default=0, help="router and E-path draw of students given by name (as train --seed)")
     add("--baseline", type=Path, help="JSON of an earlier compare: its first student is the 'error removed' baseline")
     add("--teacher-outputs", type=Path, help="file keeping the teacher's embeddings and masks: written once, "

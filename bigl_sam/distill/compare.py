@@ -88,7 +88,7 @@ def compare(
     that keeps the teacher's embeddings and masks (written on the first run, read on the next ones). `dtype`:
     teacher and students run in float32, or under bfloat16 autocast."""
     for ratio in keep_ratios:
-        check_keep_ratio(ratio, "--keep-ratios")
+        check_keep_ratio(ratio, "--keep-ratio")
     listed = list_images(images)
     image_ids = [listed[i] for i in split_holdout(listed, holdout)[1]]
     read = ModelReader()  # the teacher's file is also the students' P-path and decoder: read once
