@@ -316,7 +316,7 @@ def test_every_setting_is_in_the_resume_check_unless_declared_free(setup, tmp_pa
             free.append(field.name)
         except BiglSamError as err:
             assert f"{field.name}: " in str(err), err
-    assert free == ["out", "student_checkpoint", "encoder_checkpoint", "decoder_checkpoint", "eval_every", "ckpt_every", "dtype", "workers",
+    assert free == ["out", "student_checkpoint", "encoder_checkpoint", "decoder_checkpoint", "eval_every", "ckpt_every", "keep_every", "dtype", "workers",
                     "device", "resume"]
 
 
