@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from bigl_sam import build_model
+from bigl_sam import build_model, inference
 from bigl_sam.demo import cli
-from bigl_sam.inference import compile_decoder, decode_click, encode_image
 from bigl_sam.demo.models import DemoModel, DemoModels
+from bigl_sam.inference import compile_decoder, decode_click, encode_image
 from bigl_sam.modeling import get_config
 from conftest import dynamo_only_compile
 
@@ -60,7 +60,7 @@ def test_demo_start_warns_and_goes_on_without_compile(monkeypatch, capsys):
     def unavailable(model):
         raise RuntimeError("inductor backend failed\nlong traceback text")
 
-    monkeypatch.setattr(cli, "compile_decoder", unavailable)
+    monkeypatch.setattr(inference, "compile_decoder", unavailable)  # the demo imports it when it compiles
     models = DemoModels(DemoModel("vit_test", build_model(get_config("vit_test")), None))
     cli._compile_decoders(models)
     err = capsys.readouterr().err
