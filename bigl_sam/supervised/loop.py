@@ -33,7 +33,7 @@ from ..evaluation.coco_jobs import miou_job
 from ..evaluation.instances import CocoMiou
 from ..evaluation.protocol import Protocol
 from ..evaluation.runner import score_in_memory
-from ..modeling.config import get_config, is_student
+from ..modeling.config import get_config, is_student, keep_ratio_of
 from ..training.config import identity, run_dtype, settings
 from ..training.optimizer import adamw, freeze_router_biases
 from ..training.ranks import mean_over_ranks
@@ -164,7 +164,7 @@ def _train(cfg: MaskTrainConfig, process: distributed.Process) -> Path:
     if process.is_main:
         distributed.note_bfloat16(process.device, dtype)
         tqdm.write(f"train: {len(image_ids)} images of {dataset.annotations_path}"
-                   + (f" ({excluded} left out: their file names are in {cfg.exclude})" if excluded else ""),
+                   + (f" ({excluded} left out: also under {cfg.exclude}, by file name or content)" if excluded else ""),
                    file=sys.stderr)
     trainee = PromptedSam(model, cfg)
     if process.world_size > 1:
@@ -262,10 +262,7 @@ def validate(model: Sam, jobs: Sequence[CocoMiou], device: torch.device, dtype: 
     for job in jobs:
         summary = score_in_memory(job, predictor, device, dtype, model.config.name)
         rows.append({"step": step, "prompt": job.protocol.prompt, "miou": summary["miou"]["all"],
-                     "instances": summary["instances"]["all"], "keep_ratio": _keep_ratio(model)})
+                     "instances": summary["instances"]["all"], "keep_ratio": keep_ratio_of(model) or ""})
     model.train()
     return rows
 
-
-def _keep_ratio(model: Sam):
-    return model.image_encoder.keep_ratio if is_student(model.image_encoder) else ""
