@@ -16,7 +16,9 @@ from bigl_sam.checkpoint import read_checkpoint
 from bigl_sam.cli import main
 from bigl_sam.evaluation.coco import CocoInstances
 from bigl_sam.modeling import get_config
+from bigl_sam.supervised.config import MaskTrainConfig
 from bigl_sam.supervised.data import MaskDataset, training_images
+from bigl_sam.supervised.loop import PromptedSam
 from bigl_sam.supervised.prompts import corrective_points, noisy_boxes, round_kinds
 from bigl_sam.training.schedule import seeded_generator
 from conftest import rows_of, run_torchrun, seeded_model
@@ -163,6 +165,24 @@ def test_prompts_follow_sams_recipe():
     assert labels[:, 0].tolist() == [1, 0, -1]  # the exact mask gets no click
     cell = (points[:, 0] // 4).long()
     assert gt[0, cell[0, 1], cell[0, 0]] and cell[1].tolist() == [0, 0]
+
+
+def test_each_mask_is_prompted_prompts_per_mask_times_with_its_own_draws(monkeypatch):
+    seen = []
+
+    def record(self, embedding, gt, boxes, kinds, generator):
+        seen.append((len(gt), boxes))
+        return {name: torch.tensor(0.0) for name in ("loss", "focal", "dice", "iou_mse", "iou_first", "iou_last")}
+
+    monkeypatch.setattr(PromptedSam, "_rounds", record)
+    cfg = MaskTrainConfig(out="x", model="vit_test", annotations="a", images="i", prompts_per_mask=3, box_share=1.0)
+    masks = [torch.ones(2, 256, 256, dtype=torch.bool)]
+    boxes = [torch.tensor([[0.0, 0.0, 64.0, 64.0], [8.0, 8.0, 32.0, 32.0]])]
+    model = build_model(get_config("vit_test"))
+    PromptedSam(model, cfg)(torch.zeros(1, 3, 1024, 1024), torch.tensor([[1024, 1024]]), masks, boxes, None,
+                            seeded_generator(0, 0))
+    [(count, tight)] = seen
+    assert count == 6 and torch.equal(tight, boxes[0].repeat(3, 1))  # noise is drawn later, per prompt
 
 
 @pytest.mark.parametrize("case, message", [

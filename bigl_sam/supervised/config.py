@@ -43,6 +43,10 @@ class MaskTrainConfig:
     mask_rounds: int = option(2, "rounds that add no point and only feed back the previous mask logits (SAM: 2, "
                               "one last, the others at random places among the corrective rounds)",
                               check="non_negative")
+    prompts_per_mask: int = option(
+        1, "first prompts drawn for each mask per step, each prompted on its own: a dataset with few masks per image "
+        "gives the mask decoder more to learn from per image encoded (SAM's images have up to 64 masks)",
+        check="positive")
     box_share: float = option(0.5, "share of instances whose first prompt is their box (the others: one point)",
                               check="non_negative")
     box_noise: float = option(0.1, "std of the noise on each box coordinate, as a share of the box side (at most "

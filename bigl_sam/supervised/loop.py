@@ -75,15 +75,16 @@ class PromptedSam(torch.nn.Module):
             embeddings = encoder(images)
         kinds = round_kinds(self.cfg.click_rounds, self.cfg.mask_rounds, generator)
         sums: Dict[str, torch.Tensor] = {}
+        repeats = self.cfg.prompts_per_mask
         for b in range(len(images)):
-            use_box = torch.rand(len(masks[b]), generator=generator) < self.cfg.box_share
+            gt, tight = masks[b].repeat(repeats, 1, 1), boxes[b].repeat(repeats, 1)
+            use_box = torch.rand(len(gt), generator=generator) < self.cfg.box_share
             for group in (use_box, ~use_box):
                 if group.any():
-                    box = boxes[b][group] if group is use_box else None
-                    for name, value in self._rounds(embeddings[b : b + 1], masks[b][group], box, kinds,
-                                                    generator).items():
+                    box = tight[group] if group is use_box else None
+                    for name, value in self._rounds(embeddings[b : b + 1], gt[group], box, kinds, generator).items():
                         sums[name] = sums.get(name, 0) + value
-        count = sum(len(m) for m in masks)
+        count = sum(len(m) for m in masks) * repeats
         rounds = len(kinds) + 1
         terms = {name: sums[name] / (count * (1 if name.startswith("iou_") and name != "iou_mse" else rounds))
                  for name in ("focal", "dice", "iou_mse", "iou_first", "iou_last")}
