@@ -17,7 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from bigl_sam import SamPredictor, build_model
 from bigl_sam.bench import clicks, inputs
 from bigl_sam.bench import measure as bench_measure
-from bigl_sam.bench.cli import _forward
+from bigl_sam.bench.cases import _forward
 from bigl_sam.bench.measure import CPU_SDPA_FLOPS, Case, matmul_speed, measure
 from bigl_sam.bench.report import Row, add_ratios, add_throughput
 from bigl_sam.cli import main

@@ -15,13 +15,6 @@ from bigl_sam import cli
 from bigl_sam.cli import COMMANDS, command_parser, main, program
 
 HEAVY = ("torch", "cv2", "segment_anything", "gradio", "onnxruntime", "transformers")
-# Commands whose argument modules still import torch at their top: moving those imports is their owners'.
-SLOW_HELP = {
-    "bench": "bigl_sam/bench/cli.py imports its measuring modules at the top",
-    "distill": "bigl_sam/distill/cli.py declares its options from TrainConfig, whose module imports torch",
-    "eval": "bigl_sam/evaluation's job modules declare their options beside code that imports torch",
-    "study": "bigl_sam/study/cli.py's `eval` step declares eval's own options (as eval: beside torch code)",
-}
 PLACEHOLDER = r"^[A-Z][A-Z0-9_]*$"
 DTYPE_HELP = (r"bfloat16: [^()]+ under torch\.autocast \(fast on GPUs and on CPUs with AVX512-BF16 or AMX, emulated "
               r"and slower on other CPUs\) \(default: %\(default\)s\)$")
@@ -33,8 +26,7 @@ def _python(code: str) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(reason=SLOW_HELP[n], strict=True))
-                                  if n in SLOW_HELP else n for n in COMMANDS])
+@pytest.mark.parametrize("name", list(COMMANDS))
 def test_help_imports_no_torch(name):
     done = _python(f"""
         import sys

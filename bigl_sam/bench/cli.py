@@ -10,22 +10,15 @@ routing saves from what the SDPA kernel saves. `lat/MAC` is the latency ratio di
 import argparse
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
-import torch
-from tqdm import tqdm
-
-from ..distributed import DTYPES, autocast, note_bfloat16, pick_device
-from ..errors import BiglSamError, keep_ratio_list
+from ..errors import BiglSamError, UnknownModelError, keep_ratio_list
 from ..fileio import atomic_write_text, check_writable
+from ..modeling.config import get_config
 from ..onnx.cli import ONNX_INSTALL, require_onnx_extra
 from ..options import add_dtype_option
-from .clicks import bench_clicks
-from .encoders import BenchEncoder, build_encoder, model_names
-from .inputs import DEFAULT_SIZE, BenchInput, bench_inputs, encoder_input
-from .measure import Case, matmul_speed, measure
+from .inputs import DEFAULT_SIZE, bench_inputs
 from .peers import PEERS, PEERS_INSTALL
-from .report import add_throughput, format_table, report, rows_from, settings
 
 DEFAULT_MODELS = "vit_b,vit_l,vit_h,bigl_b_t,bigl_l_s,bigl_h_b"
 BACKENDS = ("torch", "onnxruntime")
@@ -82,6 +75,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch  # the measuring modules load here, not at the top: --help does without torch
+
+    from ..distributed import DTYPES, note_bfloat16, pick_device
+    from .cases import bench_cases
+    from .clicks import bench_clicks
+    from .encoders import build_encoder
+    from .measure import matmul_speed, measure
+    from .report import add_throughput, format_table, report, rows_from, settings
+
     check_arguments(args)
     names = model_names(args.models)
     inputs = bench_inputs(args.image, args.size)
@@ -102,6 +104,20 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         atomic_write_text(args.json, json.dumps(report(rows, failed, clicks, run_settings), indent=2) + "\n")
     return 0
+
+
+def model_names(spec: str) -> List[str]:
+    """'vit_b, bigl_b_t' -> ['vit_b', 'bigl_b_t'], every name checked before anything is built."""
+    names = list(dict.fromkeys(n.strip() for n in spec.split(",") if n.strip()))
+    if not names:
+        raise BiglSamError("--models names no model")
+    for name in names:
+        if name not in PEERS:
+            try:
+                get_config(name)
+            except UnknownModelError as err:
+                raise UnknownModelError(f"{err}; peers ({PEERS_INSTALL}): {', '.join(PEERS)}") from None
+    return names
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -150,62 +166,3 @@ def backends(args: argparse.Namespace) -> List[str]:
         raise BiglSamError(f"--backend onnxruntime runs on the CPU; --device {args.device} would compare unlike "
                            f"rows (run it apart)")
     return names
-
-
-def bench_cases(
-    encoders: List[BenchEncoder], inputs: List[BenchInput], args: argparse.Namespace, device: torch.device
-) -> List[Case]:
-    """Per input, per model, per keep ratio: the eager case, then (with --compile) the compiled one, then
-    (with --backend onnxruntime) the onnxruntime one and its int8 twin (--quantize int8); the torch rows
-    only with --backend torch. Peers have no onnxruntime rows."""
-    dtype = DTYPES[args.dtype]
-    compiled = {e.name: torch.compile(e.module) for e in encoders} if args.compile else {}
-    exported = {}
-    if "onnxruntime" in args.backends:
-        from ..onnx.runtime import encoder_runners
-
-        for encoder in encoders:
-            if encoder.name not in PEERS:
-                tqdm.write(f"  exporting {encoder.name} to ONNX for onnxruntime")
-                exported[encoder.name] = encoder_runners(encoder.module, args.quantize, args.threads)
-    cases = []
-    for item in inputs:
-        for encoder in encoders:
-            x = encoder_input(item, encoder.pixel_mean, encoder.pixel_std, encoder.img_size, args.batch).to(device)
-            for ratio in encoder.keep_ratios:
-                if "torch" in args.backends:
-                    float32 = None if dtype == torch.float32 else _forward(encoder.module, x, ratio, torch.float32)
-                    eager = _forward(encoder.module, x, ratio, dtype)
-                    cases.append(Case(encoder.name, ratio, item.label, False, eager, float32))
-                    if args.compile:
-                        forward = _forward(compiled[encoder.name], x, ratio, dtype)
-                        cases.append(Case(encoder.name, ratio, item.label, True, forward))
-                if encoder.name in exported:
-                    cases += _onnxruntime_cases(encoder, exported[encoder.name], x, ratio, item.label)
-    return cases
-
-
-def _onnxruntime_cases(encoder: BenchEncoder, runners, x: torch.Tensor, ratio: Optional[float], label: str):
-    """The onnxruntime case (and its int8 twin) of one encoder, input and keep ratio. MACs are counted on
-    the PyTorch encoder doing what the graph does (a tensor keep ratio: routing planned in the graph)."""
-    image = x.cpu().numpy()
-    graph_ratio = None if ratio is None else torch.tensor(ratio)
-    counted = _forward(encoder.module, x, graph_ratio, torch.float32)
-    float32 = runners["onnxruntime"]
-    cases = []
-    for backend, run_encoder in runners.items():
-        reference = None if run_encoder is float32 else (lambda: float32(image, ratio))
-        forward = lambda run_encoder=run_encoder: run_encoder(image, ratio)  # noqa: E731
-        cases.append(Case(encoder.name, ratio, label, False, forward, counted, backend, reference))
-    return cases
-
-
-def _forward(module: torch.nn.Module, x: torch.Tensor, keep_ratio: Optional[float], dtype: torch.dtype):
-    """A call of `module` on `x` (under autocast to `dtype` unless float32), as `SamPredictor` makes it."""
-    kwargs = {} if keep_ratio is None else {"keep_ratio": keep_ratio}
-
-    def forward():
-        with autocast(x.device, dtype):
-            return module(x, **kwargs)
-
-    return forward

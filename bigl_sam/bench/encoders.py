@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from ..build import build_model
-from ..errors import BiglSamError, UnknownModelError, keep_ratio_list
+from ..errors import keep_ratio_list
 from ..images import PIXEL_MEAN, PIXEL_STD
 from ..modeling import get_config, is_student
-from .peers import PEERS, PEERS_INSTALL, build_peer
+from .peers import PEERS, build_peer
 
 
 @dataclass
@@ -26,20 +26,6 @@ class BenchEncoder:
     @property
     def params_m(self) -> float:
         return sum(p.numel() for p in self.module.parameters()) / 1e6
-
-
-def model_names(spec: str) -> List[str]:
-    """'vit_b, bigl_b_t' -> ['vit_b', 'bigl_b_t'], every name checked before anything is built."""
-    names = list(dict.fromkeys(n.strip() for n in spec.split(",") if n.strip()))
-    if not names:
-        raise BiglSamError("--models names no model")
-    for name in names:
-        if name not in PEERS:
-            try:
-                get_config(name)
-            except UnknownModelError as err:
-                raise UnknownModelError(f"{err}; peers ({PEERS_INSTALL}): {', '.join(PEERS)}") from None
-    return names
 
 
 def build_encoder(name: str, keep_ratio_spec: str, device: torch.device) -> BenchEncoder:

@@ -6,13 +6,15 @@ padding a real photo brings shows in MACs and latency."""
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import TYPE_CHECKING, List, Sequence, Tuple
 
 import numpy as np
-import torch
 
 from ..errors import BiglSamError
 from ..images import MAX_ASPECT, MAX_PIXELS, check_size, load_image, sam_input
+
+if TYPE_CHECKING:  # annotations only: --help imports no torch
+    import torch
 
 DEFAULT_SIZE = "1024x1024"
 SIZE_PATTERN = re.compile(r"(\d+)[xX](\d+)")
@@ -64,8 +66,8 @@ def bench_inputs(images: Sequence[Path], sizes: Sequence[str]) -> List[BenchInpu
 
 
 def encoder_input(
-    item: BenchInput, pixel_mean: torch.Tensor, pixel_std: torch.Tensor, img_size: int, batch: int
-) -> torch.Tensor:
+    item: BenchInput, pixel_mean: "torch.Tensor", pixel_std: "torch.Tensor", img_size: int, batch: int
+) -> "torch.Tensor":
     """batch x 3 x img_size x img_size: `item` preprocessed as `SamPredictor.set_image` does, repeated."""
     x, _ = sam_input(item.image, pixel_mean, pixel_std, img_size)
     return x[None].repeat(batch, 1, 1, 1)

@@ -8,11 +8,12 @@ dict is the one place that maps a `--models` name to a peer.
 
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Dict
-
-from torch import nn
+from typing import TYPE_CHECKING, Callable, Dict
 
 from ..errors import BiglSamError
+
+if TYPE_CHECKING:  # annotations only: --help imports no torch
+    from torch import nn
 
 PEERS_INSTALL = 'pip install -e ".[peers]"'
 
@@ -22,10 +23,10 @@ class Peer:
     name: str  # as `--models` takes it
     encoder: str  # what is timed, in words
     img_size: int  # side of the square input its image encoder takes (SAM-style resize and zero pad)
-    build: Callable[[], nn.Module]  # its image encoder, random weights, eval mode
+    build: Callable[[], "nn.Module"]  # its image encoder, random weights, eval mode
 
 
-def _mobilesam() -> nn.Module:
+def _mobilesam() -> "nn.Module":
     # mobilesam-lite imports timm's deprecated module paths and registers its TinyViT variants in timm's
     # registry under names timm already has; neither concerns a bench user.
     with warnings.catch_warnings():
@@ -35,8 +36,8 @@ def _mobilesam() -> nn.Module:
     return build_sam_vit_t(checkpoint=None).image_encoder
 
 
-def _efficientvit_sam(builder: str) -> Callable[[], nn.Module]:
-    def build() -> nn.Module:
+def _efficientvit_sam(builder: str) -> Callable[[], "nn.Module"]:
+    def build() -> "nn.Module":
         from efficientsam.models.efficientvit import sam
 
         return getattr(sam, builder)().image_encoder
@@ -55,7 +56,7 @@ PEERS: Dict[str, Peer] = {
 }
 
 
-def build_peer(name: str) -> nn.Module:
+def build_peer(name: str) -> "nn.Module":
     """The image encoder of peer `name`, eval mode; one error line if the `peers` extra is missing."""
     try:
         return PEERS[name].build().eval()

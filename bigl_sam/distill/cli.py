@@ -1,21 +1,15 @@
 """`bigl-sam distill cache|train|compare`: the commands of a distillation run (cache and train work under
-`torchrun`). The flags of `train` are made from the fields of `TrainConfig`."""
+`torchrun`). The flags of `train` are made from the fields of `TrainConfig` (`config.py`)."""
 
 import argparse
 from pathlib import Path
 
-import torch
-
-from .. import distributed
-from ..build import build_sam, load_sam
 from ..errors import BiglSamError
 from ..fileio import check_writable
 from ..arguments import add_renamed
 from ..options import add_device_options, add_dtype_option
-from .cache import SKIPPED, build_cache, read_index, verify_cache
-from .compare import compare, read_json, table, write_json
 from ..training.config import add_config_arguments, numbers
-from .train import TrainConfig, train
+from .config import TrainConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,12 +63,19 @@ def run(args: argparse.Namespace) -> int:
         return _run_cache(args)
     if args.distill_command == "compare":
         return _run_compare(args)
+    from .train import train  # torch and the models load only once the flags are parsed
+
     options = {k: v for k, v in vars(args).items() if k != "distill_command"}
     print(f"final checkpoint: {train(TrainConfig(**options))}")
     return 0
 
 
 def _run_compare(args: argparse.Namespace) -> int:
+    import torch  # here, not at the top, as the comparing modules: --help does without them
+
+    from .. import distributed
+    from .compare import compare, read_json, table, write_json
+
     if args.teacher_checkpoint is None:  # not argparse's required=: the former name would not count
         raise BiglSamError("--teacher-checkpoint is required: the SAM-layout file the students learn from")
     if args.holdout < 1:
@@ -94,6 +95,9 @@ def _run_compare(args: argparse.Namespace) -> int:
 
 
 def _run_cache(args: argparse.Namespace) -> int:
+    from ..build import build_sam, load_sam  # here, not at the top: torch, which --help does without
+    from .cache import SKIPPED, build_cache, read_index, verify_cache
+
     if args.verify:
         problems = verify_cache(args.out)
         for problem in problems:

@@ -21,7 +21,6 @@ from ..modeling.routing import token_extent, token_extent_mask
 from .augment import augment, augmentation_seed
 
 Key = Tuple[int, int]  # (item, epoch)
-LOSS_REGIONS = ("full", "valid")
 
 
 def loss_region(region: str, input_size: torch.Tensor, grid: int, img_size: int) -> torch.Tensor:

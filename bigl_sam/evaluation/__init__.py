@@ -5,7 +5,8 @@ detector boxes (`eval coco --boxes`) and interactive segmentation NoC (`eval int
 the datasets, `decoding.py` decodes all prompts of one encoded image in batches, `runner.py` encodes each
 image once and keeps resumable per-image records; `instances.py` (with `edgesam.py`), `detections.py` and
 `interactive.py` are the jobs, each with its report (`report.py` has what the reports share); `coco_jobs.py`
-and `interactive.py` declare the options of `eval coco` and `eval interactive`, registered in `cli.py`.
+and `interactive_jobs.py` declare the options of `eval coco` and `eval interactive` and build their jobs,
+registered in `cli.py`.
 """
 
 from .clicker import Click, Clicker, ClickRule, interior_point

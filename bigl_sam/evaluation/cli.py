@@ -2,10 +2,11 @@
 
 - `eval coco`: mIoU of ground-truth-prompted masks under a protocol preset, or with `--boxes
   DETECTIONS.json` COCO mask AP from a detector's boxes (`coco_jobs.py`).
-- `eval interactive`: NoC / NoF / mIoU per click with RITM's clicker (`interactive.py`).
+- `eval interactive`: NoC / NoF / mIoU per click with RITM's clicker (`interactive.py`; its options: `interactive_jobs.py`).
 
 A benchmark is a module with `add_arguments(parser)` (its own options) and `job_from_args(args)` (its
-`runner.Job`), registered in `BENCHMARKS`; the job scores the images and writes its part of the report.
+`runner.Job`), registered in `BENCHMARKS`; the job scores the images and writes its part of the report. The
+module imports no torch at its top (its job's modules load in `job_from_args`): `--help` answers at once.
 """
 
 import argparse
@@ -13,19 +14,19 @@ import shlex
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
-from .. import distributed
 from ..errors import BiglSamError
 from ..options import WEIGHTS_RULE_HELP, add_device_options, add_weights_options, model_spec
-from ..pretrained import ModelSpec, folder_lines
-from . import coco_jobs, interactive
+from . import coco_jobs, interactive_jobs
 from .report import write_json
-from .runner import Evaluation, evaluate_models
+
+if TYPE_CHECKING:  # annotations only: --help imports no torch
+    from ..pretrained import ModelSpec
 
 BENCHMARKS = {
     "coco": (coco_jobs, "mIoU of GT-prompted masks, or mask AP from detector boxes, on COCO"),
-    "interactive": (interactive, "NoC@85/90, NoF and mIoU per click with RITM's clicker"),
+    "interactive": (interactive_jobs, "NoC@85/90, NoF and mIoU per click with RITM's clicker"),
 }
 
 
@@ -65,8 +66,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         module.add_arguments(benchmark)
 
 
-def run(args: argparse.Namespace, specs: Optional[List[ModelSpec]] = None) -> int:
+def run(args: argparse.Namespace, specs: Optional[List["ModelSpec"]] = None) -> int:
     """`specs`: the models, when the caller built them from `args.models` (`bigl-sam study eval`'s rows)."""
+    from .. import distributed  # here, not at the top, as the evaluation's modules: --help does without torch
+    from .runner import Evaluation, evaluate_models
+
     if specs is None:
         specs = [model_spec(args, model_type, checkpoint) for model_type, checkpoint in args.models]
     if args.batch_size < 1:
@@ -98,6 +102,8 @@ def run(args: argparse.Namespace, specs: Optional[List[ModelSpec]] = None) -> in
 def _say_which_weights(specs) -> None:
     """The weights folder the rule searched, if it did, then one line per model: the weights the rule took
     (`pretrained.choose_weights`), and from which files."""
+    from ..pretrained import folder_lines
+
     for line in folder_lines([spec.weights for spec in specs]):
         print(line, file=sys.stderr)
     for spec in specs:
@@ -105,7 +111,7 @@ def _say_which_weights(specs) -> None:
         print(spec.weights.describe() + caveat, file=sys.stderr)
 
 
-def _model_entry(spec: ModelSpec, settings: dict) -> dict:
+def _model_entry(spec: "ModelSpec", settings: dict) -> dict:
     """The report's entry for one model; `settings`: what its run was keyed on (`ModelSpec.settings`)."""
     label = spec.model_type + (" (RANDOM WEIGHTS)" if spec.random_weights else "")
     return {"label": label, "name": spec.model_type, "weights": spec.weights.describe(),

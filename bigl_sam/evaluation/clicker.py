@@ -33,7 +33,6 @@ whatever the sharding, batching or resume.
 from dataclasses import asdict, dataclass
 from typing import NamedTuple, Optional
 
-import cv2
 import numpy as np
 
 from ..errors import BiglSamError
@@ -76,6 +75,8 @@ class ClickRule:
 def distance_to_boundary(region: np.ndarray) -> np.ndarray:
     """H x W bool -> H x W float32: each region pixel's Euclidean distance to the nearest pixel outside the
     region, the image edge counting as outside (0 outside the region)."""
+    import cv2  # here, not at the top: `bigl-sam eval --help` reads the presets' click rules, without OpenCV
+
     padded = np.pad(region.astype(np.uint8), 1)
     return cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
 

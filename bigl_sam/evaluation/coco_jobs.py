@@ -4,15 +4,14 @@ mask AP from a detector's boxes (`detections.DetectionMasks`)."""
 
 import argparse
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from ..errors import BiglSamError
-from .coco import CocoInstances
-from .detections import DetectionMasks
-from .edgesam import EdgeSamMiou
-from .instances import CocoMiou
 from .protocol import DEFAULT_PRESET, PRESETS, PROMPTS, SELECTIONS, Protocol, preset
-from .runner import Job
+
+if TYPE_CHECKING:  # annotations only: the jobs import torch, which `bigl-sam eval --help` does without
+    from .instances import CocoMiou
+    from .runner import Job
 
 DEFAULT_CLICKS = 5
 
@@ -32,7 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --boxes: the lowest score kept, in [0, 1] (default 0: every detection)")
 
 
-def job_from_args(args: argparse.Namespace) -> Job:
+def job_from_args(args: argparse.Namespace) -> "Job":
+    from .coco import CocoInstances
+    from .detections import DetectionMasks
+
     select = args.select or preset(args.protocol).select  # an unknown --protocol is an error first
     if args.boxes is not None:
         if args.prompt != "box" or args.clicks is not None:
@@ -47,8 +49,12 @@ def job_from_args(args: argparse.Namespace) -> Job:
 
 
 def miou_job(annotations: Path, images: Path, protocol: Protocol, batch_size: int,
-             max_images: Optional[int] = None) -> CocoMiou:
+             max_images: Optional[int] = None) -> "CocoMiou":
     """The mIoU job of `protocol` on a COCO file (what `eval coco` runs without --boxes)."""
+    from .coco import CocoInstances
+    from .edgesam import EdgeSamMiou
+    from .instances import CocoMiou
+
     job = EdgeSamMiou if protocol.preset == "edgesam" else CocoMiou
     dataset = CocoInstances(annotations, images, score_crowd=protocol.score_crowd, min_area=job.min_area)
     return job(dataset, protocol, batch_size, max_images)

@@ -4,12 +4,13 @@ reproduces and the differences); the click simulator itself is in `clicker.py`.
 """
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
-
-import torch
+from typing import TYPE_CHECKING, Optional, Tuple
 
 from ..errors import BiglSamError
 from .clicker import ClickRule
+
+if TYPE_CHECKING:  # annotations only: `bigl-sam eval --help` reads the presets without torch
+    import torch
 
 PROMPTS = ("box", "point", "clicks")
 SELECTIONS = ("argmax", "oracle", "single")
@@ -150,8 +151,8 @@ def size_buckets(area: float, inclusive: bool = False) -> Tuple[str, ...]:
     return tuple(bucket for bucket, fit in zip(SIZE_BUCKETS, fits) if fit)
 
 
-def mask_iou(pred: torch.Tensor, gt: torch.Tensor, counted: Optional[torch.Tensor] = None,
-             both_empty: float = 1.0) -> torch.Tensor:
+def mask_iou(pred: "torch.Tensor", gt: "torch.Tensor", counted: Optional["torch.Tensor"] = None,
+             both_empty: float = 1.0) -> "torch.Tensor":
     """pred, gt: ... x H x W bool -> ... IoU. counted (broadcastable to them): the pixels that count, e.g. all
     but GrabCut's ignore band (None: all). both_empty: the IoU of two empty masks (1.0: a perfect match;
     EfficientViT-SAM's metric, intersection / (union + 1e-7), gives 0.0)."""
@@ -160,7 +161,7 @@ def mask_iou(pred: torch.Tensor, gt: torch.Tensor, counted: Optional[torch.Tenso
         intersection, union = intersection & counted, union & counted
     intersection = intersection.sum(dim=(-2, -1)).double()
     union = union.sum(dim=(-2, -1)).double()
-    return torch.where(union > 0, intersection / union.clamp(min=1), torch.full_like(union, both_empty))
+    return (intersection / union.clamp(min=1)).masked_fill(union == 0, both_empty)
 
 
 def box_xywh_to_xyxy(box) -> Tuple[float, float, float, float]:

@@ -14,10 +14,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Tuple
 
-import torch
-
 from ..bench.inputs import BenchInput, encoder_input, parse_size, synthetic_photo
-from ..build import build_model
 from ..errors import BiglSamError, check_keep_ratio
 from ..evaluation import cli as evaluation_cli
 from ..fileio import atomic_write_text
@@ -25,8 +22,6 @@ from ..modeling.config import get_config, is_student, sam_vit_config
 from ..options import model_spec
 from .bootstrap import RESAMPLES, instance_ious, paired_intervals, read_records
 from .curves import add_points, plot_against_keep_ratio, plot_against_steps
-from .pruning import choose_keep_rate, count_gmacs, evit_layers
-from .variants import VariantSpec
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -106,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
 def _evaluate_variant(args: argparse.Namespace) -> int:
     """`bigl-sam eval` with every model made the study's variant; the variant is in each run's settings
     (results.json's `command` is eval's part of the command line)."""
+    from .variants import VariantSpec  # here, not at the top: torch, which --help does without
+
     layers = args.prune_layers
     variant = {"evit_keep_rate": args.evit_keep_rate, "fresh_student": args.fresh_student,
                "random_routing_seed": args.random_routing}
@@ -127,6 +124,11 @@ def keep_rate_at_student_budget(
     """The EViT keep rate of `student`'s SAM ViT whose GMACs are at most the student's at `keep_ratio` on a
     photo of `size` ("WIDTHxHEIGHT"; None: a square image), with both GMACs and the SAM's dense ones
     (random weights: MACs do not depend on them)."""
+    import torch  # here, not at the top, as the models: --help does without them
+
+    from ..build import build_model
+    from .pruning import choose_keep_rate, count_gmacs, evit_layers
+
     config = get_config(student)
     if not is_student(config):
         raise BiglSamError(f"--student: {student} is not a big.LITTLE student")
