@@ -199,7 +199,7 @@ class DemoHandlers:
             encoding, prediction = session.encodings[role], session.predictions.get(role)
             ratio = "all tokens (SAM ViT)" if encoding.keep_ratio is None else f"{encoding.keep_ratio:.2f}"
             decoder = "—" if prediction is None else f"{prediction.seconds * 1000:.0f} ms"
-            rows.append(f"| {m.name} | {m.weights_label} | {encoding.seconds * 1000:.0f} ms | {ratio} | {decoder} |")
+            rows.append(f"| {m.model_type} | {m.weights_label} | {encoding.seconds * 1000:.0f} ms | {ratio} | {decoder} |")
         main = session.encodings[MAIN]
         if main.routing is not None:
             rows.append(f"\nRouting map: per layer, {main.routing.mean():.0%} of the image's {main.routing.size} tokens "
