@@ -18,7 +18,7 @@ from tqdm import tqdm
 from ..distributed import DTYPES, autocast, note_bfloat16, pick_device
 from ..errors import BiglSamError, keep_ratio_list
 from ..fileio import atomic_write_text, check_writable
-from ..onnx.cli import ONNX_INSTALL, require_onnx_extra
+from ..onnx.extra import ONNX_INSTALL, require_onnx_extra
 from ..options import add_dtype_option
 from .clicks import bench_clicks
 from .encoders import BenchEncoder, build_encoder, model_names
