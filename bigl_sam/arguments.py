@@ -1,14 +1,19 @@
 """The command-line plumbing every `bigl-sam` command is parsed with: `CommandParser` (help that shows
 defaults, abbreviations that never name a hidden former flag) and `add_renamed` (an option under its current
 name, each former name kept as a hidden alias that warns on stderr: a renamed flag keeps working for one
-release). It imports nothing of bigl-sam, so every module may use it.
+release); and its twin for Python functions, `renamed_keywords` (a keyword argument's former name kept as
+an alias that warns). It imports nothing of bigl-sam, so every module may use it.
 """
 
 import argparse
+import functools
 import sys
 import textwrap
+import warnings
 import weakref
-from typing import Any, Dict, Tuple
+from typing import Any, Callable, Dict, Tuple, TypeVar
+
+Function = TypeVar("Function", bound=Callable[..., Any])
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -99,3 +104,27 @@ def add_renamed(parser: argparse.ArgumentParser, name: str, *former: str, **kwar
         parser.add_argument(old, dest=action.dest, action=_FormerName, current=name, given=given,
                             store_true=store_true, help=argparse.SUPPRESS, **alias)
     return action
+
+
+def renamed_keywords(**current: str) -> Callable[[Function], Function]:
+    """A decorator: each keyword `former=...` of the call is passed on as `current[former]=...`, with a
+    `FutureWarning` naming the new name (the old name goes in the next release). Giving both names is a
+    `TypeError`, as Python's own for a keyword given twice."""
+
+    def decorate(function: Function) -> Function:
+        @functools.wraps(function)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            for former, name in current.items():
+                if former not in kwargs:
+                    continue
+                if name in kwargs:
+                    raise TypeError(f"{function.__name__}() got {former}= and {name}=, the same argument "
+                                    f"(one is its former name): give {name}= only")
+                warnings.warn(f"{function.__name__}({former}=...) is now {function.__name__}({name}=...); the old "
+                              "name goes in the next release", FutureWarning, stacklevel=2)
+                kwargs[name] = kwargs.pop(former)
+            return function(*args, **kwargs)
+
+        return call  # type: ignore[return-value]
+
+    return decorate

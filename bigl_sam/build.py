@@ -1,22 +1,19 @@
-"""Builders: a config name -> a `segment_anything.modeling.Sam`, like SAM's own `sam_model_registry`."""
+"""Builders: a registry key (`model_type`) -> a `segment_anything.modeling.Sam`, like SAM's own
+`sam_model_registry`."""
 
 from dataclasses import replace
 from functools import partial
-from pathlib import Path
-from typing import Callable, Dict, Optional, Union
+from typing import Callable, Dict, Optional
 
 import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-from .checkpoint import ModelWeights, as_weights, check_config, load_state_dict_into
+from .arguments import renamed_keywords
+from .checkpoint import ModelWeights, PathLike, WeightsSource, as_weights, check_config, load_state_dict_into
 from .errors import CheckpointError
 from .images import PIXEL_MEAN, PIXEL_STD
 from .modeling import BIGL_CONFIGS, BigLittleConfig, BigLittleImageEncoder, SamVitConfig, get_config, is_student
 from .modeling.config import MODEL_CONFIGS, ModelConfig, sam_vit_config, students_of
-
-PathLike = Union[str, Path]
-# A model file's path, or the file read already (`checkpoint.read_model`): a command reads each file once.
-Checkpoint = Union[PathLike, ModelWeights]
 
 
 def build_model(config: ModelConfig) -> Sam:
@@ -67,17 +64,18 @@ def _sam_vit_encoder(config: SamVitConfig) -> ImageEncoderViT:
     )
 
 
-def build_sam(name: str, checkpoint: Optional[Checkpoint] = None) -> Sam:
-    """`sam_model_registry[name](checkpoint)`: SAM keys load SAM files (official, transformers, or
-    `save_checkpoint`'s), bigl keys student files."""
-    model = build_model(get_config(name))
-    if checkpoint is None:
+@renamed_keywords(name="model_type", checkpoint="weights")
+def build_sam(model_type: str, weights: Optional[WeightsSource] = None) -> Sam:
+    """`sam_model_registry[model_type](checkpoint)`: SAM keys load SAM files (official, transformers, or
+    `save_checkpoint`'s), bigl keys student files; `weights` a checkpoint's path, or one read already."""
+    model = build_model(get_config(model_type))
+    if weights is None:
         return model
-    weights = as_weights(checkpoint)
+    weights = as_weights(weights)
     if is_student(model) and not is_student(weights):
         raise CheckpointError(
-            f"{weights.source}: is a SAM checkpoint, not a {name} student; start a student from it "
-            f"with bigl_sam.build_student_from_sam({name!r}, encoder_checkpoint=..., decoder_checkpoint=...)"
+            f"{weights.source}: is a SAM checkpoint, not a {model_type} student; start a student from it "
+            f"with bigl_sam.build_student_from_sam({model_type!r}, encoder_weights=..., decoder_weights=...)"
         )
     if weights.config is not None:
         check_config(weights.config, model.config, weights.source)
@@ -87,31 +85,34 @@ def build_sam(name: str, checkpoint: Optional[Checkpoint] = None) -> Sam:
     return model
 
 
-def load_sam(checkpoint: Checkpoint) -> Sam:
-    """Rebuilds whatever model `checkpoint` holds: a bigl-sam student (its config travels with it), a SAM
-    ViT-B/L/H (official file: its size is read off the weights; transformers folder: off its config.json)."""
-    weights = as_weights(checkpoint)
+@renamed_keywords(checkpoint="weights")
+def load_sam(weights: WeightsSource) -> Sam:
+    """Rebuilds whatever model `weights` (a checkpoint's path, or one read already) holds: a bigl-sam student
+    (its config travels with it), a SAM ViT-B/L/H (official file: its size is read off the weights;
+    transformers folder: off its config.json)."""
+    weights = as_weights(weights)
     model = build_model(weights.architecture())
     load_state_dict_into(model, weights.state, weights.source)
     return model
 
 
+@renamed_keywords(name="model_type", encoder_checkpoint="encoder_weights", decoder_checkpoint="decoder_weights")
 def build_student_from_sam(
-    name: str, encoder_checkpoint: Optional[Checkpoint], decoder_checkpoint: Optional[Checkpoint] = None
+    model_type: str, encoder_weights: Optional[WeightsSource], decoder_weights: Optional[WeightsSource] = None
 ) -> Sam:
-    """A fresh student: P-path, patch/position embedding and neck from `encoder_checkpoint`, a SAM of the
-    student's `sam_model_type`; prompt encoder and mask decoder from `decoder_checkpoint` (usually the SAM of
-    its `decoder_model_type`; default: the encoder's file). Router and E-path start fresh, the E-path with a
-    zero residual scale. Either checkpoint may be any SAM file `load_sam` reads, or one read already.
+    """A fresh student: P-path, patch/position embedding and neck from `encoder_weights`, a SAM of the
+    student's `sam_model_type`; prompt encoder and mask decoder from `decoder_weights` (usually the SAM of
+    its `decoder_model_type`; default: the encoder's). Router and E-path start fresh, the E-path with a
+    zero residual scale. Either is any SAM checkpoint `load_sam` reads (its path), or one read already.
     """
-    config = get_config(name)
+    config = get_config(model_type)
     if not is_student(config):
-        raise CheckpointError(f"{name} is not a big.LITTLE student; known students: {', '.join(BIGL_CONFIGS)}")
-    encoder = _sam_weights(encoder_checkpoint) if encoder_checkpoint is not None else None
+        raise CheckpointError(f"{model_type} is not a big.LITTLE student; known students: {', '.join(BIGL_CONFIGS)}")
+    encoder = _sam_weights(encoder_weights) if encoder_weights is not None else None
     if encoder is not None:
         _check_p_path_size(encoder, config)
-    same = decoder_checkpoint is None or decoder_checkpoint == encoder_checkpoint  # a ModelWeights: the same object
-    decoder = encoder if same else _sam_weights(decoder_checkpoint)
+    same = decoder_weights is None or decoder_weights == encoder_weights  # a ModelWeights: the same object
+    decoder = encoder if same else _sam_weights(decoder_weights)
     model = build_model(config)
     if encoder is not None:
         part = part_of(encoder, "image_encoder")
@@ -122,8 +123,8 @@ def build_student_from_sam(
     return model
 
 
-def _sam_weights(checkpoint: Checkpoint) -> ModelWeights:
-    weights = as_weights(checkpoint)
+def _sam_weights(source: WeightsSource) -> ModelWeights:
+    weights = as_weights(source)
     if is_student(weights):
         raise CheckpointError(f"{weights.source}: is a bigl-sam student, expected a SAM checkpoint")
     return weights
@@ -150,12 +151,14 @@ def part_of(weights: ModelWeights, module: str) -> Dict[str, torch.Tensor]:
     return part
 
 
-def _registry_entry(name: str) -> Callable[..., Sam]:
-    def builder(checkpoint: Optional[Checkpoint] = None) -> Sam:
-        return build_sam(name, checkpoint)
+def _registry_entry(model_type: str) -> Callable[..., Sam]:
+    def builder(checkpoint: Optional[PathLike] = None) -> Sam:  # SAM's own signature: a file, or none
+        return build_sam(model_type, checkpoint)
 
-    builder.__name__ = f"build_{name}"
+    builder.__name__ = f"build_{model_type}"
     return builder
 
 
-sam_model_registry: Dict[str, Callable[..., Sam]] = {name: _registry_entry(name) for name in MODEL_CONFIGS}
+sam_model_registry: Dict[str, Callable[..., Sam]] = {
+    model_type: _registry_entry(model_type) for model_type in MODEL_CONFIGS
+}

@@ -2,7 +2,7 @@
 
 `read_model(path)` reads any model file once, by one reader per format, into one `ModelWeights`: the
 architecture, the state dict under segment_anything's names, and where it came from. The builders
-(`bigl_sam.build`) take a `ModelWeights` or a path. Formats:
+(`bigl_sam.build`) take a `WeightsSource`: a `ModelWeights` or a path. Formats:
 - official SAM files: a flat state dict (`image_encoder.*`, `prompt_encoder.*`, `mask_decoder.*`);
 - files `save_checkpoint` writes: `.pth`, `{"format": FORMAT, "config": {...}, "model": <flat state dict>}`,
   or `.safetensors`, the flat state dict with FORMAT and the config (keep ratio included) in its metadata;
@@ -141,9 +141,14 @@ def read_model(path: PathLike) -> ModelWeights:
     return ModelWeights(config, state, str(path))
 
 
-def as_weights(checkpoint: Union[PathLike, ModelWeights]) -> ModelWeights:
-    """`checkpoint` itself when it was read already, else the file read."""
-    return checkpoint if isinstance(checkpoint, ModelWeights) else read_model(checkpoint)
+# A model's weights as a builder takes them: a checkpoint's path, or the file read already (`read_model`), so
+# that a command naming one file in several roles reads it once.
+WeightsSource = Union[PathLike, ModelWeights]
+
+
+def as_weights(weights: WeightsSource) -> ModelWeights:
+    """`weights` itself when read already, else the checkpoint at that path read."""
+    return weights if isinstance(weights, ModelWeights) else read_model(weights)
 
 
 class ModelReader:

@@ -27,7 +27,7 @@ from .options import add_device_options, add_model_options, model_spec
 
 SKIPPED_FILE = "skipped.json"
 # What must match for an image's record to count as done by this run.
-RUN_KEYS = ("model", "weights_sha256", "keep_ratio", "dtype")
+RUN_KEYS = ("model_type", "weights_sha256", "keep_ratio", "dtype")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         distributed.note_bfloat16(process.device, args.dtype)
     fingerprints = [weights_fingerprint(path) for path in spec.weights.files]
     settings = {
-        "model": args.model,
+        "model_type": args.model,
         "weights": spec.weights.describe(),
         "weights_files": [{"path": str(p), "sha256": f} for p, f in zip(spec.weights.files, fingerprints)],
         "weights_sha256": fingerprints,

@@ -5,8 +5,8 @@ collide):
 
 - `NAME.npy`: the 1 x 256 x 64 x 64 float32 embedding, the form SAM's web demo and ONNX decoder take;
 - `NAME.json`: its record, written after the `.npy` (a record means the image is done): the original and
-  input sizes (H, W pixels), the model, its weights (description, files with sha256), the keep ratio
-  (None for SAM's own encoders) and the precision it was computed at.
+  input sizes (H, W pixels), the model (`model_type`, its registry key), its weights (description, files
+  with sha256), the keep ratio (None for SAM's own encoders) and the precision it was computed at.
 
 `set_embedding(predictor, path)` sets a `segment_anything.SamPredictor` (what `bigl_sam.SamPredictor` is)
 or a `bigl_sam.onnx.OnnxPredictor` from `NAME.npy` as `set_image` would have, after checking that the
@@ -22,6 +22,7 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 
+from .arguments import renamed_keywords
 from .errors import BiglSamError
 from .fileio import atomic_write, atomic_write_text
 from .images import PATCH_SIZE, check_size, resized_shape
@@ -31,7 +32,9 @@ EMBEDDING_SUFFIX = ".npy"
 RECORD_SUFFIX = ".json"
 EMBEDDING_DTYPE = np.float32
 ONNX_EMBED_CHANNELS = 256  # SAM's decoder width: the channels of every exported encoder's output
-RECORD_KEYS = ("image", "original_size", "input_size", "model", "keep_ratio")
+RECORD_KEYS = ("image", "original_size", "input_size", "model_type", "keep_ratio")
+# Keys records of earlier releases wrote under another name, read as the current one.
+FORMER_RECORD_KEYS = {"model": "model_type"}
 
 
 class EmbeddingError(BiglSamError):
@@ -90,27 +93,34 @@ def read_record(path: PathLike) -> dict:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise EmbeddingError(f"{path}: not a readable embedding record ({err})") from None
+    if isinstance(record, dict):
+        for former, key in FORMER_RECORD_KEYS.items():
+            if former in record and key not in record:
+                record[key] = record.pop(former)
     missing = [key for key in RECORD_KEYS if not isinstance(record, dict) or key not in record]
     if missing:
         raise EmbeddingError(f"{path}: embedding record lacks {', '.join(missing)}")
     return record
 
 
+@renamed_keywords(model="model_type")
 def load_embedding(
     path: PathLike,
     shape: Optional[Tuple[int, ...]] = None,
-    model: Optional[str] = None,
+    model_type: Optional[str] = None,
     keep_ratio: Optional[float] = None,
     img_size: Optional[int] = None,
 ) -> StoredEmbedding:
     """`NAME.npy` and its record (`path`: either file), checked: float32, of `shape` if given, computed by
-    `model` if given, at `keep_ratio` if given, its sizes consistent with an `img_size`-pixel input if given.
+    the registry key `model_type` if given, at `keep_ratio` if given, its sizes consistent with an `img_size`-pixel input if given.
     Anything else is an `EmbeddingError` naming the file and what differs."""
     path = Path(path)
     array_path = path.with_suffix(EMBEDDING_SUFFIX) if path.suffix == RECORD_SUFFIX else path
     record = read_record(array_path)
-    if model is not None and record["model"] != model:
-        raise EmbeddingError(f"{array_path}: is an embedding of {record['model']}, this predictor runs {model}")
+    if model_type is not None and record["model_type"] != model_type:
+        raise EmbeddingError(
+            f"{array_path}: is an embedding of {record['model_type']}, this predictor runs {model_type}"
+        )
     if keep_ratio is not None and record["keep_ratio"] != keep_ratio:
         raise EmbeddingError(
             f"{array_path}: was computed at keep ratio {record['keep_ratio']}, this predictor runs at {keep_ratio}"
@@ -133,18 +143,19 @@ def load_embedding(
     return StoredEmbedding(features, original_size, input_size, record)
 
 
-def set_embedding(predictor, path: PathLike, model: Optional[str] = None) -> StoredEmbedding:
+@renamed_keywords(model="model_type")
+def set_embedding(predictor, path: PathLike, model_type: Optional[str] = None) -> StoredEmbedding:
     """Sets `predictor` (a `SamPredictor` or an `OnnxPredictor`) from the stored embedding at `path` (`NAME.npy`
     or `NAME.json`), so that `predict` then gives what it gives after `set_image` on that image.
 
-    Checked against the predictor: shape, dtype, the keep ratio it runs at (students), and the model name:
-    `model` if given, else for a `SamPredictor` its model's registry name. Returns what was loaded.
+    Checked against the predictor: shape, dtype, the keep ratio it runs at (students), and the model's
+    registry key: `model_type` if given, else for a `SamPredictor` its model's. Returns what was loaded.
     """
     from .onnx.predictor import OnnxPredictor
 
     if isinstance(predictor, OnnxPredictor):
         side = predictor.img_size // PATCH_SIZE
-        stored = load_embedding(path, (1, ONNX_EMBED_CHANNELS, side, side), model, predictor.keep_ratio,
+        stored = load_embedding(path, (1, ONNX_EMBED_CHANNELS, side, side), model_type, predictor.keep_ratio,
                                 predictor.img_size)
         predictor.reset_image()
         predictor.features = stored.features
@@ -155,14 +166,14 @@ def set_embedding(predictor, path: PathLike, model: Optional[str] = None) -> Sto
 
         sam = predictor.model
         config = getattr(sam, "config", None)
-        name = model if model is not None else getattr(config, "name", None)
-        if name is None:
-            raise EmbeddingError(f"{path}: this predictor's model has no registry name (a segment_anything Sam), so "
-                                 "the embedding's model cannot be checked: give set_embedding(..., model='vit_h'), its "
-                                 "name, or build it with bigl_sam")
+        model_type = model_type if model_type is not None else getattr(config, "name", None)
+        if model_type is None:
+            raise EmbeddingError(f"{path}: this predictor's model has no registry key (a segment_anything Sam), so "
+                                 "the embedding's model cannot be checked: give set_embedding(..., model_type='vit_h'), "
+                                 "its key, or build it with bigl_sam")
         shape = (1, sam.prompt_encoder.embed_dim, *sam.prompt_encoder.image_embedding_size)
         ratio = keep_ratio_of(sam)
-        stored = load_embedding(path, shape, name, ratio, sam.image_encoder.img_size)
+        stored = load_embedding(path, shape, model_type, ratio, sam.image_encoder.img_size)
         predictor.reset_image()
         predictor.features = torch.from_numpy(stored.features).to(predictor.device)
     predictor.original_size = stored.original_size

@@ -1,4 +1,4 @@
-"""`bigl_sam.amg.MaskGenerator` gives segment_anything's `SamAutomaticMaskGenerator` masks, bit for bit."""
+"""`bigl_sam.mask_generator.MaskGenerator` gives segment_anything's `SamAutomaticMaskGenerator` masks, bit for bit."""
 
 import math
 import re
@@ -12,10 +12,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from segment_anything.utils.amg import mask_to_rle_pytorch, rle_to_mask
 
 from bigl_sam import build_model
-from bigl_sam.amg import AmgSettings, MaskGenerator
-from bigl_sam.amg import settings as amg_settings
-from bigl_sam.amg.generator import agreement, masks_to_rles, rle_to_binary_mask, same_masks
+from bigl_sam import mask_generator_settings as amg_settings
 from bigl_sam.errors import BiglSamError
+from bigl_sam.mask_generator import MaskGenerator, agreement, masks_to_rles, rle_to_binary_mask, same_masks
+from bigl_sam.mask_generator_settings import AmgSettings
 from bigl_sam.modeling import get_config
 from conftest import randomize_, small_test_configs
 

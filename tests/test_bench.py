@@ -40,7 +40,7 @@ def test_bench_rows_and_json(tmp_path, capsys):
     assert code == 0
     table = capsys.readouterr().out
     assert "| bigl_test @0.25 |" in table and "| bigl_test @1 |" in table and "one demo click" in table
-    rows = {(r["model"], r["keep_ratio"]): r for r in json.loads(out.read_text())["rows"]}
+    rows = {(r["model_type"], r["keep_ratio"]): r for r in json.loads(out.read_text())["rows"]}
     sam, routed, dense = rows["vit_test", None], rows["bigl_test", 0.25], rows["bigl_test", 1.0]
     assert routed["gmacs"] < dense["gmacs"]
     assert dense["vs_dense_latency"] == 1.0
@@ -82,7 +82,7 @@ def test_inputs_column_names_each_input(tmp_path, capsys):
     assert f"| vit_test | {photo} |" in table and "| bigl_test @0.25 | 640x360 |" in table
     report = json.loads(out.read_text())
     assert report["settings"]["inputs"] == [photo, "640x360"]
-    assert [(r["model"], r["input"]) for r in report["rows"]] == [
+    assert [(r["model_type"], r["input"]) for r in report["rows"]] == [
         ("vit_test", photo), ("bigl_test", photo), ("vit_test", "640x360"), ("bigl_test", "640x360")
     ]
 
@@ -91,7 +91,7 @@ def test_padded_inputs_cost_the_router_fewer_macs(tmp_path):
     out = tmp_path / "bench.json"
     assert main(["bench", "--models", "vit_test,bigl_test", "--keep-ratio", "0.25,1.0", "--size", "640x360",
                  "--size", "1024x1024", "--runs", "1", "--clicks", "0", "--json", str(out)]) == 0
-    gmacs = {(r["model"], r["keep_ratio"], r["input"]): r["gmacs"] for r in json.loads(out.read_text())["rows"]}
+    gmacs = {(r["model_type"], r["keep_ratio"], r["input"]): r["gmacs"] for r in json.loads(out.read_text())["rows"]}
     # P-path budget: ceil(0.25 x image tokens); 64 x 36 of the 64 x 64 tokens hold the 1024 x 576 resized photo
     assert gmacs["bigl_test", 0.25, "640x360"] < gmacs["bigl_test", 0.25, "1024x1024"]
     # SAM's own encoder and the dense path compute every token, padding or not
@@ -181,7 +181,7 @@ def test_bench_compiled_rows_beside_eager_ones(monkeypatch, tmp_path, capsys):
     assert compiles == ["ImageEncoderViT", "BigLittleImageEncoder"]
     assert "| vit_test compiled | 1024x1024 |" in table and "| bigl_test @0.25 compiled | 1024x1024 |" in table
     assert "torch.compile, first call of each compiled row" in table
-    rows = {(r["model"], r["compiled"]): r for r in json.loads(out.read_text())["rows"]}
+    rows = {(r["model_type"], r["compiled"]): r for r in json.loads(out.read_text())["rows"]}
     eager, compiled = rows["bigl_test", False], rows["bigl_test", True]
     assert compiled["gmacs"] == eager["gmacs"] and compiled["compile_s"] > 0 and eager["compile_s"] is None
     assert compiled["vs_sam_latency"] == compiled["latency_ms"] / rows["vit_test", True]["latency_ms"]
@@ -323,7 +323,7 @@ def test_peer_rows_beside_ours(tmp_path):
     out = tmp_path / "bench.json"
     assert main(["bench", "--models", "vit_test,mobilesam,efficientvit_sam_l0", "--size", "640x480", "--runs", "1",
                  "--clicks", "0", "--json", str(out)]) == 0
-    rows = {r["model"]: r for r in json.loads(out.read_text())["rows"]}
+    rows = {r["model_type"]: r for r in json.loads(out.read_text())["rows"]}
     assert set(rows) == {"vit_test", "mobilesam", "efficientvit_sam_l0"}
     assert rows["mobilesam"]["params_m"] < 10 < rows["efficientvit_sam_l0"]["params_m"]  # TinyViT-5M; L0 30.7 M
     assert all(r["gmacs"] > 0 and r["keep_ratio"] is None and r["vs_sam_gmacs"] is None for r in rows.values())

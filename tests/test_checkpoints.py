@@ -81,7 +81,7 @@ def test_student_round_trip_rebuilds_the_architecture(tmp_path, student_checkpoi
 
 def test_student_from_official_files(official_checkpoint):
     encoder_file, decoder_file = official_checkpoint("vit_test", seed=0), official_checkpoint("vit_test", seed=1)
-    student = build_student_from_sam("bigl_test", encoder_checkpoint=encoder_file, decoder_checkpoint=decoder_file)
+    student = build_student_from_sam("bigl_test", encoder_weights=encoder_file, decoder_weights=decoder_file)
     encoder_state = torch.load(encoder_file, weights_only=True)
     decoder_state = torch.load(decoder_file, weights_only=True)
     ours = student.state_dict()
@@ -90,6 +90,30 @@ def test_student_from_official_files(official_checkpoint):
         assert torch.equal(ours[key], source[key]), key
     assert all(torch.equal(block.little.scale, torch.zeros_like(block.little.scale))
                for block in student.image_encoder.blocks)
+
+
+def test_builders_take_their_former_keyword_names_with_a_warning(official_checkpoint, student_checkpoint):
+    encoder_file, decoder_file = official_checkpoint("vit_test", seed=0), official_checkpoint("vit_test", seed=1)
+    torch.manual_seed(0)
+    with pytest.warns(FutureWarning) as warned:
+        former = build_student_from_sam(name="bigl_test", encoder_checkpoint=encoder_file,
+                                        decoder_checkpoint=decoder_file)
+    assert sorted(str(w.message).split(";")[0] for w in warned) == [
+        "build_student_from_sam(decoder_checkpoint=...) is now build_student_from_sam(decoder_weights=...)",
+        "build_student_from_sam(encoder_checkpoint=...) is now build_student_from_sam(encoder_weights=...)",
+        "build_student_from_sam(name=...) is now build_student_from_sam(model_type=...)",
+    ]
+    torch.manual_seed(0)
+    assert same_weights(former, build_student_from_sam("bigl_test", encoder_file, decoder_file))
+    path = student_checkpoint("bigl_test")
+    with pytest.warns(FutureWarning) as warned:
+        assert same_weights(build_sam(name="bigl_test", checkpoint=path), load_sam(path))
+    assert sorted(str(w.message).split(";")[0] for w in warned) == [
+        "build_sam(checkpoint=...) is now build_sam(weights=...)", "build_sam(name=...) is now build_sam(model_type=...)"]
+    with pytest.warns(FutureWarning, match=re.escape("load_sam(checkpoint=...) is now load_sam(weights=...)")):
+        assert same_weights(load_sam(checkpoint=path), build_sam(model_type="bigl_test", weights=path))
+    with pytest.raises(TypeError, match="give weights= only"):
+        load_sam(checkpoint=path, weights=path)
 
 
 def test_truncated_file(tmp_path, official_checkpoint):
@@ -208,7 +232,7 @@ def test_official_file_offered_to_build_student_with_non_tensor(tmp_path, offici
     path = tmp_path / "odd.pth"
     torch.save(state, path)
     with pytest.raises(CheckpointError, match=re.escape("image_encoder.pos_embed is not a tensor (str)")):
-        build_student_from_sam("bigl_test", encoder_checkpoint=path)
+        build_student_from_sam("bigl_test", encoder_weights=path)
 
 
 def test_student_file_with_a_broken_config(tmp_path, student_checkpoint):

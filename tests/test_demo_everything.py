@@ -9,7 +9,7 @@ import torch
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from bigl_sam.amg import AmgSettings
+from bigl_sam.mask_generator_settings import AmgSettings
 from bigl_sam.demo.app import build_app, launch
 from bigl_sam.demo.handlers import DemoHandlers
 from bigl_sam.demo.models import load_demo_models

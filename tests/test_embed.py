@@ -3,6 +3,7 @@ a kill, torchrun shards, and bad embeddings refused in one line."""
 
 import copy
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +61,7 @@ def test_predictor_set_from_an_embedding_predicts_as_after_set_image(tmp_path, s
     assert folder_lines(capsys) == []  # --checkpoint: no weights folder searched
     record = records(tmp_path / "out")["photo.png"]
     assert record["original_size"] == [375, 500] and record["input_size"] == [768, 1024]
-    assert record["keep_ratio"] == 0.25 and record["model"] == "bigl_test"
+    assert record["keep_ratio"] == 0.25 and record["model_type"] == "bigl_test"
     assert record["weights_files"][0]["path"] == str(checkpoint) and len(record["weights_files"][0]["sha256"]) == 64
 
     model = build_sam("bigl_test", checkpoint)
@@ -117,6 +118,21 @@ def test_resume_after_a_kill_does_no_image_twice(tmp_path, monkeypatch, one_thre
     capsys.readouterr()
     assert embed(tmp_path / "images", out, "--model", "vit_test") == 0 and saved == ["img1.png", "img2.png"]
     assert folder_lines(capsys) == [folder_line(weights_dir())]  # the folder the rule searched, once
+
+
+def test_records_of_an_earlier_release_under_model_count_as_done(tmp_path, monkeypatch, one_thread):
+    photos(tmp_path / "images", 2)
+    out = tmp_path / "out"
+    assert embed(tmp_path / "images", out, "--model", "vit_test") == 0
+    for name in ("img0.png", "img1.png"):  # as an earlier release wrote them: the registry key under "model"
+        record = json.loads(record_path(out, name).read_text())
+        record["model"] = record.pop("model_type")
+        record_path(out, name).write_text(json.dumps(record))
+    saved = []
+    monkeypatch.setattr(bigl_sam.embed, "save_embedding", lambda *args: saved.append(args))
+    assert embed(tmp_path / "images", out, "--model", "vit_test") == 0 and saved == []
+    predictor = SamPredictor(build_model(get_config("vit_test")))
+    assert set_embedding(predictor, embedding_path(out, "img0.png")).record["model_type"] == "vit_test"
 
 
 def test_a_cut_short_embedding_or_a_replaced_image_is_embedded_again(tmp_path, monkeypatch, one_thread, capsys):
@@ -202,8 +218,8 @@ def vit_predictor():
 
 def stored(folder: Path, features=None, **changes) -> Path:
     """A hand-made embedding of a 375 x 500 image by vit_test; `changes` edit its record."""
-    record = {"image": "a.png", "original_size": [375, 500], "input_size": [768, 1024], "model": "vit_test",
-              "keep_ratio": None, **changes}
+    record = {"image": "a.png", "original_size": [375, 500], "input_size": [768, 1024],
+              "model_type": "vit_test", "keep_ratio": None, **changes}
     features = np.zeros((1, 256, 64, 64), np.float32) if features is None else features
     return save_embedding(folder, "a.png", features, record)
 
@@ -211,7 +227,7 @@ def stored(folder: Path, features=None, **changes) -> Path:
 @pytest.mark.parametrize("features, changes, message", [
     (np.zeros((1, 256, 32, 32), np.float32), {}, "embedding is 1 x 256 x 32 x 32, this predictor takes 1 x 256 x 64 x 64"),
     (np.zeros((1, 256, 64, 64), np.float16), {}, "embedding is float16, expected float32"),
-    (None, {"model": "bigl_test", "keep_ratio": 0.25}, "is an embedding of bigl_test, this predictor runs vit_test"),
+    (None, {"model_type": "bigl_test", "keep_ratio": 0.25}, "is an embedding of bigl_test, this predictor runs vit_test"),
     (None, {"input_size": [1024, 1024]}, r"input_size \[1024, 1024\] is not original_size \[375, 500\] resized"),
     (None, {"original_size": "375x500"}, "original_size must be \\[height, width\\] in pixels"),
     (None, {"original_size": [True, True]}, "original_size must be \\[height, width\\] in pixels"),
@@ -233,9 +249,11 @@ def test_an_embedding_that_does_not_fit_is_refused_in_one_line(tmp_path, vit_pre
 def test_a_predictor_whose_model_has_no_name_is_refused_in_one_line(tmp_path, vit_predictor):
     plain = copy.deepcopy(vit_predictor.model)
     del plain.config  # as segment_anything's own build_sam makes it
-    with pytest.raises(EmbeddingError, match="model has no registry name .* give set_embedding\\(..., model="):
+    with pytest.raises(EmbeddingError, match="model has no registry key .* give set_embedding\\(..., model_type="):
         set_embedding(SamPredictor(plain), stored(tmp_path))
-    assert set_embedding(SamPredictor(plain), stored(tmp_path), model="vit_test").original_size == (375, 500)
+    assert set_embedding(SamPredictor(plain), stored(tmp_path), model_type="vit_test").original_size == (375, 500)
+    with pytest.warns(FutureWarning, match=re.escape("set_embedding(model=...) is now set_embedding(model_type=...)")):
+        assert set_embedding(SamPredictor(plain), stored(tmp_path), model="vit_test").original_size == (375, 500)
 
 
 def test_missing_or_broken_files_are_refused_in_one_line(tmp_path, vit_predictor):
@@ -244,7 +262,7 @@ def test_missing_or_broken_files_are_refused_in_one_line(tmp_path, vit_predictor
     with pytest.raises(EmbeddingError, match="sizes record not found"):
         set_embedding(vit_predictor, path)
     record_path(tmp_path, "a.png").write_text('{"image": "a.png"}')
-    with pytest.raises(EmbeddingError, match="embedding record lacks original_size, input_size, model, keep_ratio"):
+    with pytest.raises(EmbeddingError, match="embedding record lacks original_size, input_size, model_type, keep_ratio"):
         set_embedding(vit_predictor, path)
     stored(tmp_path)
     path.write_bytes(b"\x93NUMPY garbage")
@@ -257,10 +275,10 @@ def test_missing_or_broken_files_are_refused_in_one_line(tmp_path, vit_predictor
 
 def test_embed_bad_arguments_are_one_line_exit_2(tmp_path, capsys):
     photos(tmp_path / "images", 1)
-    stored(tmp_path / "out", model="bigl_test", keep_ratio=0.25)
+    stored(tmp_path / "out", model_type="bigl_test", keep_ratio=0.25)
     (tmp_path / "out" / "img0.png.npy").write_bytes((tmp_path / "out" / "a.png.npy").read_bytes())
     (tmp_path / "out" / "img0.png.json").write_text(json.dumps({
-        "image": "img0.png", "original_size": [375, 500], "input_size": [768, 1024], "model": "bigl_test",
+        "image": "img0.png", "original_size": [375, 500], "input_size": [768, 1024], "model_type": "bigl_test",
         "weights_sha256": [], "keep_ratio": 0.25, "dtype": "float32"}))
     cases = [
         (["--images", tmp_path / "nowhere", "--out", tmp_path / "x", "--model", "vit_test"], "no such folder"),
@@ -268,7 +286,7 @@ def test_embed_bad_arguments_are_one_line_exit_2(tmp_path, capsys):
         (["--images", tmp_path / "images", "--out", tmp_path / "x", "--model", "vit_test", "--keep-ratio", 0.5],
          "vit_test is SAM's own encoder"),
         (["--images", tmp_path / "images", "--out", tmp_path / "out", "--model", "vit_test"],
-         "holds embeddings of another run (img0.png: keep_ratio (0.25 -> null), model (bigl_test -> vit_test))"),
+         "holds embeddings of another run (img0.png: keep_ratio (0.25 -> null), model_type (bigl_test -> vit_test))"),
     ]
     for arguments, message in cases:
         capsys.readouterr()

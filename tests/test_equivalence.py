@@ -18,7 +18,7 @@ def vit_b_pair(official_checkpoint):
     path = official_checkpoint("vit_b")
     teacher = segment_anything.sam_model_registry["vit_b"]()  # SAM's own builder, as shipped
     teacher.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    student = bigl_sam.build_student_from_sam("bigl_b_t", encoder_checkpoint=path)
+    student = bigl_sam.build_student_from_sam("bigl_b_t", encoder_weights=path)
     student.image_encoder.keep_ratio = 1.0
     return teacher, student
 
@@ -68,7 +68,7 @@ def test_small_sam_student_is_the_small_sam_at_keep_one(official_checkpoint):
     exact at keep 1.0 too, embeddings and masks through `SamPredictor`."""
     path = official_checkpoint("vit_mini")
     teacher = bigl_sam.load_sam(path)
-    student = bigl_sam.build_student_from_sam("bigl_mini", encoder_checkpoint=path)
+    student = bigl_sam.build_student_from_sam("bigl_mini", encoder_weights=path)
     student.image_encoder.keep_ratio = 1.0
     image = np.random.default_rng(1).integers(0, 256, size=(200, 300, 3), dtype=np.uint8)
     outputs = []

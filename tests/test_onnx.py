@@ -181,7 +181,7 @@ def test_tied_scores_and_all_zero_images_match_torch_at_every_ratio(tied_export,
 
 def test_student_at_keep_one_is_sam_exported_the_same_way(vit_export, tmp_path, photo):
     folder, sam_checkpoint = vit_export
-    student = build_student_from_sam("bigl_test", encoder_checkpoint=sam_checkpoint)
+    student = build_student_from_sam("bigl_test", encoder_weights=sam_checkpoint)
     export_encoder(student.image_encoder, tmp_path / "encoder.onnx")
     x = encoder_input(photo)
     sam = ort.InferenceSession(str(folder / "encoder.onnx")).run(None, {"image": x})[0]
@@ -343,7 +343,7 @@ def test_bench_times_onnxruntime_and_int8_in_the_same_rounds(tmp_path, capsys):
     assert "| bigl_test @0.25 [onnxruntime int8] | 640x480 |" in table and "int8 max abs diff |" in table
     report = json.loads(out.read_text())
     assert report["settings"]["backends"] == ["torch", "onnxruntime"] and report["settings"]["onnxruntime"]
-    rows = {(r["model"], r["keep_ratio"], r["backend"]): r for r in report["rows"]}
+    rows = {(r["model_type"], r["keep_ratio"], r["backend"]): r for r in report["rows"]}
     assert len(rows) == 9  # (vit_test, bigl_test @0.25, @1) x (torch, onnxruntime, onnxruntime int8)
     assert all(len(r["latencies_ms"]) == 2 and r["latency_ms"] > 0 for r in rows.values())
     torch_row, float32, int8 = (rows["bigl_test", 0.25, b] for b in ("torch", "onnxruntime", "onnxruntime int8"))
@@ -606,14 +606,14 @@ def test_onnx_predictor_set_from_a_stored_embedding_predicts_as_after_set_image(
     reference = OnnxPredictor.from_folder(folder)
     reference.set_image(load_image(photo))
     record = {"image": photo.name, "original_size": list(reference.original_size),
-              "input_size": list(reference.input_size), "model": "bigl_test", "keep_ratio": reference.keep_ratio}
+              "input_size": list(reference.input_size), "model_type": "bigl_test", "keep_ratio": reference.keep_ratio}
     path = save_embedding(tmp_path, photo.name, reference.features, record)
     predictor = OnnxPredictor.from_folder(folder)
-    set_embedding(predictor, path, model="bigl_test")
+    set_embedding(predictor, path, model_type="bigl_test")
     for prompt in PROMPTS.values():
         for ours, theirs in zip(predictor.predict(**prompt), reference.predict(**prompt)):
             assert np.array_equal(ours, theirs)
     with pytest.raises(EmbeddingError, match="computed at keep ratio 0.25, this predictor runs at 1.0"):
         set_embedding(OnnxPredictor.from_folder(folder, keep_ratio=1.0), path)
     with pytest.raises(EmbeddingError, match="is an embedding of bigl_test, this predictor runs bigl_b_t"):
-        set_embedding(predictor, path, model="bigl_b_t")
+        set_embedding(predictor, path, model_type="bigl_b_t")

@@ -1,10 +1,11 @@
-"""Segment everything: SAM's automatic mask generator restructured for speed (`generator.MaskGenerator`, the
-same masks), and the `bigl-sam amg` command over a folder of images. The names below are imported on first
-use, so that `bigl-sam amg --help` imports no torch."""
+"""The `bigl-sam amg` command: segment everything in a folder of images with SAM's automatic mask generator
+restructured for speed (`bigl_sam.mask_generator.MaskGenerator`, the same masks; its settings:
+`bigl_sam.mask_generator_settings`). Those two names are here too, imported on first use, so that
+`bigl-sam amg --help` imports no torch."""
 
 import importlib
 
-_LAZY = {"AmgSettings": "bigl_sam.amg.settings", "MaskGenerator": "bigl_sam.amg.generator"}
+_LAZY = {"AmgSettings": "bigl_sam.mask_generator_settings", "MaskGenerator": "bigl_sam.mask_generator"}
 
 __all__ = sorted(_LAZY)
 

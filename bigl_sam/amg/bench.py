@@ -3,8 +3,8 @@ images with the same model and settings, in one run: images per minute, where th
 mask decoder, upsampling and scoring, encoding), whether the masks are the same, and the survival rate (the
 share of decoded masks over `pred_iou_thresh`: the only ones this generator upsamples). The options that
 round differently (`--compile`, `--share-image-work`) are extra rows, with their agreement with SAM's masks:
-the share of SAM's masks that one of theirs matches (IoU at least `generator.MATCH_IOU`) and the mean IoU of
-SAM's masks with their closest match.
+the share of SAM's masks that one of theirs matches (IoU at least `mask_generator.MATCH_IOU`) and the mean
+IoU of SAM's masks with their closest match.
 
 SAM's generator is timed from outside: `SamPredictor.set_image` (encoder), the mask decoder's forward
 (decoder), its RLE and output encoders (encoding); the rest of `generate` is upsampling and scoring.
@@ -25,8 +25,8 @@ from tqdm import tqdm
 from .. import distributed
 from ..errors import BiglSamError
 from ..images import load_image
-from .generator import STAGES, MaskGenerator, agreement, same_masks
-from .settings import AmgSettings
+from ..mask_generator import STAGES, MaskGenerator, agreement, same_masks
+from ..mask_generator_settings import AmgSettings
 
 ENCODERS_OF_SAM = ("mask_to_rle_pytorch", "rle_to_mask", "coco_encode_rle")
 

@@ -1,5 +1,5 @@
 """`bigl-sam amg --images DIR --out DIR`: every mask of every image in a folder (SAM's automatic mask
-generator, the same masks, faster: `generator.py`), written as SAM's `scripts/amg.py` writes them plus one
+generator, the same masks, faster: `bigl_sam.mask_generator`), written as SAM's `scripts/amg.py` writes them plus one
 COCO file (`outputs.py`). Resumes after a kill; shards over processes under `torchrun` as `eval` does.
 `--bench` instead times SAM's generator against this one on the images (`bench.py`).
 """
@@ -19,7 +19,7 @@ from . import outputs
 from .settings import add_setting_arguments, settings_from_args
 
 if TYPE_CHECKING:  # annotations only: --help imports no torch
-    from .generator import MaskGenerator
+    from ..mask_generator import MaskGenerator
 
 OUTPUT_MODES = ("binary_mask", "coco_rle")
 
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import distributed  # here, not at the top: torch, which --help does without
     from ..pretrained import weights_lines
     from . import bench
-    from .generator import MaskGenerator
+    from ..mask_generator import MaskGenerator
 
     settings = settings_from_args(args)
     check_keep_ratio_applies(get_config(args.model), args.keep_ratio, args.model)

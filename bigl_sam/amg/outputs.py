@@ -97,7 +97,7 @@ def write_image(out_dir: Path, name: str, file_name: str, fingerprint: str, orig
     import numpy as np
     from segment_anything.utils.amg import coco_encode_rle
 
-    from .generator import rle_to_binary_mask
+    from ..mask_generator import rle_to_binary_mask
 
     coco = [{**mask, "segmentation": coco_encode_rle(mask["segmentation"])} for mask in masks]
     if output_mode == "binary_mask":

@@ -21,15 +21,15 @@ def bench_cases(
     (with --backend onnxruntime) the onnxruntime one and its int8 twin (--quantize int8); the torch rows
     only with --backend torch. Peers have no onnxruntime rows."""
     dtype = DTYPES[args.dtype]
-    compiled = {e.name: torch.compile(e.module) for e in encoders} if args.compile else {}
+    compiled = {e.model_type: torch.compile(e.module) for e in encoders} if args.compile else {}
     exported = {}
     if "onnxruntime" in args.backends:
         from ..onnx.runtime import encoder_runners
 
         for encoder in encoders:
-            if encoder.name not in PEERS:
-                tqdm.write(f"  exporting {encoder.name} to ONNX for onnxruntime")
-                exported[encoder.name] = encoder_runners(encoder.module, args.quantize, args.threads)
+            if encoder.model_type not in PEERS:
+                tqdm.write(f"  exporting {encoder.model_type} to ONNX for onnxruntime")
+                exported[encoder.model_type] = encoder_runners(encoder.module, args.quantize, args.threads)
     cases = []
     for item in inputs:
         for encoder in encoders:
@@ -38,12 +38,12 @@ def bench_cases(
                 if "torch" in args.backends:
                     float32 = None if dtype == torch.float32 else _forward(encoder.module, x, ratio, torch.float32)
                     eager = _forward(encoder.module, x, ratio, dtype)
-                    cases.append(Case(encoder.name, ratio, item.label, False, eager, float32))
+                    cases.append(Case(encoder.model_type, ratio, item.label, False, eager, float32))
                     if args.compile:
-                        forward = _forward(compiled[encoder.name], x, ratio, dtype)
-                        cases.append(Case(encoder.name, ratio, item.label, True, forward))
-                if encoder.name in exported:
-                    cases += _onnxruntime_cases(encoder, exported[encoder.name], x, ratio, item.label)
+                        forward = _forward(compiled[encoder.model_type], x, ratio, dtype)
+                        cases.append(Case(encoder.model_type, ratio, item.label, True, forward))
+                if encoder.model_type in exported:
+                    cases += _onnxruntime_cases(encoder, exported[encoder.model_type], x, ratio, item.label)
     return cases
 
 
@@ -58,7 +58,7 @@ def _onnxruntime_cases(encoder: BenchEncoder, runners, x: torch.Tensor, ratio: O
     for backend, run_encoder in runners.items():
         reference = None if run_encoder is float32 else (lambda: float32(image, ratio))
         forward = lambda run_encoder=run_encoder: run_encoder(image, ratio)  # noqa: E731
-        cases.append(Case(encoder.name, ratio, label, False, forward, counted, backend, reference))
+        cases.append(Case(encoder.model_type, ratio, label, False, forward, counted, backend, reference))
     return cases
 
 

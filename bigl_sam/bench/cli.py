@@ -15,7 +15,7 @@ from typing import List
 from ..errors import BiglSamError, UnknownModelError, keep_ratio_list
 from ..fileio import atomic_write_text, check_writable
 from ..modeling.config import get_config
-from ..onnx.cli import ONNX_INSTALL, require_onnx_extra
+from ..onnx.extra import ONNX_INSTALL, require_onnx_extra
 from ..options import add_dtype_option
 from .inputs import DEFAULT_SIZE, bench_inputs
 from .peers import PEERS, PEERS_INSTALL
@@ -91,11 +91,11 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     note_bfloat16(device, args.dtype)
-    encoders = [build_encoder(name, args.keep_ratio, device) for name in names]
+    encoders = [build_encoder(model_type, args.keep_ratio, device) for model_type in names]
     cases = bench_cases(encoders, inputs, args, device)
     measure(cases, args.runs, args.warmup, args.batch, device)
     matmul = matmul_speed(device, DTYPES)
-    rows = rows_from(cases, {e.name: e.params_m for e in encoders})
+    rows = rows_from(cases, {e.model_type: e.params_m for e in encoders})
     add_throughput(rows, matmul, args.batch, args.dtype)
     failed = [case for case in cases if case.compile_error is not None]
     clicks = bench_clicks(args.clicks, args.compile_decoder) if args.clicks > 0 else {}

@@ -16,7 +16,7 @@ from .peers import PEERS, build_peer
 
 @dataclass
 class BenchEncoder:
-    name: str
+    model_type: str  # a registry key, or a peer's name (`peers.PEERS`)
     module: nn.Module  # the image encoder, eval mode, on the bench's device
     img_size: int  # side of its square input
     pixel_mean: torch.Tensor  # 3, what the model normalises with
@@ -28,23 +28,24 @@ class BenchEncoder:
         return sum(p.numel() for p in self.module.parameters()) / 1e6
 
 
-def build_encoder(name: str, keep_ratio_spec: str, device: torch.device) -> BenchEncoder:
-    if name in PEERS:
+def build_encoder(model_type: str, keep_ratio_spec: str, device: torch.device) -> BenchEncoder:
+    if model_type in PEERS:
         mean, std = torch.tensor(PIXEL_MEAN), torch.tensor(PIXEL_STD)
-        return BenchEncoder(name, build_peer(name).to(device), PEERS[name].img_size, mean, std, [None])
-    config = get_config(name)
+        return BenchEncoder(model_type, build_peer(model_type).to(device), PEERS[model_type].img_size, mean, std,
+                            [None])
+    config = get_config(model_type)
     model = build_model(config)
     ratios: Sequence[Optional[float]] = [None]
     if is_student(config):
         ratios = keep_ratio_list(keep_ratio_spec, config.keep_ratio)
     encoder = model.image_encoder.to(device)
-    return BenchEncoder(name, encoder, encoder.img_size, model.pixel_mean.flatten(), model.pixel_std.flatten(),
+    return BenchEncoder(model_type, encoder, encoder.img_size, model.pixel_mean.flatten(), model.pixel_std.flatten(),
                         list(ratios))
 
 
-def sam_vit_of(name: str) -> Optional[str]:
+def sam_vit_of(model_type: str) -> Optional[str]:
     """The SAM ViT a big.LITTLE student's P-path copies (its `vs SAM` baseline); None for others."""
-    if name in PEERS:
+    if model_type in PEERS:
         return None
-    config = get_config(name)
+    config = get_config(model_type)
     return config.sam_model_type if is_student(config) else None

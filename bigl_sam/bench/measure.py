@@ -33,7 +33,7 @@ REFERENCE_SECONDS = 2.0  # timed calls per dtype go on until this much time has 
 class Case:
     """One row's work: `forward()` runs the encoder once on its input (batch images)."""
 
-    model: str
+    model_type: str  # a registry key, or a peer's name (`peers.PEERS`)
     keep_ratio: Optional[float]
     input: str  # the input's label
     compiled: bool
@@ -53,16 +53,16 @@ class Case:
 
     @property
     def label(self) -> str:
-        return row_label(self.model, self.keep_ratio, self.compiled, self.backend)
+        return row_label(self.model_type, self.keep_ratio, self.compiled, self.backend)
 
     @property
     def latency_ms(self) -> float:
         return statistics.median(self.latencies_ms)
 
 
-def row_label(model: str, keep_ratio: Optional[float], compiled: bool, backend: str = "torch") -> str:
+def row_label(model_type: str, keep_ratio: Optional[float], compiled: bool, backend: str = "torch") -> str:
     """'bigl_b_t @0.25 compiled', 'vit_b', 'bigl_b_t @0.25 [onnxruntime int8]'."""
-    name = model if keep_ratio is None else f"{model} @{keep_ratio:g}"
+    name = model_type if keep_ratio is None else f"{model_type} @{keep_ratio:g}"
     name = f"{name} compiled" if compiled else name
     return name if backend == "torch" else f"{name} [{backend}]"
 

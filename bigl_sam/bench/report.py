@@ -13,7 +13,7 @@ from .measure import Case, row_label
 
 @dataclass
 class Row:
-    model: str
+    model_type: str  # a registry key, or a peer's name (`peers.PEERS`)
     keep_ratio: Optional[float]
     input: str
     compiled: bool
@@ -32,15 +32,15 @@ class Row:
 
     @property
     def label(self) -> str:
-        return row_label(self.model, self.keep_ratio, self.compiled, self.backend)
+        return row_label(self.model_type, self.keep_ratio, self.compiled, self.backend)
 
 
 def rows_from(cases: List[Case], params_m: Dict[str, float]) -> List[Row]:
     """Rows of the cases that ran; a compiled case has the MACs of its eager twin (same computation)."""
-    macs = {(c.model, c.keep_ratio, c.input, c.backend): c.macs for c in cases if not c.compiled}
+    macs = {(c.model_type, c.keep_ratio, c.input, c.backend): c.macs for c in cases if not c.compiled}
     rows = [
-        Row(c.model, c.keep_ratio, c.input, c.compiled, round(params_m[c.model], 2),
-            round(macs[c.model, c.keep_ratio, c.input, c.backend] / 1e9, 3), c.latency_ms, c.latencies_ms,
+        Row(c.model_type, c.keep_ratio, c.input, c.compiled, round(params_m[c.model_type], 2),
+            round(macs[c.model_type, c.keep_ratio, c.input, c.backend] / 1e9, 3), c.latency_ms, c.latencies_ms,
             c.compile_s, backend=c.backend, max_abs_diff=c.max_abs_diff)
         for c in cases
         if c.compile_error is None
@@ -53,16 +53,20 @@ def add_ratios(rows: List[Row]) -> None:
     """Fills each big.LITTLE row's ratios to its SAM ViT and to its own dense path (keep ratio 1.0), each
     measured on the same input in the same mode and backend, where the run has them."""
     Key = Tuple[str, str, bool, str]
-    sam_rows: Dict[Key, Row] = {(r.model, r.input, r.compiled, r.backend): r for r in rows if r.keep_ratio is None}
-    dense_rows: Dict[Key, Row] = {(r.model, r.input, r.compiled, r.backend): r for r in rows if r.keep_ratio == 1.0}
+    sam_rows: Dict[Key, Row] = {
+        (r.model_type, r.input, r.compiled, r.backend): r for r in rows if r.keep_ratio is None
+    }
+    dense_rows: Dict[Key, Row] = {
+        (r.model_type, r.input, r.compiled, r.backend): r for r in rows if r.keep_ratio == 1.0
+    }
     for row in rows:
         if row.keep_ratio is None:
             continue
-        sam = sam_rows.get((sam_vit_of(row.model), row.input, row.compiled, row.backend))
+        sam = sam_rows.get((sam_vit_of(row.model_type), row.input, row.compiled, row.backend))
         if sam is not None:
             row.vs_sam_gmacs = row.gmacs / sam.gmacs
             row.vs_sam_latency = row.latency_ms / sam.latency_ms
-        dense = dense_rows.get((row.model, row.input, row.compiled, row.backend))
+        dense = dense_rows.get((row.model_type, row.input, row.compiled, row.backend))
         if dense is not None:
             row.vs_dense_latency = row.latency_ms / dense.latency_ms
 
@@ -170,7 +174,7 @@ def report(rows: List[Row], failed: List[Case], clicks: Dict[str, float], settin
         "settings": settings,
         "rows": [asdict(r) for r in rows],
         "compile_failures": [
-            {"model": c.model, "keep_ratio": c.keep_ratio, "input": c.input, "error": c.compile_error}
+            {"model_type": c.model_type, "keep_ratio": c.keep_ratio, "input": c.input, "error": c.compile_error}
             for c in failed
         ],
         "demo_click": clicks,

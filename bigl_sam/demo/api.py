@@ -67,7 +67,7 @@ def segment(
     )
     mask = _resize_mask(prediction.masks[prediction.best], original.shape[:2])
     info = {
-        "model": model.name,
+        "model": model.model_type,
         "trained": model.trained,
         "weights": model.weights_label,
         "original_size": list(original.shape[:2]),
@@ -95,7 +95,7 @@ def everything(handlers, workdir: Path, source, keep_ratio: Optional[float] = No
     path = Path(workdir) / f"everything-{hashlib.sha1(picture.tobytes()).hexdigest()[:16]}.png"
     atomic_write(path, lambda f: Image.fromarray(picture).save(f, format="PNG", compress_level=1))
     info = {
-        "model": handlers.models.main.name,
+        "model": handlers.models.main.model_type,
         "original_size": list(original.shape[:2]),
         "mask_size": list(image.shape[:2]),
         "keep_ratio": used,

@@ -98,7 +98,7 @@ def _page(handlers: DemoHandlers, examples: Sequence[Path]) -> Page:
     with gr.Row():
         with gr.Column(scale=3):
             image = image_input(
-                label=f"{main.name}: click to segment",
+                label=f"{main.model_type}: click to segment",
                 sources=["upload", "clipboard"],
                 buttons=["download", "fullscreen"],
                 elem_id="bigl-image",
@@ -109,7 +109,7 @@ def _page(handlers: DemoHandlers, examples: Sequence[Path]) -> Page:
                 )
         with gr.Column(scale=3, visible=compare is not None):
             compare_image = gr.Image(
-                label=f"{compare.name}: the same clicks" if compare else "compare",
+                label=f"{compare.model_type}: the same clicks" if compare else "compare",
                 interactive=False,
                 elem_id="bigl-compare",
             )

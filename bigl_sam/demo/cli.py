@@ -47,7 +47,7 @@ def _compile_decoders(models: "DemoModels") -> None:
     from ..inference import compile_decoder
 
     for demo_model in models.shown:
-        print(f"compiling {demo_model.name}'s mask decoder for fast clicks (--no-compile skips it)...", flush=True)
+        print(f"compiling {demo_model.model_type}'s mask decoder for fast clicks (--no-compile skips it)...", flush=True)
         try:
             print(f"  done in {compile_decoder(demo_model.model):.0f} s", flush=True)
         except Exception as err:  # the demo still works, only its clicks are slower

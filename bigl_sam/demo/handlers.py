@@ -9,10 +9,11 @@ from typing import List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from ..amg import AmgSettings, MaskGenerator
 from ..errors import BiglSamError, check_keep_ratio
 from ..images import load_image
 from ..inference import Encoding, Prediction, check_point_count, decode_click, encode_image
+from ..mask_generator import MaskGenerator
+from ..mask_generator_settings import AmgSettings
 from .models import DemoModel, DemoModels, weights_note
 from .render import color_masks, draw_prompts, overlay_mask, routing_heat_map, save_mask_png, thumbnail, working_image
 from .session import MODES, Session
@@ -97,7 +98,7 @@ class DemoHandlers:
         return replace(session.cleared(), everything=picture, note=note)
 
     def everything_masks(self, image: np.ndarray, keep_ratio: Optional[float] = None):
-        """SAM's automatic masks of `image` (`bigl_sam.amg`, `everything_settings`) with the main model at
+        """SAM's automatic masks of `image` (`bigl_sam.mask_generator`, `everything_settings`) with the main model at
         `keep_ratio` (students; None: the model's): (records, seconds, keep ratio used or None)."""
         main = self.models.main
         encoder = main.model.image_encoder
@@ -199,7 +200,7 @@ class DemoHandlers:
             encoding, prediction = session.encodings[role], session.predictions.get(role)
             ratio = "all tokens (SAM ViT)" if encoding.keep_ratio is None else f"{encoding.keep_ratio:.2f}"
             decoder = "—" if prediction is None else f"{prediction.seconds * 1000:.0f} ms"
-            rows.append(f"| {m.name} | {m.weights_label} | {encoding.seconds * 1000:.0f} ms | {ratio} | {decoder} |")
+            rows.append(f"| {m.model_type} | {m.weights_label} | {encoding.seconds * 1000:.0f} ms | {ratio} | {decoder} |")
         main = session.encodings[MAIN]
         if main.routing is not None:
             rows.append(f"\nRouting map: per layer, {main.routing.mean():.0%} of the image's {main.routing.size} tokens "

@@ -20,7 +20,7 @@ PathLike = Union[str, Path]
 
 @dataclass(frozen=True)
 class DemoModel:
-    name: str  # registry name, e.g. bigl_b_t
+    model_type: str  # registry key, e.g. bigl_b_t
     model: Sam
     weights: WeightsChoice  # what the rule took, and from which files
     encoder_dtype: torch.dtype = torch.float32  # bfloat16: the image encoder runs under autocast
@@ -57,19 +57,19 @@ class DemoModels:
 
 
 def load_demo_model(
-    name: str,
+    model_type: str,
     checkpoint: Optional[PathLike] = None,
     weights_dir: Optional[PathLike] = None,
     manifest: Optional[PathLike] = None,
     encoder_dtype: torch.dtype = torch.float32,
 ) -> DemoModel:
     """Raises `BiglSamError` (a `CheckpointError`) for a file that is missing, corrupt or of another model."""
-    choice = choose_weights(name, checkpoint, weights_dir, manifest)
-    return DemoModel(name, load_chosen(choice), choice, encoder_dtype)
+    choice = choose_weights(model_type, checkpoint, weights_dir, manifest)
+    return DemoModel(model_type, load_chosen(choice), choice, encoder_dtype)
 
 
 def load_demo_models(
-    name: str,
+    model_type: str,
     checkpoint: Optional[PathLike] = None,
     compare: Optional[str] = None,
     compare_checkpoint: Optional[PathLike] = None,
@@ -81,9 +81,9 @@ def load_demo_models(
     """The main model (its keep ratio: `keep_ratio` if given, else the one it loads with) and the --compare one."""
     if compare_checkpoint is not None and compare is None:
         raise BiglSamError("--compare-checkpoint given without --compare MODEL")
-    main = load_demo_model(name, checkpoint, weights_dir, manifest, encoder_dtype)
+    main = load_demo_model(model_type, checkpoint, weights_dir, manifest, encoder_dtype)
     if keep_ratio is not None:
-        check_keep_ratio_applies(main.model, keep_ratio, name)
+        check_keep_ratio_applies(main.model, keep_ratio, model_type)
         main.model.image_encoder.keep_ratio = check_keep_ratio(keep_ratio, "--keep-ratio")
     compared = None
     if compare is not None:
@@ -96,7 +96,7 @@ def untrained_banner(models: DemoModels) -> str:
     untrained = models.untrained
     if not untrained:
         return ""
-    names = ", ".join(m.name for m in untrained)
+    names = ", ".join(m.model_type for m in untrained)
     wanted = list(dict.fromkeys(file for m in untrained for file in m.weights.wanted))
     downloads = " and ".join(f"`{program()} weights download {file}`" for file in wanted)
     folder = untrained[0].weights.folder
@@ -106,7 +106,7 @@ def untrained_banner(models: DemoModels) -> str:
         if any(m.is_student for m in untrained):
             banner += (
                 ": the demo builds the student from them, and at keep ratio 1.0 it is exactly SAM "
-                f"{sam_vit_label(models.main.name)}. No trained big.LITTLE student has been published yet; below "
+                f"{sam_vit_label(models.main.model_type)}. No trained big.LITTLE student has been published yet; below "
                 f"1.0 the routing is untrained until one is distilled (`{program()} distill`, docs/distillation.md)"
             )
         banner += "."
@@ -119,7 +119,7 @@ def weights_note(model: DemoModel, keep_ratio: Optional[float]) -> str:
         return "Random weights: the masks are noise (see the banner above)."
     if not model.weights.untrained_router:
         return ""
-    sam = f"SAM {sam_vit_label(model.name)}"
+    sam = f"SAM {sam_vit_label(model.model_type)}"
     if keep_ratio == 1.0:
         return f"{sam} exactly (keep 1.0); below 1.0 the routing is untrained until distilled (docs/distillation.md)"
     return (

@@ -13,8 +13,8 @@ from typing import List, Sequence, Tuple
 import torch
 from segment_anything.modeling import Sam
 
-from ..build import Checkpoint, load_sam
-from ..checkpoint import as_weights
+from ..build import load_sam
+from ..checkpoint import WeightsSource, as_weights
 from ..errors import BiglSamError, CheckpointError
 from ..modeling.config import is_student, sam_vit_config
 from .cache import TeacherCache, list_images
@@ -44,8 +44,8 @@ class CachedTeacher:
 
 
 class OnlineTeacher:
-    def __init__(self, checkpoint: Checkpoint, images_root: str) -> None:
-        weights = as_weights(checkpoint)
+    def __init__(self, teacher: WeightsSource, images_root: str) -> None:
+        weights = as_weights(teacher)
         sam = load_sam_teacher(weights)
         self.where = weights.source
         self.config = sam.config
@@ -70,10 +70,10 @@ class OnlineTeacher:
         return self.encoder(images).float()
 
 
-def load_sam_teacher(checkpoint: Checkpoint) -> Sam:
+def load_sam_teacher(teacher: WeightsSource) -> Sam:
     """A SAM ViT of any size from any SAM file `load_sam` reads (official, transformers, or a bigl-sam file
-    of a SAM ViT); a student is one `CheckpointError`."""
-    weights = as_weights(checkpoint)
+    of a SAM ViT; its path, or the file read already); a student is one `CheckpointError`."""
+    weights = as_weights(teacher)
     model = load_sam(weights)
     if is_student(model):
         raise CheckpointError(

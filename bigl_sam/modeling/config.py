@@ -145,10 +145,10 @@ def check_keep_ratio_applies(model: Any, keep_ratio: Optional[float], model_type
         raise BiglSamError(f"--keep-ratio: {model_type} is SAM's own encoder, only big.LITTLE students route tokens")
 
 
-def get_config(name: str) -> ModelConfig:
-    if name not in MODEL_CONFIGS:
-        raise UnknownModelError(f"unknown model {name!r}; known: {', '.join(sorted(MODEL_CONFIGS))}")
-    return MODEL_CONFIGS[name]
+def get_config(model_type: str) -> ModelConfig:
+    if model_type not in MODEL_CONFIGS:
+        raise UnknownModelError(f"unknown model {model_type!r}; known: {', '.join(sorted(MODEL_CONFIGS))}")
+    return MODEL_CONFIGS[model_type]
 
 
 def config_to_dict(config: ModelConfig) -> dict:

@@ -2,17 +2,14 @@
 `--check`, the checks a loader of the folder at --out makes, exporting nothing."""
 
 import argparse
-import importlib.util
 import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
 from ..errors import BiglSamError, keep_ratio_list
+from .extra import require_onnx_extra
 from .interface import ANYLABELING_FORMAT, DEFAULT_OPSET, OPSETS
-
-ONNX_EXTRA = ("onnx", "onnxruntime", "onnxscript", "yaml")  # the modules the [onnx] extra installs
-ONNX_INSTALL = 'pip install -e ".[onnx]"'
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,13 +37,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--check", action="store_true",
                         help="export nothing: load the export at --out as its user does (OnnxPredictor.from_folder; "
                              "with --format anylabeling: config.yaml and the two files it names) and say what is wrong")
-
-
-def require_onnx_extra(what: str) -> None:
-    """One error line naming what `what` needs if a package of the onnx extra is missing."""
-    missing = [name for name in ONNX_EXTRA if importlib.util.find_spec(name) is None]
-    if missing:
-        raise BiglSamError(f"{what} needs the onnx extra (missing {', '.join(missing)}): {ONNX_INSTALL}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -49,9 +49,9 @@ from segment_anything.utils.amg import (
 from torch import nn
 from torchvision.ops.boxes import batched_nms, box_area
 
-from ..inference import as_embedding, blank_encoding, compile_decoder
-from ..errors import BiglSamError, first_line
-from .settings import AUTO, OUTPUT_MODES, AmgSettings, AmgSettingsError, auto_points_per_batch
+from .errors import BiglSamError, first_line
+from .inference import as_embedding, blank_encoding, compile_decoder
+from .mask_generator_settings import AUTO, OUTPUT_MODES, AmgSettings, AmgSettingsError, auto_points_per_batch
 
 # Full-size float logits held at once while upsampling and scoring (SAM holds a whole batch: 64 points x 3
 # masks x 4 MB at 1024 x 1024).
@@ -70,7 +70,7 @@ class MaskGenerator:
     encoding (RLEs and the output form). `masks` counts the masks decoded and those upsampled (the ones
     over `pred_iou_thresh`).
 
-    `points_per_batch="auto"` picks the batch from the device's free memory (`settings.auto_points_per_batch`;
+    `points_per_batch="auto"` picks the batch from the device's free memory (`mask_generator_settings.auto_points_per_batch`;
     `points_per_batch` holds the number chosen). `compiled` compiles the model's mask decoder in place, as the
     demo does (`compile_seconds`: the compile and its warm-up); `share_image_work` decodes with
     `image_work_shared(model.mask_decoder)`.
