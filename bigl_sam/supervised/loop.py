@@ -66,7 +66,8 @@ class PromptedSam(torch.nn.Module):
                 boxes: Sequence[torch.Tensor], keep_ratio: Optional[float],
                 generator: torch.Generator) -> Dict[str, torch.Tensor]:
         """images: B x 3 x S x S; input_size: B x 2 (h, w pixels); masks[b]: M_b x S/4 x S/4 bool;
-        boxes[b]: M_b x 4 XYXY input pixels -> mean loss terms over instances and rounds."""
+        boxes[b]: M_b x 4 XYXY input pixels -> mean loss terms over prompts (each instance `prompts_per_mask` times)
+        and rounds."""
         encoder = self.sam.image_encoder
         if is_student(encoder):
             sizes = [tuple(hw) for hw in input_size.tolist()]  # the P-path budget goes to image tokens only
